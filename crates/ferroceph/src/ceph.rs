@@ -1,0 +1,73 @@
+//! Bridge from the async services to the blocking Ceph access layer: pooled connections,
+//! `spawn_blocking`, and one mapping from Ceph errors to gRPC codes whose messages say what
+//! the driver was waiting for.
+
+use rados::{Cluster, ClusterPool, ConnectConfig, ErrorKind};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Status;
+
+#[derive(Clone)]
+pub struct Ceph {
+    pool: Arc<ClusterPool>,
+    timeout: Duration,
+}
+
+impl Ceph {
+    pub fn new(timeout: Duration) -> Self {
+        Ceph {
+            pool: Arc::new(ClusterPool::new(Duration::from_secs(600))),
+            timeout,
+        }
+    }
+
+    pub fn connect_config(&self, monitors: &[String], user: &str, key: &str) -> ConnectConfig {
+        ConnectConfig::new(monitors.to_vec(), user, key).with_timeout(self.timeout)
+    }
+
+    /// Runs `f` on a blocking thread with a pooled connection.
+    pub async fn run<T, F>(&self, cfg: ConnectConfig, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Cluster) -> Result<T, Status> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let cluster = pool
+                .get(&cfg)
+                .map_err(|e| status("connect to the cluster", &e))?;
+            f(&cluster)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("Ceph worker failed: {e}")))?
+    }
+}
+
+/// Maps a Ceph error to the gRPC code a CO can act on. `what` says what we were doing.
+pub fn status(what: &str, e: &rados::Error) -> Status {
+    let msg = format!("{what}: {e}");
+    match e.kind() {
+        ErrorKind::NotFound => Status::not_found(msg),
+        ErrorKind::AlreadyExists => Status::already_exists(msg),
+        ErrorKind::PermissionDenied => Status::permission_denied(format!(
+            "{msg} (check the cephx user and key in the secret and the user's caps)"
+        )),
+        ErrorKind::TimedOut => Status::unavailable(format!(
+            "{msg} (the cluster did not answer in time: are the monitors and OSDs up?)"
+        )),
+        ErrorKind::Busy => Status::failed_precondition(msg),
+        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+/// Test-only crash points: when FERROCEPH_TEST_CRASH_AT names this point the process
+/// aborts here, as a kill -9 would, so tests can prove every flow converges on retry.
+pub fn crash_point(name: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("FERROCEPH_TEST_CRASH_AT").ok());
+    if at.as_deref() == Some(name) {
+        eprintln!("ferroceph: crash point {name} reached, aborting");
+        std::process::abort();
+    }
+}

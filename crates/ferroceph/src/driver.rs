@@ -1,0 +1,84 @@
+//! Wires the services for `--type=rbd|cephfs|liveness` and runs the server until a signal.
+
+use crate::ceph::Ceph;
+use crate::cli::{DriverType, ServeArgs};
+use crate::config::ClusterMap;
+use crate::identity::IdentityService;
+use crate::locks::OpLocks;
+use crate::rbd::controller::RbdController;
+use crate::rbd::node::RbdNode;
+use crate::server::{prepare_socket, shutdown_signal, socket_path, RpcLayer};
+use anyhow::{bail, Context};
+use csi::v1::controller_server::ControllerServer;
+use csi::v1::identity_server::IdentityServer;
+use csi::v1::node_server::NodeServer;
+use std::sync::Arc;
+use tokio_stream::wrappers::UnixListenerStream;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let Some(driver_type) = args.driver_type else {
+        bail!("--type is required: rbd, cephfs or liveness (see --help)");
+    };
+    if driver_type == DriverType::Liveness {
+        bail!("--type=liveness is not available yet; point the kubelet's probe at the Probe RPC instead");
+    }
+    if args.nodeserver && args.nodeid.as_deref().unwrap_or("").is_empty() {
+        bail!("--nodeserver needs --nodeid (or the NODE_ID environment variable)");
+    }
+    let path = socket_path(&args.endpoint).map_err(anyhow::Error::msg)?;
+    prepare_socket(&path).with_context(|| format!("cannot prepare socket {}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let name = args.driver_name();
+    tracing::info!(
+        driver = %name,
+        version = crate::cli::VERSION,
+        endpoint = %path.display(),
+        controller = args.controllerserver,
+        node = args.nodeserver,
+        "serving"
+    );
+
+    let identity = IdentityServer::new(IdentityService::new(name, args.controllerserver));
+    let clusters = Arc::new(ClusterMap::new(&args.configpath));
+    let ceph = Ceph::new(args.cephtimeout);
+    let locks = OpLocks::new();
+    let (controller, node) = match driver_type {
+        DriverType::Rbd => (
+            args.controllerserver.then(|| {
+                ControllerServer::new(RbdController::new(
+                    args.instanceid.clone(),
+                    clusters.clone(),
+                    ceph.clone(),
+                    locks.clone(),
+                ))
+            }),
+            args.nodeserver
+                .then(|| NodeServer::new(RbdNode::new(args.nodeid.clone().unwrap_or_default()))),
+        ),
+        _ => {
+            if args.controllerserver || args.nodeserver {
+                bail!(
+                    "--type=cephfs is not available yet; only the Identity service would be served"
+                );
+            }
+            (None, None)
+        }
+    };
+    let router = tonic::transport::Server::builder()
+        .layer(RpcLayer {
+            deadline: args.rpctimeout,
+        })
+        .add_service(identity)
+        .add_optional_service(controller)
+        .add_optional_service(node);
+    let served = router
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    if let Err(e) = std::fs::remove_file(&path) {
+        tracing::warn!(socket = %path.display(), "cannot remove socket: {e}");
+    }
+    served.context("gRPC server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! The name → uuid journal in RADOS omap, in ceph-csi's layout (shared/FACTS.md), so that
+//! volumes and snapshots made by either driver are found by the other.
+//!
+//! Crash safety comes from the order of the steps. Reserving writes the directory key
+//! first and then creates the per-entry object together with all its keys in one atomic
+//! operation; removing deletes the directory key first (the per-entry object still knows the
+//! name) and the per-entry object last. A process killed between any two steps leaves a
+//! state that the next call for the same name or handle recognises and finishes.
+
+use rados::IoCtx;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Volume,
+    Snapshot,
+}
+
+impl Kind {
+    fn dir_prefix(self) -> &'static str {
+        match self {
+            Kind::Volume => "csi.volumes.",
+            Kind::Snapshot => "csi.snaps.",
+        }
+    }
+    fn key_prefix(self) -> &'static str {
+        match self {
+            Kind::Volume => "csi.volume.",
+            Kind::Snapshot => "csi.snap.",
+        }
+    }
+    /// The per-entry key holding the request name.
+    pub fn name_key(self) -> &'static str {
+        match self {
+            Kind::Volume => "csi.volname",
+            Kind::Snapshot => "csi.snapname",
+        }
+    }
+}
+
+pub const IMAGE_NAME: &str = "csi.imagename";
+pub const IMAGE_ID: &str = "csi.imageid";
+pub const OWNER: &str = "csi.volume.owner";
+pub const SOURCE: &str = "csi.source";
+pub const JOURNAL_POOL: &str = "csi.journalpool";
+
+pub type Attrs = BTreeMap<String, String>;
+
+/// What the journal knows about a request name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Absent,
+    /// The directory key points at an entry whose object is missing or belongs to another
+    /// name: left by a crash (or by ceph-csi's own reservation order).
+    Dangling {
+        uuid: String,
+    },
+    Found(Entry),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub uuid: String,
+    /// Pool id when the directory value is `<16-hex pool>/<uuid>` (image in another pool).
+    pub pool_id: Option<i64>,
+    pub attrs: Attrs,
+}
+
+impl Entry {
+    pub fn attr(&self, k: &str) -> Option<&str> {
+        self.attrs.get(k).map(String::as_str)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{0}")]
+    Rados(#[from] rados::Error),
+    #[error("uuid {0} is already used by another entry")]
+    UuidClash(String),
+    #[error("journal entry {0} is corrupt: {1}")]
+    Corrupt(String, String),
+}
+
+pub struct Journal<'a> {
+    io: &'a IoCtx,
+    kind: Kind,
+    dir: String,
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+impl<'a> Journal<'a> {
+    pub fn new(io: &'a IoCtx, kind: Kind, instance: &str) -> Self {
+        Journal {
+            io,
+            kind,
+            dir: format!("{}{}", kind.dir_prefix(), instance),
+        }
+    }
+
+    pub fn dir_object(&self) -> &str {
+        &self.dir
+    }
+
+    pub fn entry_object(&self, uuid: &str) -> String {
+        format!("{}{}", self.kind.key_prefix(), uuid)
+    }
+
+    fn dir_key(&self, name: &str) -> String {
+        format!("{}{}", self.kind.key_prefix(), name)
+    }
+
+    /// Reads the per-entry keys of `uuid`, None when the object does not exist.
+    pub fn get(&self, uuid: &str) -> Result<Option<Attrs>, JournalError> {
+        match self.io.omap_list(&self.entry_object(uuid), "", "", 1024) {
+            Ok(kv) => Ok(Some(kv.into_iter().map(|(k, v)| (k, text(&v))).collect())),
+            Err(e) if e.kind() == rados::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn lookup(&self, name: &str) -> Result<Lookup, JournalError> {
+        let key = self.dir_key(name);
+        let got = match self.io.omap_get(&self.dir, &[key.as_str()]) {
+            Ok(m) => m,
+            Err(e) if e.kind() == rados::ErrorKind::NotFound => return Ok(Lookup::Absent),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(value) = got.get(&key) else {
+            return Ok(Lookup::Absent);
+        };
+        let value = text(value);
+        let (pool_id, uuid) = match value.split_once('/') {
+            Some((pool, uuid)) => {
+                let id = i64::from_str_radix(pool, 16).map_err(|_| {
+                    JournalError::Corrupt(key.clone(), format!("bad pool in {value:?}"))
+                })?;
+                (Some(id), uuid.to_string())
+            }
+            None => (None, value),
+        };
+        match self.get(&uuid)? {
+            Some(attrs) if attrs.get(self.kind.name_key()).map(String::as_str) == Some(name) => {
+                Ok(Lookup::Found(Entry {
+                    uuid,
+                    pool_id,
+                    attrs,
+                }))
+            }
+            _ => Ok(Lookup::Dangling { uuid }),
+        }
+    }
+
+    /// Reserves `name` under `uuid` with the given per-entry keys (the name key is added).
+    /// Idempotent for the same (name, uuid); a uuid taken by another name is a clash the
+    /// caller answers by picking a new uuid.
+    pub fn reserve(&self, name: &str, uuid: &str, attrs: &Attrs) -> Result<(), JournalError> {
+        let key = self.dir_key(name);
+        self.io
+            .omap_set(&self.dir, &[(key.as_str(), uuid.as_bytes())])?;
+        let mut all: Vec<(&str, &[u8])> = attrs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect();
+        all.push((self.kind.name_key(), name.as_bytes()));
+        match self.io.create_with_omap(&self.entry_object(uuid), &all) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == rados::ErrorKind::AlreadyExists => match self.get(uuid)? {
+                Some(existing)
+                    if existing.get(self.kind.name_key()).map(String::as_str) == Some(name) =>
+                {
+                    Ok(())
+                }
+                _ => {
+                    self.remove_dir_key(name, uuid)?;
+                    Err(JournalError::UuidClash(uuid.to_string()))
+                }
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn set_attrs(&self, uuid: &str, attrs: &[(&str, &str)]) -> Result<(), JournalError> {
+        let kv: Vec<(&str, &[u8])> = attrs.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        self.io.omap_set(&self.entry_object(uuid), &kv)?;
+        Ok(())
+    }
+
+    /// Removes the directory key of `name` if it still points at `uuid`.
+    fn remove_dir_key(&self, name: &str, uuid: &str) -> Result<(), JournalError> {
+        let key = self.dir_key(name);
+        let current = match self.io.omap_get(&self.dir, &[key.as_str()]) {
+            Ok(m) => m.get(&key).map(|v| text(v)),
+            Err(e) if e.kind() == rados::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(v) = current {
+            if v == uuid || v.ends_with(&format!("/{uuid}")) {
+                self.io.omap_remove(&self.dir, &[key.as_str()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets an entry: directory key first, then the per-entry object. Safe to repeat.
+    /// `name` is read from the entry when not given.
+    pub fn release(&self, uuid: &str, name: Option<&str>) -> Result<(), JournalError> {
+        let stored = self.get(uuid)?;
+        let name = name.map(str::to_string).or_else(|| {
+            stored
+                .as_ref()
+                .and_then(|a| a.get(self.kind.name_key()).cloned())
+        });
+        if let Some(name) = name {
+            self.remove_dir_key(&name, uuid)?;
+        }
+        if stored.is_some() {
+            match self.io.remove_object(&self.entry_object(uuid)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == rados::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Directory entries after `start_after` (request name → uuid), at most `max`.
+    pub fn list(
+        &self,
+        start_after: &str,
+        max: usize,
+    ) -> Result<Vec<(String, String)>, JournalError> {
+        let after = if start_after.is_empty() {
+            String::new()
+        } else {
+            self.dir_key(start_after)
+        };
+        let kv = match self
+            .io
+            .omap_list(&self.dir, &after, self.kind.key_prefix(), max)
+        {
+            Ok(kv) => kv,
+            Err(e) if e.kind() == rados::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(kv
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let name = k.strip_prefix(self.kind.key_prefix())?.to_string();
+                let v = text(&v);
+                let uuid = v.rsplit('/').next().unwrap_or(&v).to_string();
+                Some((name, uuid))
+            })
+            .collect())
+    }
+}

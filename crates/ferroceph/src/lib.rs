@@ -1,0 +1,14 @@
+//! ferroceph: a Kubernetes CSI driver for Ceph RBD and CephFS.
+
+pub mod ceph;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod driver;
+pub mod identity;
+pub mod journal;
+pub mod locks;
+pub mod rbd;
+pub mod server;
+pub mod validate;
+pub mod volid;

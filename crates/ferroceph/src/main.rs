@@ -1,0 +1,54 @@
+use clap::Parser;
+use ferroceph::cli::{normalize_go_flags, Cli, Command};
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    // FERROCEPH_LOG is a level (info, debug) or a full filter; the HTTP/2 stack stays quiet
+    // unless named explicitly.
+    let wanted = std::env::var("FERROCEPH_LOG").unwrap_or_else(|_| "info".to_string());
+    let spec = if wanted.contains('=') {
+        wanted
+    } else {
+        format!("{wanted},h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=warn")
+    };
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse_from(normalize_go_flags(std::env::args()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferroceph: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Client(args)) => ferroceph::client::run(args).await,
+            None => {
+                init_logging();
+                match ferroceph::driver::run(cli.serve).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        1
+                    }
+                }
+            }
+        }
+    });
+    std::process::exit(code);
+}

@@ -1,0 +1,731 @@
+//! Blocking RBD flows on the cluster: create (blank, from a snapshot, from a volume),
+//! snapshot, expand, delete. Each flow is a sequence of idempotent steps recorded in the
+//! journal first, so a retry after a crash at any point finishes the work (or undoes it)
+//! and never leaves an image or omap key behind.
+
+use crate::ceph::{crash_point, status};
+use crate::journal::{self, Attrs, Entry, Journal, JournalError, Kind, Lookup};
+use crate::rbd::params::RbdParams;
+use crate::validate;
+use csi::v1 as pb;
+use rados::rbd::{self, CloneOptions, Image, ImageOptions};
+use rados::{Cluster, ErrorKind, IoCtx};
+use tonic::Status;
+
+/// Journal key (ours, ignored by ceph-csi) holding the content source of a volume, so a
+/// retried CreateVolume can tell a compatible request from a conflicting one.
+pub const SOURCE_KEY: &str = "csi.ferroceph.source";
+/// Journal keys of a snapshot: creation time (unix nanoseconds) and size in bytes.
+pub const CREATED_KEY: &str = "csi.ferroceph.created";
+pub const SIZE_KEY: &str = "csi.ferroceph.size";
+
+/// Image metadata keys naming the claim, as ceph-csi's `--setmetadata` writes them.
+const META_PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
+const META_PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
+const META_PV_NAME: &str = "csi.storage.k8s.io/pv/name";
+
+/// Flatten a new clone (in the background, by the mgr) once its chain is this deep.
+pub const SOFT_CLONE_DEPTH: usize = 4;
+/// Refuse to add to a chain this deep until flattening has shortened it.
+pub const HARD_CLONE_DEPTH: usize = 8;
+
+pub fn jerr(what: &str, e: JournalError) -> Status {
+    match e {
+        JournalError::Rados(e) => status(what, &e),
+        other => Status::internal(format!("{what}: {other}")),
+    }
+}
+
+/// A pool (and RADOS namespace) on a connected cluster, with its journals.
+pub struct Place<'a> {
+    pub cluster: &'a Cluster,
+    pub io: IoCtx,
+    pub pool_id: i64,
+    pub instance: String,
+}
+
+impl<'a> Place<'a> {
+    pub fn by_name(
+        cluster: &'a Cluster,
+        pool: &str,
+        namespace: &str,
+        instance: &str,
+    ) -> Result<Self, Status> {
+        let io = cluster.ioctx(pool, namespace).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Status::invalid_argument(format!(
+                "pool {pool:?} does not exist in the cluster; check the StorageClass pool parameter"
+            )),
+            _ => status(&format!("open pool {pool}"), &e),
+        })?;
+        let pool_id = io.pool_id();
+        Ok(Place {
+            cluster,
+            io,
+            pool_id,
+            instance: instance.to_string(),
+        })
+    }
+
+    /// None when the pool no longer exists.
+    pub fn by_id(
+        cluster: &'a Cluster,
+        pool_id: i64,
+        namespace: &str,
+        instance: &str,
+    ) -> Result<Option<Self>, Status> {
+        match cluster.ioctx_by_id(pool_id, namespace) {
+            Ok(io) => Ok(Some(Place {
+                cluster,
+                io,
+                pool_id,
+                instance: instance.to_string(),
+            })),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(status(&format!("open pool id {pool_id}"), &e)),
+        }
+    }
+
+    pub fn volumes(&self) -> Journal<'_> {
+        Journal::new(&self.io, Kind::Volume, &self.instance)
+    }
+
+    pub fn snaps(&self) -> Journal<'_> {
+        Journal::new(&self.io, Kind::Snapshot, &self.instance)
+    }
+
+    fn open(&self, image: &str) -> Result<Option<Image>, Status> {
+        self.open_with(image, false)
+    }
+
+    fn open_read_only(&self, image: &str) -> Result<Option<Image>, Status> {
+        self.open_with(image, true)
+    }
+
+    fn open_with(&self, image: &str, read_only: bool) -> Result<Option<Image>, Status> {
+        let opened = if read_only {
+            Image::open_read_only(&self.io, image)
+        } else {
+            Image::open(&self.io, image)
+        };
+        match opened {
+            Ok(img) => Ok(Some(img)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(status(&format!("open image {image}"), &e)),
+        }
+    }
+}
+
+/// Where a new volume's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Blank,
+    /// A snapshot's uuid (same pool).
+    Snapshot(String),
+    /// A volume's uuid (same pool).
+    Volume(String),
+}
+
+pub struct CreateSpec<'a> {
+    pub name: &'a str,
+    pub size: u64,
+    pub range: Option<&'a pb::CapacityRange>,
+    pub params: &'a RbdParams,
+    pub source: Source,
+    /// The CSI id of the source, recorded for idempotency checks ("" for blank).
+    pub source_id: &'a str,
+}
+
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub uuid: String,
+    pub image: String,
+    pub size: u64,
+}
+
+fn image_options(params: &RbdParams, size: u64) -> Result<ImageOptions, Status> {
+    let features = rbd::parse_features(&params.features.join(","))
+        .map_err(|e| Status::invalid_argument(format!("imageFeatures: {e}")))?;
+    let mut o = ImageOptions::new(size);
+    o.features = features;
+    o.stripe_unit = params.stripe_unit;
+    o.stripe_count = params.stripe_count;
+    o.data_pool = params.data_pool.clone();
+    if let Some(os) = params.object_size {
+        o.set_object_size(os)
+            .map_err(|e| Status::invalid_argument(format!("objectSize: {e}")))?;
+    }
+    Ok(o)
+}
+
+fn clone_options(params: &RbdParams) -> Result<CloneOptions, Status> {
+    let o = image_options(params, 0)?;
+    Ok(CloneOptions {
+        features: Some(o.features),
+        order: o.order,
+        stripe_unit: o.stripe_unit,
+        stripe_count: o.stripe_count,
+        data_pool: o.data_pool,
+        clone_format: 2,
+    })
+}
+
+fn ok_if_exists(r: rados::Result<()>, what: &str) -> Result<(), Status> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(status(what, &e)),
+    }
+}
+
+fn ok_if_missing(r: rados::Result<()>, what: &str) -> Result<(), Status> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(status(what, &e)),
+    }
+}
+
+/// Reserves `name` in `journal` (or finds the earlier reservation) and returns its entry.
+fn reserve(
+    journal: &Journal<'_>,
+    name: &str,
+    prefix: &str,
+    mut attrs: Attrs,
+) -> Result<Entry, Status> {
+    match journal
+        .lookup(name)
+        .map_err(|e| jerr("journal lookup", e))?
+    {
+        Lookup::Found(entry) => return Ok(entry),
+        Lookup::Dangling { uuid } => journal
+            .release(&uuid, Some(name))
+            .map_err(|e| jerr("clean up a stale journal entry", e))?,
+        Lookup::Absent => {}
+    }
+    for _ in 0..5 {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        attrs.insert(journal::IMAGE_NAME.to_string(), format!("{prefix}{uuid}"));
+        match journal.reserve(name, &uuid, &attrs) {
+            Ok(()) => {
+                return Ok(Entry {
+                    uuid,
+                    pool_id: None,
+                    attrs,
+                });
+            }
+            Err(JournalError::UuidClash(_)) => continue,
+            Err(e) => return Err(jerr("journal reserve", e)),
+        }
+    }
+    Err(Status::internal(
+        "could not find a free uuid after 5 attempts",
+    ))
+}
+
+fn entry_image(entry: &Entry, prefix: &str) -> String {
+    entry
+        .attr(journal::IMAGE_NAME)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{prefix}{}", entry.uuid))
+}
+
+/// Length of the parent chain above `img` (0 for an image that is not a clone).
+fn chain_depth(place: &Place<'_>, img: &Image) -> Result<usize, Status> {
+    let mut depth = 0;
+    let mut parent = img.parent().map_err(|e| status("read image parent", &e))?;
+    while let Some(p) = parent {
+        depth += 1;
+        if depth > HARD_CLONE_DEPTH * 2 {
+            break;
+        }
+        let io = place
+            .cluster
+            .ioctx_by_id(p.pool_id, &p.pool_namespace)
+            .map_err(|e| status("open parent pool", &e))?;
+        let next = match rbd::Image::open_by_id_read_only(&io, &p.image_id) {
+            Ok(img) => img.parent().map_err(|e| status("read image parent", &e))?,
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(status("open parent image", &e)),
+        };
+        parent = next;
+    }
+    Ok(depth)
+}
+
+/// Asks the mgr to flatten `image` in the background.
+fn flatten_async(place: &Place<'_>, image: &str) {
+    let spec = image_spec(&place.io, image);
+    let cmd = serde_json::json!({"prefix": "rbd task add flatten", "image_spec": spec}).to_string();
+    if let Err(e) = place.cluster.mgr_command(&cmd, &[]) {
+        tracing::warn!(image, "cannot queue a background flatten: {e}");
+    }
+}
+
+fn image_spec(io: &IoCtx, image: &str) -> String {
+    if io.namespace().is_empty() {
+        format!("{}/{image}", io.pool_name())
+    } else {
+        format!("{}/{}/{image}", io.pool_name(), io.namespace())
+    }
+}
+
+pub fn create_volume(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Created, Status> {
+    let journal = place.volumes();
+    let mut attrs = Attrs::new();
+    if let Some(ns) = &spec.params.pvc_namespace {
+        attrs.insert(journal::OWNER.to_string(), ns.clone());
+    }
+    if !spec.source_id.is_empty() {
+        attrs.insert(SOURCE_KEY.to_string(), spec.source_id.to_string());
+    }
+    let entry = reserve(&journal, spec.name, &spec.params.vol_prefix, attrs)?;
+    crash_point("create.reserved");
+    let image = entry_image(&entry, &spec.params.vol_prefix);
+
+    let recorded_source = entry.attr(SOURCE_KEY).unwrap_or("");
+    if recorded_source != spec.source_id {
+        return Err(Status::already_exists(format!(
+            "volume {:?} already exists with another content source ({:?})",
+            spec.name, recorded_source
+        )));
+    }
+
+    if let Some(img) = place.open(&image)? {
+        let size = img.size().map_err(|e| status("stat image", &e))?;
+        if entry.attr(journal::IMAGE_ID).is_some() {
+            if !validate::size_fits(size, spec.range) {
+                return Err(Status::already_exists(format!(
+                    "volume {:?} already exists with size {size}, which does not fit the requested range",
+                    spec.name
+                )));
+            }
+            return Ok(Created {
+                uuid: entry.uuid,
+                image,
+                size,
+            });
+        }
+        drop(img);
+    } else {
+        match &spec.source {
+            Source::Blank => ok_if_exists(
+                rbd::create(&place.io, &image, &image_options(spec.params, spec.size)?),
+                "create image",
+            )?,
+            Source::Snapshot(snap_uuid) => clone_from_snapshot(place, snap_uuid, &image, spec)?,
+            Source::Volume(vol_uuid) => clone_from_volume(place, vol_uuid, &image, spec)?,
+        }
+        crash_point("create.image");
+    }
+    let size = finish_volume(place, &journal, &entry, &image, spec)?;
+    Ok(Created {
+        uuid: entry.uuid,
+        image,
+        size,
+    })
+}
+
+/// Grows a clone to the requested size, labels the image, and records its id, which marks
+/// the journal entry complete.
+fn finish_volume(
+    place: &Place<'_>,
+    journal: &Journal<'_>,
+    entry: &Entry,
+    image: &str,
+    spec: &CreateSpec<'_>,
+) -> Result<u64, Status> {
+    let img = place.open(image)?.ok_or_else(|| {
+        Status::aborted(format!("image {image} vanished while being created; retry"))
+    })?;
+    let mut size = img.size().map_err(|e| status("stat image", &e))?;
+    if size < spec.size {
+        img.resize(spec.size)
+            .map_err(|e| status("grow the new volume", &e))?;
+        size = spec.size;
+    }
+    for (k, v) in [
+        (META_PVC_NAME, &spec.params.pvc_name),
+        (META_PVC_NAMESPACE, &spec.params.pvc_namespace),
+        (META_PV_NAME, &spec.params.pv_name),
+    ] {
+        if let Some(v) = v {
+            img.metadata_set(k, v)
+                .map_err(|e| status("set image metadata", &e))?;
+        }
+    }
+    if spec.source != Source::Blank {
+        let depth = chain_depth(place, &img)?;
+        if depth >= SOFT_CLONE_DEPTH {
+            flatten_async(place, image);
+        }
+    }
+    let id = img.id().map_err(|e| status("read image id", &e))?;
+    journal
+        .set_attrs(&entry.uuid, &[(journal::IMAGE_ID, id.as_str())])
+        .map_err(|e| jerr("journal record", e))?;
+    crash_point("create.recorded");
+    Ok(size)
+}
+
+fn clone_from_snapshot(
+    place: &Place<'_>,
+    snap_uuid: &str,
+    image: &str,
+    spec: &CreateSpec<'_>,
+) -> Result<(), Status> {
+    let attrs = place
+        .snaps()
+        .get(snap_uuid)
+        .map_err(|e| jerr("read snapshot journal", e))?
+        .ok_or_else(|| Status::not_found(format!("snapshot {} does not exist", spec.source_id)))?;
+    let snap_image = attrs
+        .get(journal::IMAGE_NAME)
+        .cloned()
+        .ok_or_else(|| Status::not_found(format!("snapshot {} has no image", spec.source_id)))?;
+    let snap_img = place.open(&snap_image)?.ok_or_else(|| {
+        Status::not_found(format!("snapshot {} is not ready or gone", spec.source_id))
+    })?;
+    let snap_size = snap_img.size().map_err(|e| status("stat snapshot", &e))?;
+    if spec.size < snap_size {
+        return Err(Status::out_of_range(format!(
+            "requested size {} is smaller than the snapshot ({snap_size} bytes)",
+            spec.size
+        )));
+    }
+    if chain_depth(place, &snap_img)? + 1 >= HARD_CLONE_DEPTH {
+        flatten_async(place, &snap_image);
+        return Err(Status::aborted(format!(
+            "snapshot {} sits on a clone chain of {HARD_CLONE_DEPTH} images; it is being flattened, retry shortly",
+            spec.source_id
+        )));
+    }
+    drop(snap_img);
+    ok_if_exists(
+        rbd::clone(
+            &place.io,
+            &snap_image,
+            &snap_image,
+            &place.io,
+            image,
+            &clone_options(spec.params)?,
+        ),
+        "clone the snapshot",
+    )
+}
+
+fn clone_from_volume(
+    place: &Place<'_>,
+    vol_uuid: &str,
+    image: &str,
+    spec: &CreateSpec<'_>,
+) -> Result<(), Status> {
+    let attrs = place
+        .volumes()
+        .get(vol_uuid)
+        .map_err(|e| jerr("read volume journal", e))?
+        .ok_or_else(|| {
+            Status::not_found(format!("source volume {} does not exist", spec.source_id))
+        })?;
+    let src = attrs
+        .get(journal::IMAGE_NAME)
+        .cloned()
+        .unwrap_or_else(|| format!("{}{vol_uuid}", spec.params.vol_prefix));
+    let src_img = place.open(&src)?.ok_or_else(|| {
+        Status::not_found(format!("source volume {} does not exist", spec.source_id))
+    })?;
+    let src_size = src_img
+        .size()
+        .map_err(|e| status("stat source volume", &e))?;
+    if spec.size < src_size {
+        return Err(Status::out_of_range(format!(
+            "requested size {} is smaller than the source volume ({src_size} bytes)",
+            spec.size
+        )));
+    }
+    if chain_depth(place, &src_img)? + 1 >= HARD_CLONE_DEPTH {
+        flatten_async(place, &src);
+        return Err(Status::aborted(format!(
+            "volume {} sits on a clone chain of {HARD_CLONE_DEPTH} images; it is being flattened, retry shortly",
+            spec.source_id
+        )));
+    }
+    // A temporary snapshot named after the new image; with clone format 2 it can be removed
+    // right after cloning (Ceph keeps it in the trash namespace while the clone needs it).
+    ok_if_exists(src_img.snap_create(image), "snapshot the source volume")?;
+    crash_point("clone.tempsnap");
+    ok_if_exists(
+        rbd::clone(
+            &place.io,
+            &src,
+            image,
+            &place.io,
+            image,
+            &clone_options(spec.params)?,
+        ),
+        "clone the source volume",
+    )?;
+    ok_if_missing(src_img.snap_remove(image), "remove the temporary snapshot")
+}
+
+pub struct SnapshotInfo {
+    pub uuid: String,
+    pub size: u64,
+    pub created_nanos: i64,
+    pub source_image: String,
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub fn snapshot_info(uuid: &str, attrs: &Attrs) -> SnapshotInfo {
+    SnapshotInfo {
+        uuid: uuid.to_string(),
+        size: attrs
+            .get(SIZE_KEY)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        created_nanos: attrs
+            .get(CREATED_KEY)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        source_image: attrs.get(journal::SOURCE).cloned().unwrap_or_default(),
+    }
+}
+
+/// ceph-csi's snapshot layout: a temporary snapshot of the source, a clone of it named
+/// `csi-snap-<uuid>` that keeps the data when the source goes away, and a snapshot of the
+/// same name on that clone that restores clone from.
+pub fn create_snapshot(
+    place: &Place<'_>,
+    name: &str,
+    source_image: &str,
+    prefix: &str,
+) -> Result<SnapshotInfo, Status> {
+    let journal = place.snaps();
+    let mut attrs = Attrs::new();
+    attrs.insert(journal::SOURCE.to_string(), source_image.to_string());
+    attrs.insert(CREATED_KEY.to_string(), now_nanos().to_string());
+    let entry = reserve(&journal, name, prefix, attrs)?;
+    crash_point("snapshot.reserved");
+    if entry.attr(journal::SOURCE) != Some(source_image) {
+        return Err(Status::already_exists(format!(
+            "snapshot {name:?} already exists for another source volume ({:?})",
+            entry.attr(journal::SOURCE).unwrap_or("")
+        )));
+    }
+    let snap_image = entry_image(&entry, prefix);
+    if entry.attr(journal::IMAGE_ID).is_some() && place.open(&snap_image)?.is_some() {
+        return Ok(snapshot_info(&entry.uuid, &entry.attrs));
+    }
+
+    let existing = place.open(&snap_image)?;
+    if existing.is_none() {
+        let src = place.open(source_image)?.ok_or_else(|| {
+            Status::not_found(format!("source volume image {source_image} does not exist"))
+        })?;
+        let features = src
+            .features()
+            .map_err(|e| status("read source features", &e))?;
+        if features & rbd::FEATURE_LAYERING == 0 {
+            return Err(Status::failed_precondition(format!(
+                "image {source_image} lacks the layering feature, which snapshots need; add layering to imageFeatures"
+            )));
+        }
+        if chain_depth(place, &src)? + 1 >= HARD_CLONE_DEPTH {
+            flatten_async(place, source_image);
+            return Err(Status::aborted(format!(
+                "volume image {source_image} sits on a clone chain of {HARD_CLONE_DEPTH} images; it is being flattened, retry shortly"
+            )));
+        }
+        ok_if_exists(src.snap_create(&snap_image), "snapshot the source volume")?;
+        crash_point("snapshot.tempsnap");
+        let opts = CloneOptions {
+            features: Some(rbd::FEATURE_LAYERING | rbd::FEATURE_DEEP_FLATTEN),
+            ..CloneOptions::default()
+        };
+        ok_if_exists(
+            rbd::clone(
+                &place.io,
+                source_image,
+                &snap_image,
+                &place.io,
+                &snap_image,
+                &opts,
+            ),
+            "clone the snapshot image",
+        )?;
+        crash_point("snapshot.cloned");
+        ok_if_missing(
+            src.snap_remove(&snap_image),
+            "remove the temporary snapshot",
+        )?;
+    } else if let Some(src) = place.open(source_image)? {
+        ok_if_missing(
+            src.snap_remove(&snap_image),
+            "remove the temporary snapshot",
+        )?;
+    }
+    let img = place
+        .open(&snap_image)?
+        .ok_or_else(|| Status::aborted(format!("snapshot image {snap_image} vanished; retry")))?;
+    ok_if_exists(img.snap_create(&snap_image), "snapshot the snapshot image")?;
+    let size = img.size().map_err(|e| status("stat snapshot image", &e))?;
+    let id = img.id().map_err(|e| status("read image id", &e))?;
+    if chain_depth(place, &img)? >= SOFT_CLONE_DEPTH {
+        flatten_async(place, &snap_image);
+    }
+    let size_s = size.to_string();
+    journal
+        .set_attrs(
+            &entry.uuid,
+            &[
+                (SIZE_KEY, size_s.as_str()),
+                (journal::IMAGE_ID, id.as_str()),
+            ],
+        )
+        .map_err(|e| jerr("journal record", e))?;
+    crash_point("snapshot.recorded");
+    let mut attrs = entry.attrs.clone();
+    attrs.insert(SIZE_KEY.to_string(), size_s);
+    Ok(snapshot_info(&entry.uuid, &attrs))
+}
+
+/// Moves an image to the trash and removes it there. An image that clones still depend on
+/// stays in the trash; `purge_parent` removes it once its last child is gone.
+fn trash_image(place: &Place<'_>, image: &str, id: &str) -> Result<(), Status> {
+    ok_if_missing(rbd::trash_move(&place.io, image, 0), "move image to trash")?;
+    crash_point("delete.trashed");
+    remove_from_trash(&place.io, id);
+    Ok(())
+}
+
+fn remove_from_trash(io: &IoCtx, id: &str) {
+    match rbd::trash_remove(io, id, true) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if e.kind() == ErrorKind::Busy => {
+            tracing::info!(
+                image_id = id,
+                "image stays in the trash until its clones are gone"
+            );
+        }
+        Err(e) => tracing::warn!(
+            image_id = id,
+            "cannot remove image from trash (left for later): {e}"
+        ),
+    }
+}
+
+/// After a child image is removed, removes its parent too if the parent was already deleted
+/// (it sits in the trash) and nothing else depends on it. Walks up the chain.
+fn purge_parent(place: &Place<'_>, mut parent: Option<rbd::ParentInfo>) {
+    let mut steps = 0;
+    while let Some(p) = parent.take() {
+        steps += 1;
+        if !p.trash || steps > HARD_CLONE_DEPTH * 2 {
+            return;
+        }
+        let Ok(io) = place.cluster.ioctx_by_id(p.pool_id, &p.pool_namespace) else {
+            return;
+        };
+        let grand = rbd::Image::open_by_id_read_only(&io, &p.image_id)
+            .ok()
+            .and_then(|img| img.parent().ok().flatten());
+        match rbd::trash_remove(&io, &p.image_id, true) {
+            Ok(()) => parent = grand,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Fails with FailedPrecondition when any client has the image open read-write (a node
+/// that mapped it). `img` must be opened read-only, which registers no watch of its own.
+fn check_unused(img: &Image, image: &str) -> Result<(), Status> {
+    let watchers = img
+        .watchers()
+        .map_err(|e| status("list image watchers", &e))?;
+    if !watchers.is_empty() {
+        let who: Vec<String> = watchers
+            .iter()
+            .map(|w| format!("client.{} at {}", w.id, w.addr))
+            .collect();
+        return Err(Status::failed_precondition(format!(
+            "image {image} is still in use by {}; unstage it on that node (or unmap it) first",
+            who.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+pub fn delete_volume(place: &Place<'_>, uuid: &str) -> Result<(), Status> {
+    let journal = place.volumes();
+    let attrs = journal
+        .get(uuid)
+        .map_err(|e| jerr("read volume journal", e))?;
+    let image = attrs
+        .as_ref()
+        .and_then(|a| a.get(journal::IMAGE_NAME).cloned())
+        .unwrap_or_else(|| format!("{}{uuid}", crate::rbd::params::DEFAULT_VOL_PREFIX));
+    if let Some(img) = place.open_read_only(&image)? {
+        check_unused(&img, &image)?;
+        let parent = img.parent().map_err(|e| status("read image parent", &e))?;
+        let id = img.id().map_err(|e| status("read image id", &e))?;
+        drop(img);
+        trash_image(place, &image, &id)?;
+        purge_parent(place, parent);
+    }
+    journal
+        .release(uuid, None)
+        .map_err(|e| jerr("remove journal entry", e))?;
+    crash_point("delete.released");
+    Ok(())
+}
+
+pub fn delete_snapshot(place: &Place<'_>, uuid: &str) -> Result<(), Status> {
+    let journal = place.snaps();
+    let attrs = journal
+        .get(uuid)
+        .map_err(|e| jerr("read snapshot journal", e))?;
+    let image = attrs
+        .as_ref()
+        .and_then(|a| a.get(journal::IMAGE_NAME).cloned())
+        .unwrap_or_else(|| format!("{}{uuid}", crate::rbd::params::DEFAULT_SNAP_PREFIX));
+    if let Some(img) = place.open(&image)? {
+        ok_if_missing(img.snap_remove(&image), "remove the snapshot")?;
+        let parent = img.parent().map_err(|e| status("read image parent", &e))?;
+        let id = img.id().map_err(|e| status("read image id", &e))?;
+        drop(img);
+        trash_image(place, &image, &id)?;
+        purge_parent(place, parent);
+    }
+    // A crash between the temporary snapshot and the clone leaves it on the source.
+    if let Some(src) = attrs.as_ref().and_then(|a| a.get(journal::SOURCE)) {
+        if let Some(src_img) = place.open(src)? {
+            ok_if_missing(
+                src_img.snap_remove(&image),
+                "remove a leftover temporary snapshot",
+            )?;
+        }
+    }
+    journal
+        .release(uuid, None)
+        .map_err(|e| jerr("remove journal entry", e))?;
+    Ok(())
+}
+
+/// Grows the image to at least `size`; returns the size it has now.
+pub fn expand(place: &Place<'_>, image: &str, size: u64) -> Result<u64, Status> {
+    let img = place
+        .open(image)?
+        .ok_or_else(|| Status::not_found(format!("volume image {image} does not exist")))?;
+    let current = img.size().map_err(|e| status("stat image", &e))?;
+    if size > current {
+        img.resize(size).map_err(|e| status("resize image", &e))?;
+        return Ok(size);
+    }
+    Ok(current)
+}
