@@ -121,6 +121,13 @@ def cmd_setup(a):
         for pool in (RBD_POOL, FS_META_POOL, FS_DATA_POOL):
             mon(c, "osd pool create", pool=pool, pg_num=PG_NUM, pgp_num=PG_NUM,
                 autoscale_mode="off")
+        # The mgr's devicehealth module creates this pool (1 PG) soon after it
+        # becomes active, i.e. maybe after `up` has seen all PGs active+clean;
+        # create it now so that `up` waits for its PG too.
+        mon(c, "osd pool create", pool="device_health_metrics", pg_num=1, pgp_num=1,
+            autoscale_mode="off")
+        mon(c, "osd pool application enable", pool="device_health_metrics",
+            app="mgr_devicehealth")
         mon(c, "fs new", fs_name=FS_NAME, metadata=FS_META_POOL, data=FS_DATA_POOL,
             ok_errnos=(errno.EEXIST,))
         # No standby MDS on a one-node cluster: do not warn about it.

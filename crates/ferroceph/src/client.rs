@@ -135,6 +135,26 @@ pub const RPCS: &[(&str, &str)] = &[
     ("NodeGetInfo", "Node"),
 ];
 
+/// RPCs whose request has a `secrets` field.
+fn takes_secrets(rpc: &str) -> bool {
+    matches!(
+        rpc,
+        "CreateVolume"
+            | "DeleteVolume"
+            | "ControllerPublishVolume"
+            | "ControllerUnpublishVolume"
+            | "ValidateVolumeCapabilities"
+            | "CreateSnapshot"
+            | "DeleteSnapshot"
+            | "ListSnapshots"
+            | "ControllerExpandVolume"
+            | "ControllerModifyVolume"
+            | "NodeStageVolume"
+            | "NodePublishVolume"
+            | "NodeExpandVolume"
+    )
+}
+
 fn read_secrets(path: &PathBuf) -> anyhow::Result<Map<String, Value>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read secrets file {}: {e}", path.display()))?;
@@ -282,6 +302,9 @@ pub fn build_request(
         }
     }
     if let Some(path) = &args.secrets_file {
+        if !takes_secrets(rpc) {
+            anyhow::bail!("{rpc} carries no secrets; drop --secrets-file");
+        }
         req.insert("secrets".into(), Value::Object(read_secrets(path)?));
     }
     Ok(Value::Object(req))
