@@ -87,6 +87,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub cephtimeout: Duration,
 
+    /// How often the controller retries removing deleted images left in the RBD trash.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub reapinterval: Duration,
+
     /// Cluster map (ceph-csi's config.json).
     #[arg(long, default_value = "/etc/ceph-csi-config/config.json")]
     pub configpath: PathBuf,

@@ -428,52 +428,68 @@ async fn takes_over_a_ceph_csi_volume() {
 /// finish the work and leave exactly the intended objects.
 #[tokio::test]
 async fn crash_at_every_step_converges() {
-    let name = unique("pvc-crash");
-    let mut created: Option<pb::Volume> = None;
+    // Without exclusive-lock: a killed process's lock would stall the retry until the OSD
+    // expires its watch (30 s), which is Ceph's behaviour, not ours.
+    let create_req = |name: &str, size: i64| {
+        let mut r = common::create_req(name, size);
+        r.parameters.insert("imageFeatures".into(), "layering,deep-flatten".into());
+        r
+    };
+    let mut extra: Vec<String> = Vec::new();
+    let mut v: Option<pb::Volume> = None;
+    let mut name = String::new();
     for point in ["create.reserved", "create.image", "create.recorded"] {
+        name = unique("pvc-crash");
         let mut d = Driver::start(
             &["--type=rbd", "--controllerserver=true"],
             &[("FERROCEPH_TEST_CRASH_AT", point)],
         );
         let mut ctl = d.controller().await;
-        let r = ctl.create_volume(create_req(&name, 8 * MIB)).await;
-        if r.is_ok() {
-            // this step was already done by an earlier attempt
-        }
-        let _ = d.wait_exit(Duration::from_secs(10));
+        assert!(ctl.create_volume(create_req(&name, 8 * MIB)).await.is_err());
+        assert!(d.wait_exit(Duration::from_secs(10)).is_some(), "crash point {point} not reached");
         d.envs.clear();
         d.spawn();
         let mut ctl = d.controller().await;
-        let v = ctl.create_volume(create_req(&name, 8 * MIB)).await.unwrap().into_inner().volume.unwrap();
-        if let Some(prev) = &created {
-            assert_eq!(prev.volume_id, v.volume_id, "retry after {point} changed the volume");
+        let got = ctl.create_volume(create_req(&name, 8 * MIB)).await.unwrap().into_inner().volume.unwrap();
+        let again = ctl.create_volume(create_req(&name, 8 * MIB)).await.unwrap().into_inner().volume.unwrap();
+        assert_eq!(got.volume_id, again.volume_id, "after {point}");
+        assert_eq!(images().iter().filter(|i| i.contains(&uuid_of(&got.volume_id))).count(), 1, "after {point}");
+        if let Some(prev) = v.replace(got) {
+            extra.push(prev.volume_id);
         }
-        created = Some(v);
     }
-    let v = created.unwrap();
-    assert_eq!(images().iter().filter(|i| i.contains(&uuid_of(&v.volume_id))).count(), 1);
+    let v = v.unwrap();
 
     // snapshot flow
-    let sname = unique("snap-crash");
-    let mut snap_id: Option<String> = None;
+    let mut snap_id = String::new();
+    let mut sname = String::new();
     for point in ["snapshot.reserved", "snapshot.tempsnap", "snapshot.cloned", "snapshot.recorded"] {
+        sname = unique("snap-crash");
         let mut d = Driver::start(&["--type=rbd", "--controllerserver=true"], &[("FERROCEPH_TEST_CRASH_AT", point)]);
         let mut ctl = d.controller().await;
-        let _ = ctl.create_snapshot(snap_req(&sname, &v.volume_id)).await;
-        let _ = d.wait_exit(Duration::from_secs(10));
+        assert!(ctl.create_snapshot(snap_req(&sname, &v.volume_id)).await.is_err());
+        assert!(d.wait_exit(Duration::from_secs(10)).is_some(), "crash point {point} not reached");
         d.envs.clear();
         d.spawn();
         let mut ctl = d.controller().await;
         let s = ctl.create_snapshot(snap_req(&sname, &v.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
-        if let Some(prev) = &snap_id {
-            assert_eq!(prev, &s.snapshot_id);
+        let s2 = ctl.create_snapshot(snap_req(&sname, &v.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+        assert_eq!(s.snapshot_id, s2.snapshot_id);
+        if !snap_id.is_empty() {
+            ctl.delete_snapshot(del_snap_req(&snap_id)).await.unwrap();
         }
-        snap_id = Some(s.snapshot_id);
+        snap_id = s.snapshot_id;
     }
-    let snap_id = snap_id.unwrap();
-    // the temporary snapshot on the source is gone
+    // the temporary snapshot on the source is gone (or parked in Ceph's trash namespace)
     let (_, snaps) = admin_cli("rbd", &["snap", "ls", "--all", &format!("rbd/{}", image_name(&v))]);
-    assert!(!snaps.contains("csi-snap-") || snaps.contains("trash"), "{snaps}");
+    assert!(!snaps.contains(" user "), "{snaps}");
+    {
+        let d = Driver::rbd();
+        let mut ctl = d.controller().await;
+        for id in &extra {
+            ctl.delete_volume(del_req(id)).await.unwrap();
+        }
+    }
 
     // clone flow
     let cname = unique("pvc-crash-clone");
@@ -498,26 +514,65 @@ async fn crash_at_every_step_converges() {
     ] {
         let mut d = Driver::start(&["--type=rbd", "--controllerserver=true"], &[("FERROCEPH_TEST_CRASH_AT", point)]);
         let mut ctl = d.controller().await;
-        if is_snap {
-            let _ = ctl.delete_snapshot(del_snap_req(&id)).await;
-        } else {
-            let _ = ctl.delete_volume(del_req(&id)).await;
+        // Retry through the lingering watch of the previous killed process until the
+        // crash point is reached.
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let r = if is_snap {
+                ctl.delete_snapshot(del_snap_req(&id)).await.map(|_| ())
+            } else {
+                ctl.delete_volume(del_req(&id)).await.map(|_| ())
+            };
+            if d.wait_exit(Duration::from_secs(2)).is_some() {
+                break;
+            }
+            match r {
+                Err(e) if e.code() == Code::FailedPrecondition && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_secs(2)).await
+                }
+                other => panic!("crash point {point} not reached: {other:?}"),
+            }
         }
-        let _ = d.wait_exit(Duration::from_secs(10));
         d.envs.clear();
         d.spawn();
         let mut ctl = d.controller().await;
-        if is_snap {
-            ctl.delete_snapshot(del_snap_req(&id)).await.unwrap();
-        } else {
-            ctl.delete_volume(del_req(&id)).await.unwrap();
+        // The killed process's watch on the image lingers until the OSD expires it (30 s);
+        // until then DeleteVolume answers FailedPrecondition and the CO retries, as here.
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let r = if is_snap {
+                ctl.delete_snapshot(del_snap_req(&id)).await.map(|_| ())
+            } else {
+                ctl.delete_volume(del_req(&id)).await.map(|_| ())
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) if e.code() == Code::FailedPrecondition && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_secs(2)).await
+                }
+                Err(e) => panic!("delete after crash at {point}: {e:?}"),
+            }
         }
     }
-    for u in [uuid_of(&v.volume_id), uuid_of(&clone.volume_id), uuid_of(&snap_id)] {
-        assert!(!images().iter().any(|i| i.contains(&u)), "image {u} leaked");
-        assert!(!object_exists(&format!("csi.volume.{u}")) && !object_exists(&format!("csi.snap.{u}")), "journal {u} leaked");
+    // Images a dead client still watched could not leave the trash at once; the reaper
+    // removes them once Ceph has expired the watch.
+    let d = Driver::start(&["--type=rbd", "--controllerserver=true", "--reapinterval=2s"], &[]);
+    let mut ctl = d.controller().await;
+    ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
+    let ours = [uuid_of(&v.volume_id), uuid_of(&clone.volume_id), uuid_of(&snap_id)];
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
         let (_, trash) = admin_cli("rbd", &["trash", "ls", "-p", "rbd", "--all", "--long"]);
-        assert!(!trash.contains(&u), "{u} left in trash: {trash}");
+        let left: Vec<_> = ours.iter().filter(|u| trash.contains(u.as_str())).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{left:?} left in trash: {trash}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for u in &ours {
+        assert!(!images().iter().any(|i| i.contains(u.as_str())), "image {u} leaked");
+        assert!(!object_exists(&format!("csi.volume.{u}")) && !object_exists(&format!("csi.snap.{u}")), "journal {u} leaked");
     }
     assert!(!journal_has(&name) && !journal_has(&cname) && !snap_journal_has(&sname));
 }

@@ -448,6 +448,35 @@ pub fn trash_move(io: &IoCtx, name: &str, delay_secs: u64) -> Result<()> {
         .map_err(|e| Error::new("rbd trash move", e, io.ctx(name)))
 }
 
+/// An image in the trash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrashEntry {
+    /// Image id.
+    pub id: String,
+    /// Image name at the time it was trashed.
+    pub name: String,
+    /// Who trashed it: 0 user, 1 mirroring, 2 migration, 3 removing, 4 user parent.
+    pub source: i32,
+    /// Unix time it was trashed.
+    pub deletion_time: i64,
+    /// Unix time before which it may not be removed without `force`.
+    pub deferment_end_time: i64,
+}
+
+/// The images in the trash of the pool/namespace (`rbd_trash_list`).
+pub fn trash_list(io: &IoCtx) -> Result<Vec<TrashEntry>> {
+    let v = sys::rbd_trash_entries(io.raw()).map_err(|e| Error::new("rbd trash list", e, io.location()))?;
+    Ok(v.into_iter()
+        .map(|(id, name, source, deletion_time, deferment_end_time)| TrashEntry {
+            id,
+            name,
+            source,
+            deletion_time,
+            deferment_end_time,
+        })
+        .collect())
+}
+
 /// Removes the trashed image with id `id`; `force` ignores the deferment
 /// delay (`PermissionDenied` without it while the delay runs).
 pub fn trash_remove(io: &IoCtx, id: &str, force: bool) -> Result<()> {

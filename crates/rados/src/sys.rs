@@ -66,6 +66,16 @@ struct rbd_image_spec_t {
     name: *mut c_char,
 }
 
+/// `rbd_trash_image_info_t`
+#[repr(C)]
+struct rbd_trash_image_info_t {
+    id: *mut c_char,
+    name: *mut c_char,
+    source: c_int,
+    deletion_time: libc::time_t,
+    deferment_end_time: libc::time_t,
+}
+
 /// `rbd_linked_image_spec_t`
 #[repr(C)]
 struct rbd_linked_image_spec_t {
@@ -267,6 +277,12 @@ extern "C" {
     fn rbd_remove(io: rados_ioctx_t, name: *const c_char) -> c_int;
     fn rbd_trash_move(io: rados_ioctx_t, name: *const c_char, delay: u64) -> c_int;
     fn rbd_trash_remove(io: rados_ioctx_t, id: *const c_char, force: bool) -> c_int;
+    fn rbd_trash_list(
+        io: rados_ioctx_t,
+        entries: *mut rbd_trash_image_info_t,
+        num_entries: *mut size_t,
+    ) -> c_int;
+    fn rbd_trash_list_cleanup(entries: *mut rbd_trash_image_info_t, num_entries: size_t);
 
     fn rbd_open(
         io: rados_ioctx_t,
@@ -931,6 +947,54 @@ pub(crate) fn rbd_trash_remove_image(io: &Ioctx, id: &str, force: bool) -> SysRe
     let i = cstr(id)?;
     // SAFETY: valid io context and C string.
     rc(unsafe { rbd_trash_remove(io.ptr, i.as_ptr(), force) }).map(drop)
+}
+
+/// A trash entry: id, name, source, deletion time, deferment end (unix seconds).
+pub(crate) type RawTrashEntry = (String, String, i32, i64, i64);
+
+/// Every image in the trash of the io context's pool/namespace.
+pub(crate) fn rbd_trash_entries(io: &Ioctx) -> SysResult<Vec<RawTrashEntry>> {
+    let mut cap: size_t = 64;
+    for _ in 0..MAX_TRIES {
+        let mut entries: Vec<rbd_trash_image_info_t> = (0..cap)
+            .map(|_| rbd_trash_image_info_t {
+                id: ptr::null_mut(),
+                name: ptr::null_mut(),
+                source: 0,
+                deletion_time: 0,
+                deferment_end_time: 0,
+            })
+            .collect();
+        let mut n: size_t = cap;
+        // SAFETY: `entries` has room for `n` entries.
+        let r = unsafe { rbd_trash_list(io.ptr, entries.as_mut_ptr(), &mut n) };
+        if r == -libc::ERANGE {
+            let want = n.max(cap.saturating_mul(2)).saturating_add(16);
+            if want > MAX_BUF {
+                return Err(libc::ERANGE);
+            }
+            cap = want;
+            continue;
+        }
+        rc(r)?;
+        let n = n.min(cap);
+        let out = entries[..n]
+            .iter()
+            .map(|e| {
+                (
+                    copy_cstr(e.id),
+                    copy_cstr(e.name),
+                    e.source,
+                    e.deletion_time as i64,
+                    e.deferment_end_time as i64,
+                )
+            })
+            .collect();
+        // SAFETY: librbd filled the first `n` entries with strdup'ed strings.
+        unsafe { rbd_trash_list_cleanup(entries.as_mut_ptr(), n) };
+        return Ok(out);
+    }
+    Err(libc::ERANGE)
 }
 
 /// `(id, name)` of every image in the io context's pool/namespace.

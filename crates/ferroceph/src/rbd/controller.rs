@@ -150,6 +150,41 @@ impl RbdController {
         }
     }
 
+    /// Every `interval`, removes deleted images that had to stay in the trash (clones still
+    /// depending on them, or a dead client's watch) from the pools this controller used.
+    pub fn spawn_trash_reaper(self: &Arc<Self>, interval: std::time::Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(ctl) = me.upgrade() else { return };
+                for (cluster_id, k) in ctl.known() {
+                    let cfg = ctl.ceph.connect_config(&k.monitors, &k.creds.user, &k.creds.key);
+                    let pools = k.pools.clone();
+                    let ns = k.namespace.clone();
+                    let r = ctl
+                        .ceph
+                        .run(cfg, move |cluster| {
+                            let mut n = 0;
+                            for pool in &pools {
+                                if let Ok(io) = cluster.ioctx(pool, &ns) {
+                                    n += image::reap_trash(&io, &[]);
+                                }
+                            }
+                            Ok(n)
+                        })
+                        .await;
+                    if let Err(e) = r {
+                        tracing::debug!(cluster = %cluster_id, "trash reaper: {}", e.message());
+                    }
+                }
+            }
+        });
+    }
+
     fn known(&self) -> BTreeMap<String, Known> {
         self.known.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -316,15 +351,22 @@ impl Controller for RbdController {
             .acquire("volume", [format!("id:{}", req.volume_id)])?;
         let cfg = self.ceph.connect_config(&monitors, &creds.user, &creds.key);
         let instance = self.instance.clone();
-        self.ceph
+        let ns = namespace.clone();
+        let cluster_id = id.cluster_id.clone();
+        let pool = self
+            .ceph
             .run(cfg, move |cluster| {
                 let _guard = guard;
-                match Place::by_id(cluster, id.location, &namespace, &instance)? {
-                    None => Ok(()),
-                    Some(place) => image::delete_volume(&place, &id.uuid),
+                match Place::by_id(cluster, id.location, &ns, &instance)? {
+                    None => Ok(None),
+                    Some(place) => {
+                        image::delete_volume(&place, &id.uuid)?;
+                        Ok(Some(place.io.pool_name().to_string()))
+                    }
                 }
             })
             .await?;
+        self.remember(&cluster_id, &monitors, &namespace, &creds, pool.as_deref());
         Ok(Response::new(pb::DeleteVolumeResponse {}))
     }
 
@@ -616,15 +658,22 @@ impl Controller for RbdController {
             .acquire("snapshot", [format!("id:{}", req.snapshot_id)])?;
         let cfg = self.ceph.connect_config(&monitors, &creds.user, &creds.key);
         let instance = self.instance.clone();
-        self.ceph
+        let ns = namespace.clone();
+        let cluster_id = id.cluster_id.clone();
+        let pool = self
+            .ceph
             .run(cfg, move |cluster| {
                 let _guard = guard;
-                match Place::by_id(cluster, id.location, &namespace, &instance)? {
-                    None => Ok(()),
-                    Some(place) => image::delete_snapshot(&place, &id.uuid),
+                match Place::by_id(cluster, id.location, &ns, &instance)? {
+                    None => Ok(None),
+                    Some(place) => {
+                        image::delete_snapshot(&place, &id.uuid)?;
+                        Ok(Some(place.io.pool_name().to_string()))
+                    }
                 }
             })
             .await?;
+        self.remember(&cluster_id, &monitors, &namespace, &creds, pool.as_deref());
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 

@@ -642,6 +642,62 @@ fn purge_parent(place: &Place<'_>, mut parent: Option<rbd::ParentInfo>) {
     }
 }
 
+/// Removes expired images of ours (named `<prefix><uuid>`, trashed by a user) from the
+/// trash: images that could not be removed when they were deleted because clones still
+/// depended on them or a dead client's watch still lingered. Children go before parents,
+/// so a few passes run while they make progress. Returns how many were removed.
+pub fn reap_trash(io: &IoCtx, extra_prefixes: &[&str]) -> usize {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let ours = |name: &str| {
+        uuid_tail(name).is_some()
+            && [crate::rbd::params::DEFAULT_VOL_PREFIX, crate::rbd::params::DEFAULT_SNAP_PREFIX]
+                .iter()
+                .chain(extra_prefixes.iter())
+                .any(|p| name.len() == p.len() + 36 && name.starts_with(p))
+    };
+    let mut removed = 0;
+    for _ in 0..4 {
+        let entries = match rbd::trash_list(io) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("cannot list the trash: {e}");
+                return removed;
+            }
+        };
+        let mut progress = false;
+        for e in entries
+            .iter()
+            .filter(|e| e.source == 0 && e.deferment_end_time <= now && ours(&e.name))
+            .take(64)
+        {
+            match rbd::trash_remove(io, &e.id, false) {
+                Ok(()) => {
+                    tracing::info!(image = %e.name, "removed a deleted image from the trash");
+                    removed += 1;
+                    progress = true;
+                }
+                Err(err) => tracing::debug!(image = %e.name, "trash entry stays for now: {err}"),
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    removed
+}
+
+fn uuid_tail(name: &str) -> Option<&str> {
+    let tail = name.get(name.len().checked_sub(36)?..)?;
+    uuid::Uuid::parse_str(tail).ok().map(|_| tail)
+}
+
+fn prefix_of(image: &str) -> &str {
+    &image[..image.len().saturating_sub(36)]
+}
+
 /// Fails with FailedPrecondition when any client has the image open read-write (a node
 /// that mapped it). `img` must be opened read-only, which registers no watch of its own.
 fn check_unused(img: &Image, image: &str) -> Result<(), Status> {
@@ -654,7 +710,7 @@ fn check_unused(img: &Image, image: &str) -> Result<(), Status> {
             .map(|w| format!("client.{} at {}", w.id, w.addr))
             .collect();
         return Err(Status::failed_precondition(format!(
-            "image {image} is still in use by {}; unstage it on that node (or unmap it) first",
+            "image {image} is still in use by {}; unstage it on that node (or unmap it) first (a client that died is dropped by Ceph within 30 s)",
             who.join(", ")
         )));
     }
@@ -682,6 +738,7 @@ pub fn delete_volume(place: &Place<'_>, uuid: &str) -> Result<(), Status> {
         .release(uuid, None)
         .map_err(|e| jerr("remove journal entry", e))?;
     crash_point("delete.released");
+    reap_trash(&place.io, &[prefix_of(&image)]);
     Ok(())
 }
 
@@ -714,6 +771,7 @@ pub fn delete_snapshot(place: &Place<'_>, uuid: &str) -> Result<(), Status> {
     journal
         .release(uuid, None)
         .map_err(|e| jerr("remove journal entry", e))?;
+    reap_trash(&place.io, &[prefix_of(&image)]);
     Ok(())
 }
 
