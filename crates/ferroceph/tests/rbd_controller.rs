@@ -11,8 +11,12 @@ use tonic::Code;
 
 fn admin() -> rados::Cluster {
     let c = cluster();
-    rados::Cluster::connect(&rados::ConnectConfig::new([c.monitors()], "admin", c.get("FERRO_ADMIN_KEY")))
-        .expect("admin connection")
+    rados::Cluster::connect(&rados::ConnectConfig::new(
+        [c.monitors()],
+        "admin",
+        c.get("FERRO_ADMIN_KEY"),
+    ))
+    .expect("admin connection")
 }
 
 fn image_name(v: &pb::Volume) -> String {
@@ -33,11 +37,17 @@ fn snap_req(name: &str, source: &str) -> pb::CreateSnapshotRequest {
 }
 
 fn del_req(id: &str) -> pb::DeleteVolumeRequest {
-    pb::DeleteVolumeRequest { volume_id: id.to_string(), secrets: cluster().rbd_secrets() }
+    pb::DeleteVolumeRequest {
+        volume_id: id.to_string(),
+        secrets: cluster().rbd_secrets(),
+    }
 }
 
 fn del_snap_req(id: &str) -> pb::DeleteSnapshotRequest {
-    pb::DeleteSnapshotRequest { snapshot_id: id.to_string(), secrets: cluster().rbd_secrets() }
+    pb::DeleteSnapshotRequest {
+        snapshot_id: id.to_string(),
+        secrets: cluster().rbd_secrets(),
+    }
 }
 
 fn write_image(name: &str, data: &[u8]) {
@@ -58,11 +68,15 @@ fn read_image(name: &str, len: usize) -> Vec<u8> {
 }
 
 fn journal_has(name: &str) -> bool {
-    omap_keys("csi.volumes.default").iter().any(|k| k == &format!("csi.volume.{name}"))
+    omap_keys("csi.volumes.default")
+        .iter()
+        .any(|k| k == &format!("csi.volume.{name}"))
 }
 
 fn snap_journal_has(name: &str) -> bool {
-    omap_keys("csi.snaps.default").iter().any(|k| k == &format!("csi.snap.{name}"))
+    omap_keys("csi.snaps.default")
+        .iter()
+        .any(|k| k == &format!("csi.snap.{name}"))
 }
 
 #[tokio::test]
@@ -71,99 +85,207 @@ async fn full_lifecycle_with_data() {
     let mut ctl = d.controller().await;
     let name = unique("pvc-life");
     let mut req = create_req(&name, 64 * MIB);
-    req.parameters.insert("csi.storage.k8s.io/pvc/name".into(), "data".into());
-    req.parameters.insert("csi.storage.k8s.io/pvc/namespace".into(), "team-a".into());
-    req.parameters.insert("csi.storage.k8s.io/pv/name".into(), name.clone());
-    let vol = ctl.create_volume(req.clone()).await.unwrap().into_inner().volume.unwrap();
+    req.parameters
+        .insert("csi.storage.k8s.io/pvc/name".into(), "data".into());
+    req.parameters
+        .insert("csi.storage.k8s.io/pvc/namespace".into(), "team-a".into());
+    req.parameters
+        .insert("csi.storage.k8s.io/pv/name".into(), name.clone());
+    let vol = ctl
+        .create_volume(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     assert_eq!(vol.capacity_bytes, 64 * MIB);
     assert!(vol.volume_id.starts_with("0001-0024-"), "{}", vol.volume_id);
     assert!(vol.volume_id.len() <= 128);
     let img = image_name(&vol);
     assert_eq!(img, format!("csi-vol-{}", uuid_of(&vol.volume_id)));
     assert!(image_exists(&img));
-    for k in ["pool", "journalPool", "imageName", "clusterID", "imageFeatures"] {
-        assert!(vol.volume_context.contains_key(k), "volume_context lacks {k}");
+    for k in [
+        "pool",
+        "journalPool",
+        "imageName",
+        "clusterID",
+        "imageFeatures",
+    ] {
+        assert!(
+            vol.volume_context.contains_key(k),
+            "volume_context lacks {k}"
+        );
     }
     // metadata names the claim; the journal names the owner
-    let (ok, meta) = admin_cli("rbd", &["image-meta", "get", &format!("rbd/{img}"), "csi.storage.k8s.io/pvc/name"]);
+    let (ok, meta) = admin_cli(
+        "rbd",
+        &[
+            "image-meta",
+            "get",
+            &format!("rbd/{img}"),
+            "csi.storage.k8s.io/pvc/name",
+        ],
+    );
     assert!(ok && meta.trim() == "data", "{meta}");
-    let (_, owner) = admin_cli("rados", &["-p", "rbd", "getomapval", &format!("csi.volume.{}", uuid_of(&vol.volume_id)), "csi.volume.owner"]);
-    assert!(owner.contains("team-a") || owner.contains("74 65 61 6d"), "{owner}");
+    let (_, owner) = admin_cli(
+        "rados",
+        &[
+            "-p",
+            "rbd",
+            "getomapval",
+            &format!("csi.volume.{}", uuid_of(&vol.volume_id)),
+            "csi.volume.owner",
+        ],
+    );
+    assert!(
+        owner.contains("team-a") || owner.contains("74 65 61 6d"),
+        "{owner}"
+    );
 
     // idempotent; incompatible size → AlreadyExists
-    let again = ctl.create_volume(req.clone()).await.unwrap().into_inner().volume.unwrap();
+    let again = ctl
+        .create_volume(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     assert_eq!(again.volume_id, vol.volume_id);
     assert_eq!(again.volume_context, vol.volume_context);
     let mut bigger = req.clone();
-    bigger.capacity_range = Some(pb::CapacityRange { required_bytes: 128 * MIB, limit_bytes: 0 });
-    assert_eq!(ctl.create_volume(bigger).await.unwrap_err().code(), Code::AlreadyExists);
+    bigger.capacity_range = Some(pb::CapacityRange {
+        required_bytes: 128 * MIB,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        ctl.create_volume(bigger).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
 
     write_image(&img, b"hello ceph");
 
     // snapshot (idempotent), then change the source: the snapshot keeps the old data
     let sname = unique("snap");
-    let snap = ctl.create_snapshot(snap_req(&sname, &vol.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    let snap = ctl
+        .create_snapshot(snap_req(&sname, &vol.volume_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
     assert!(snap.ready_to_use);
     assert_eq!(snap.size_bytes, 64 * MIB);
     assert_eq!(snap.source_volume_id, vol.volume_id);
     assert!(snap.creation_time.is_some());
-    let snap2 = ctl.create_snapshot(snap_req(&sname, &vol.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    let snap2 = ctl
+        .create_snapshot(snap_req(&sname, &vol.volume_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
     assert_eq!(snap2.snapshot_id, snap.snapshot_id);
     assert_eq!(snap2.creation_time, snap.creation_time);
     write_image(&img, b"CHANGED!!!");
 
     // list by id and by source
     let listed = ctl
-        .list_snapshots(pb::ListSnapshotsRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() })
+        .list_snapshots(pb::ListSnapshotsRequest {
+            snapshot_id: snap.snapshot_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(listed.entries.len(), 1);
     let listed = ctl
-        .list_snapshots(pb::ListSnapshotsRequest { source_volume_id: vol.volume_id.clone(), ..Default::default() })
+        .list_snapshots(pb::ListSnapshotsRequest {
+            source_volume_id: vol.volume_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(listed.entries.len(), 1);
-    assert_eq!(listed.entries[0].snapshot.as_ref().unwrap().snapshot_id, snap.snapshot_id);
+    assert_eq!(
+        listed.entries[0].snapshot.as_ref().unwrap().snapshot_id,
+        snap.snapshot_id
+    );
 
     // restore into a larger volume
     let rname = unique("pvc-restore");
     let mut rreq = create_req(&rname, 96 * MIB);
     rreq.volume_content_source = Some(pb::VolumeContentSource {
-        r#type: Some(pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource {
-            snapshot_id: snap.snapshot_id.clone(),
-        })),
+        r#type: Some(pb::volume_content_source::Type::Snapshot(
+            pb::volume_content_source::SnapshotSource {
+                snapshot_id: snap.snapshot_id.clone(),
+            },
+        )),
     });
-    let restored = ctl.create_volume(rreq.clone()).await.unwrap().into_inner().volume.unwrap();
+    let restored = ctl
+        .create_volume(rreq.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     assert_eq!(restored.capacity_bytes, 96 * MIB);
     assert!(restored.content_source.is_some());
-    assert_eq!(ctl.create_volume(rreq.clone()).await.unwrap().into_inner().volume.unwrap().volume_id, restored.volume_id);
+    assert_eq!(
+        ctl.create_volume(rreq.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id,
+        restored.volume_id
+    );
     // same name, other source → AlreadyExists
     let mut other = create_req(&rname, 96 * MIB);
     other.volume_content_source = None;
-    assert_eq!(ctl.create_volume(other).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(
+        ctl.create_volume(other).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
     // smaller than the snapshot → OutOfRange
     let mut small = rreq.clone();
     small.name = unique("pvc-small");
-    small.capacity_range = Some(pb::CapacityRange { required_bytes: MIB, limit_bytes: 0 });
-    assert_eq!(ctl.create_volume(small).await.unwrap_err().code(), Code::OutOfRange);
+    small.capacity_range = Some(pb::CapacityRange {
+        required_bytes: MIB,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        ctl.create_volume(small).await.unwrap_err().code(),
+        Code::OutOfRange
+    );
 
     // clone the (changed) source
     let cname = unique("pvc-clone");
     let mut creq = create_req(&cname, 64 * MIB);
     creq.volume_content_source = Some(pb::VolumeContentSource {
-        r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource {
-            volume_id: vol.volume_id.clone(),
-        })),
+        r#type: Some(pb::volume_content_source::Type::Volume(
+            pb::volume_content_source::VolumeSource {
+                volume_id: vol.volume_id.clone(),
+            },
+        )),
     });
-    let cloned = ctl.create_volume(creq).await.unwrap().into_inner().volume.unwrap();
+    let cloned = ctl
+        .create_volume(creq)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
 
     // expand: grow only, node step for filesystems
     let exp = ctl
         .controller_expand_volume(pb::ControllerExpandVolumeRequest {
             volume_id: vol.volume_id.clone(),
-            capacity_range: Some(pb::CapacityRange { required_bytes: 200 * MIB, limit_bytes: 0 }),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: 200 * MIB,
+                limit_bytes: 0,
+            }),
             secrets: cluster().rbd_secrets(),
             volume_capability: Some(rwo()),
         })
@@ -175,7 +297,10 @@ async fn full_lifecycle_with_data() {
     let exp = ctl
         .controller_expand_volume(pb::ControllerExpandVolumeRequest {
             volume_id: vol.volume_id.clone(),
-            capacity_range: Some(pb::CapacityRange { required_bytes: 100 * MIB, limit_bytes: 0 }),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: 100 * MIB,
+                limit_bytes: 0,
+            }),
             secrets: cluster().rbd_secrets(),
             volume_capability: Some(block_cap(Mode::SingleNodeWriter)),
         })
@@ -197,11 +322,21 @@ async fn full_lifecycle_with_data() {
     let r2 = unique("pvc-restore2");
     let mut r2req = rreq.clone();
     r2req.name = r2.clone();
-    let restored2 = ctl.create_volume(r2req).await.unwrap().into_inner().volume.unwrap();
+    let restored2 = ctl
+        .create_volume(r2req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     assert_eq!(&read_image(&image_name(&restored2), 10), b"hello ceph");
 
-    ctl.delete_snapshot(del_snap_req(&snap.snapshot_id)).await.unwrap();
-    ctl.delete_snapshot(del_snap_req(&snap.snapshot_id)).await.unwrap();
+    ctl.delete_snapshot(del_snap_req(&snap.snapshot_id))
+        .await
+        .unwrap();
+    ctl.delete_snapshot(del_snap_req(&snap.snapshot_id))
+        .await
+        .unwrap();
     assert!(!snap_journal_has(&sname));
     assert_eq!(&read_image(&image_name(&restored), 10), b"hello ceph");
     for v in [&restored, &cloned, &restored2] {
@@ -220,14 +355,24 @@ async fn validation_errors_name_what_to_fix() {
     let d = Driver::rbd();
     let mut ctl = d.controller().await;
     let name = unique("pvc-bad");
-    let check = |r: Result<tonic::Response<pb::CreateVolumeResponse>, tonic::Status>, code: Code, needle: &str| {
+    let check = |r: Result<tonic::Response<pb::CreateVolumeResponse>, tonic::Status>,
+                 code: Code,
+                 needle: &str| {
         let e = r.unwrap_err();
         assert_eq!(e.code(), code, "{}", e.message());
-        assert!(e.message().contains(needle), "{:?} lacks {needle:?}", e.message());
+        assert!(
+            e.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            e.message()
+        );
     };
     let mut r = create_req(&name, MIB);
     r.parameters.insert("imageFormat".into(), "1".into());
-    check(ctl.create_volume(r).await, Code::InvalidArgument, "imageFormat");
+    check(
+        ctl.create_volume(r).await,
+        Code::InvalidArgument,
+        "imageFormat",
+    );
     let mut r = create_req(&name, MIB);
     r.parameters.insert("tpyo".into(), "1".into());
     check(ctl.create_volume(r).await, Code::InvalidArgument, "tpyo");
@@ -236,32 +381,64 @@ async fn validation_errors_name_what_to_fix() {
     check(ctl.create_volume(r).await, Code::InvalidArgument, "userKey");
     let mut r = create_req(&name, MIB);
     r.volume_capabilities = vec![mount_cap(Mode::MultiNodeMultiWriter)];
-    check(ctl.create_volume(r).await, Code::InvalidArgument, "MULTI_NODE_MULTI_WRITER");
+    check(
+        ctl.create_volume(r).await,
+        Code::InvalidArgument,
+        "MULTI_NODE_MULTI_WRITER",
+    );
     let mut r = create_req(&name, MIB);
     r.volume_capabilities.clear();
-    check(ctl.create_volume(r).await, Code::InvalidArgument, "volume_capabilities");
+    check(
+        ctl.create_volume(r).await,
+        Code::InvalidArgument,
+        "volume_capabilities",
+    );
     let mut r = create_req(&name, MIB);
-    r.capacity_range = Some(pb::CapacityRange { required_bytes: 10 * MIB, limit_bytes: 5 * MIB });
+    r.capacity_range = Some(pb::CapacityRange {
+        required_bytes: 10 * MIB,
+        limit_bytes: 5 * MIB,
+    });
     check(ctl.create_volume(r).await, Code::OutOfRange, "limit_bytes");
     let mut r = create_req(&name, MIB);
     r.parameters.insert("pool".into(), "no-such-pool".into());
-    check(ctl.create_volume(r).await, Code::InvalidArgument, "no-such-pool");
+    check(
+        ctl.create_volume(r).await,
+        Code::InvalidArgument,
+        "no-such-pool",
+    );
     let mut r = create_req(&name, MIB);
-    r.parameters.insert("clusterID".into(), "unknown-cluster".into());
-    check(ctl.create_volume(r).await, Code::InvalidArgument, "unknown-cluster");
+    r.parameters
+        .insert("clusterID".into(), "unknown-cluster".into());
+    check(
+        ctl.create_volume(r).await,
+        Code::InvalidArgument,
+        "unknown-cluster",
+    );
     let mut r = create_req("", MIB);
     r.name.clear();
     check(ctl.create_volume(r).await, Code::InvalidArgument, "name");
     let mut r = create_req(&name, MIB);
-    r.secrets.insert("userKey".into(), "AQBgarbagegarbagegarbagegarbagegarbage==".into());
+    r.secrets.insert(
+        "userKey".into(),
+        "AQBgarbagegarbagegarbagegarbagegarbage==".into(),
+    );
     let e = ctl.create_volume(r).await.unwrap_err();
-    assert!(matches!(e.code(), Code::PermissionDenied | Code::InvalidArgument), "{e:?}");
+    assert!(
+        matches!(e.code(), Code::PermissionDenied | Code::InvalidArgument),
+        "{e:?}"
+    );
     assert!(!image_exists(&format!("csi-vol-{name}")));
 
     // block multi-writer is fine; mount multi-writer was refused above
     let mut r = create_req(&name, MIB);
     r.volume_capabilities = vec![block_cap(Mode::MultiNodeMultiWriter)];
-    let v = ctl.create_volume(r).await.unwrap().into_inner().volume.unwrap();
+    let v = ctl
+        .create_volume(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     // Validate: supported and unsupported capabilities; unknown volume → NotFound
     let ok = ctl
         .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
@@ -285,7 +462,11 @@ async fn validation_errors_name_what_to_fix() {
         .unwrap()
         .into_inner();
     assert!(no.confirmed.is_none() && !no.message.is_empty());
-    let fake = format!("{}{}", &v.volume_id[..v.volume_id.len() - 36], "00000000-0000-0000-0000-000000000000");
+    let fake = format!(
+        "{}{}",
+        &v.volume_id[..v.volume_id.len() - 36],
+        "00000000-0000-0000-0000-000000000000"
+    );
     let e = ctl
         .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
             volume_id: fake.clone(),
@@ -299,13 +480,23 @@ async fn validation_errors_name_what_to_fix() {
     // unknown ids: delete succeeds, snapshot/restore say NotFound
     ctl.delete_volume(del_req(&fake)).await.unwrap();
     ctl.delete_volume(del_req("not-a-handle")).await.unwrap();
-    let e = ctl.create_snapshot(snap_req(&unique("s"), &fake)).await.unwrap_err();
+    let e = ctl
+        .create_snapshot(snap_req(&unique("s"), &fake))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let mut r = create_req(&unique("pvc-nosnap"), MIB);
     r.volume_content_source = Some(pb::VolumeContentSource {
-        r#type: Some(pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource { snapshot_id: fake.clone() })),
+        r#type: Some(pb::volume_content_source::Type::Snapshot(
+            pb::volume_content_source::SnapshotSource {
+                snapshot_id: fake.clone(),
+            },
+        )),
     });
-    assert_eq!(ctl.create_volume(r).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        ctl.create_volume(r).await.unwrap_err().code(),
+        Code::NotFound
+    );
     ctl.delete_snapshot(del_snap_req(&fake)).await.unwrap();
     ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
 }
@@ -314,7 +505,13 @@ async fn validation_errors_name_what_to_fix() {
 async fn in_use_image_is_not_deleted() {
     let d = Driver::rbd();
     let mut ctl = d.controller().await;
-    let v = ctl.create_volume(create_req(&unique("pvc-busy"), MIB)).await.unwrap().into_inner().volume.unwrap();
+    let v = ctl
+        .create_volume(create_req(&unique("pvc-busy"), MIB))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     let c = admin();
     let io = c.ioctx("rbd", "").unwrap();
     let held = Image::open(&io, &image_name(&v)).unwrap(); // a read-write user, like a mapped node
@@ -350,11 +547,20 @@ async fn concurrent_creates_of_one_name_make_one_image() {
     assert!(ids.len() <= 1, "{ids:?}");
     // retries after the in-flight one converge on the same volume
     let mut ctl = d.controller().await;
-    let v = ctl.create_volume(create_req(&name, 16 * MIB)).await.unwrap().into_inner().volume.unwrap();
+    let v = ctl
+        .create_volume(create_req(&name, 16 * MIB))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     if let Some(id) = ids.iter().next() {
         assert_eq!(id, &v.volume_id);
     }
-    let ours: Vec<_> = images().into_iter().filter(|i| i == &image_name(&v)).collect();
+    let ours: Vec<_> = images()
+        .into_iter()
+        .filter(|i| i == &image_name(&v))
+        .collect();
     assert_eq!(ours.len(), 1);
     eprintln!("aborted: {aborted}");
     ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
@@ -383,12 +589,25 @@ async fn legacy_in_tree_storage_class() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     req.secrets = [("key".to_string(), c.get("FERRO_RBD_KEY"))].into();
-    let v = ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    let v = ctl
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     assert_eq!(v.volume_context["monitors"], c.monitors());
-    assert!(v.volume_id.contains(&c.monitors()), "handle carries the monitors: {}", v.volume_id);
+    assert!(
+        v.volume_id.contains(&c.monitors()),
+        "handle carries the monitors: {}",
+        v.volume_id
+    );
     assert!(image_exists(&image_name(&v)));
     // delete with the legacy secret; the monitors come from the handle, not config.json
-    let del = pb::DeleteVolumeRequest { volume_id: v.volume_id.clone(), secrets: [("key".to_string(), c.get("FERRO_ADMIN_KEY"))].into() };
+    let del = pb::DeleteVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        secrets: [("key".to_string(), c.get("FERRO_ADMIN_KEY"))].into(),
+    };
     ctl.delete_volume(del).await.unwrap();
     assert!(!image_exists(&image_name(&v)));
 }
@@ -407,14 +626,28 @@ async fn takes_over_a_ceph_csi_volume() {
     let id = Image::open(&io, &image).unwrap().id().unwrap();
     io.create_with_omap(
         &format!("csi.volume.{uuid}"),
-        &[("csi.volname", name.as_bytes()), ("csi.imagename", image.as_bytes()), ("csi.imageid", id.as_bytes())],
+        &[
+            ("csi.volname", name.as_bytes()),
+            ("csi.imagename", image.as_bytes()),
+            ("csi.imageid", id.as_bytes()),
+        ],
     )
     .unwrap();
-    io.omap_set("csi.volumes.default", &[(format!("csi.volume.{name}").as_str(), uuid.as_bytes())]).unwrap();
+    io.omap_set(
+        "csi.volumes.default",
+        &[(format!("csi.volume.{name}").as_str(), uuid.as_bytes())],
+    )
+    .unwrap();
 
     let d = Driver::rbd();
     let mut ctl = d.controller().await;
-    let v = ctl.create_volume(create_req(&name, 32 * MIB)).await.unwrap().into_inner().volume.unwrap();
+    let v = ctl
+        .create_volume(create_req(&name, 32 * MIB))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     assert_eq!(uuid_of(&v.volume_id), uuid);
     assert_eq!(image_name(&v), image);
     assert_eq!(images().iter().filter(|i| i.contains(&uuid)).count(), 1);
@@ -432,7 +665,8 @@ async fn crash_at_every_step_converges() {
     // expires its watch (30 s), which is Ceph's behaviour, not ours.
     let create_req = |name: &str, size: i64| {
         let mut r = common::create_req(name, size);
-        r.parameters.insert("imageFeatures".into(), "layering,deep-flatten".into());
+        r.parameters
+            .insert("imageFeatures".into(), "layering,deep-flatten".into());
         r
     };
     let mut extra: Vec<String> = Vec::new();
@@ -446,14 +680,36 @@ async fn crash_at_every_step_converges() {
         );
         let mut ctl = d.controller().await;
         assert!(ctl.create_volume(create_req(&name, 8 * MIB)).await.is_err());
-        assert!(d.wait_exit(Duration::from_secs(10)).is_some(), "crash point {point} not reached");
+        assert!(
+            d.wait_exit(Duration::from_secs(10)).is_some(),
+            "crash point {point} not reached"
+        );
         d.envs.clear();
         d.spawn();
         let mut ctl = d.controller().await;
-        let got = ctl.create_volume(create_req(&name, 8 * MIB)).await.unwrap().into_inner().volume.unwrap();
-        let again = ctl.create_volume(create_req(&name, 8 * MIB)).await.unwrap().into_inner().volume.unwrap();
+        let got = ctl
+            .create_volume(create_req(&name, 8 * MIB))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let again = ctl
+            .create_volume(create_req(&name, 8 * MIB))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
         assert_eq!(got.volume_id, again.volume_id, "after {point}");
-        assert_eq!(images().iter().filter(|i| i.contains(&uuid_of(&got.volume_id))).count(), 1, "after {point}");
+        assert_eq!(
+            images()
+                .iter()
+                .filter(|i| i.contains(&uuid_of(&got.volume_id)))
+                .count(),
+            1,
+            "after {point}"
+        );
         if let Some(prev) = v.replace(got) {
             extra.push(prev.volume_id);
         }
@@ -463,17 +719,43 @@ async fn crash_at_every_step_converges() {
     // snapshot flow
     let mut snap_id = String::new();
     let mut sname = String::new();
-    for point in ["snapshot.reserved", "snapshot.tempsnap", "snapshot.cloned", "snapshot.recorded"] {
+    for point in [
+        "snapshot.reserved",
+        "snapshot.tempsnap",
+        "snapshot.cloned",
+        "snapshot.recorded",
+    ] {
         sname = unique("snap-crash");
-        let mut d = Driver::start(&["--type=rbd", "--controllerserver=true"], &[("FERROCEPH_TEST_CRASH_AT", point)]);
+        let mut d = Driver::start(
+            &["--type=rbd", "--controllerserver=true"],
+            &[("FERROCEPH_TEST_CRASH_AT", point)],
+        );
         let mut ctl = d.controller().await;
-        assert!(ctl.create_snapshot(snap_req(&sname, &v.volume_id)).await.is_err());
-        assert!(d.wait_exit(Duration::from_secs(10)).is_some(), "crash point {point} not reached");
+        assert!(ctl
+            .create_snapshot(snap_req(&sname, &v.volume_id))
+            .await
+            .is_err());
+        assert!(
+            d.wait_exit(Duration::from_secs(10)).is_some(),
+            "crash point {point} not reached"
+        );
         d.envs.clear();
         d.spawn();
         let mut ctl = d.controller().await;
-        let s = ctl.create_snapshot(snap_req(&sname, &v.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
-        let s2 = ctl.create_snapshot(snap_req(&sname, &v.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+        let s = ctl
+            .create_snapshot(snap_req(&sname, &v.volume_id))
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        let s2 = ctl
+            .create_snapshot(snap_req(&sname, &v.volume_id))
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
         assert_eq!(s.snapshot_id, s2.snapshot_id);
         if !snap_id.is_empty() {
             ctl.delete_snapshot(del_snap_req(&snap_id)).await.unwrap();
@@ -481,7 +763,10 @@ async fn crash_at_every_step_converges() {
         snap_id = s.snapshot_id;
     }
     // the temporary snapshot on the source is gone (or parked in Ceph's trash namespace)
-    let (_, snaps) = admin_cli("rbd", &["snap", "ls", "--all", &format!("rbd/{}", image_name(&v))]);
+    let (_, snaps) = admin_cli(
+        "rbd",
+        &["snap", "ls", "--all", &format!("rbd/{}", image_name(&v))],
+    );
     assert!(!snaps.contains(" user "), "{snaps}");
     {
         let d = Driver::rbd();
@@ -495,16 +780,29 @@ async fn crash_at_every_step_converges() {
     let cname = unique("pvc-crash-clone");
     let mut creq = create_req(&cname, 8 * MIB);
     creq.volume_content_source = Some(pb::VolumeContentSource {
-        r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource { volume_id: v.volume_id.clone() })),
+        r#type: Some(pb::volume_content_source::Type::Volume(
+            pb::volume_content_source::VolumeSource {
+                volume_id: v.volume_id.clone(),
+            },
+        )),
     });
-    let mut d = Driver::start(&["--type=rbd", "--controllerserver=true"], &[("FERROCEPH_TEST_CRASH_AT", "clone.tempsnap")]);
+    let mut d = Driver::start(
+        &["--type=rbd", "--controllerserver=true"],
+        &[("FERROCEPH_TEST_CRASH_AT", "clone.tempsnap")],
+    );
     let mut ctl = d.controller().await;
     let _ = ctl.create_volume(creq.clone()).await;
     let _ = d.wait_exit(Duration::from_secs(10));
     d.envs.clear();
     d.spawn();
     let mut ctl = d.controller().await;
-    let clone = ctl.create_volume(creq).await.unwrap().into_inner().volume.unwrap();
+    let clone = ctl
+        .create_volume(creq)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
 
     // delete flows
     for (point, id, is_snap) in [
@@ -512,7 +810,10 @@ async fn crash_at_every_step_converges() {
         ("delete.released", v.volume_id.clone(), false),
         ("delete.trashed", snap_id.clone(), true),
     ] {
-        let mut d = Driver::start(&["--type=rbd", "--controllerserver=true"], &[("FERROCEPH_TEST_CRASH_AT", point)]);
+        let mut d = Driver::start(
+            &["--type=rbd", "--controllerserver=true"],
+            &[("FERROCEPH_TEST_CRASH_AT", point)],
+        );
         let mut ctl = d.controller().await;
         // Retry through the lingering watch of the previous killed process until the
         // crash point is reached.
@@ -527,7 +828,10 @@ async fn crash_at_every_step_converges() {
                 break;
             }
             match r {
-                Err(e) if e.code() == Code::FailedPrecondition && std::time::Instant::now() < deadline => {
+                Err(e)
+                    if e.code() == Code::FailedPrecondition
+                        && std::time::Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_secs(2)).await
                 }
                 other => panic!("crash point {point} not reached: {other:?}"),
@@ -547,7 +851,10 @@ async fn crash_at_every_step_converges() {
             };
             match r {
                 Ok(()) => break,
-                Err(e) if e.code() == Code::FailedPrecondition && std::time::Instant::now() < deadline => {
+                Err(e)
+                    if e.code() == Code::FailedPrecondition
+                        && std::time::Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_secs(2)).await
                 }
                 Err(e) => panic!("delete after crash at {point}: {e:?}"),
@@ -556,10 +863,17 @@ async fn crash_at_every_step_converges() {
     }
     // Images a dead client still watched could not leave the trash at once; the reaper
     // removes them once Ceph has expired the watch.
-    let d = Driver::start(&["--type=rbd", "--controllerserver=true", "--reapinterval=2s"], &[]);
+    let d = Driver::start(
+        &["--type=rbd", "--controllerserver=true", "--reapinterval=2s"],
+        &[],
+    );
     let mut ctl = d.controller().await;
     ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
-    let ours = [uuid_of(&v.volume_id), uuid_of(&clone.volume_id), uuid_of(&snap_id)];
+    let ours = [
+        uuid_of(&v.volume_id),
+        uuid_of(&clone.volume_id),
+        uuid_of(&snap_id),
+    ];
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let (_, trash) = admin_cli("rbd", &["trash", "ls", "-p", "rbd", "--all", "--long"]);
@@ -567,12 +881,21 @@ async fn crash_at_every_step_converges() {
         if left.is_empty() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{left:?} left in trash: {trash}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left:?} left in trash: {trash}"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     for u in &ours {
-        assert!(!images().iter().any(|i| i.contains(u.as_str())), "image {u} leaked");
-        assert!(!object_exists(&format!("csi.volume.{u}")) && !object_exists(&format!("csi.snap.{u}")), "journal {u} leaked");
+        assert!(
+            !images().iter().any(|i| i.contains(u.as_str())),
+            "image {u} leaked"
+        );
+        assert!(
+            !object_exists(&format!("csi.volume.{u}")) && !object_exists(&format!("csi.snap.{u}")),
+            "journal {u} leaked"
+        );
     }
     assert!(!journal_has(&name) && !journal_has(&cname) && !snap_journal_has(&sname));
 }
@@ -583,13 +906,24 @@ async fn list_volumes_and_capacity() {
     let mut ctl = d.controller().await;
     let mut made = Vec::new();
     for _ in 0..3 {
-        made.push(ctl.create_volume(create_req(&unique("pvc-list"), MIB)).await.unwrap().into_inner().volume.unwrap().volume_id);
+        made.push(
+            ctl.create_volume(create_req(&unique("pvc-list"), MIB))
+                .await
+                .unwrap()
+                .into_inner()
+                .volume
+                .unwrap()
+                .volume_id,
+        );
     }
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
         let r = ctl
-            .list_volumes(pb::ListVolumesRequest { max_entries: 2, starting_token: token.clone() })
+            .list_volumes(pb::ListVolumesRequest {
+                max_entries: 2,
+                starting_token: token.clone(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -604,18 +938,26 @@ async fn list_volumes_and_capacity() {
         assert!(seen.contains(id), "{id} missing from ListVolumes");
     }
     let e = ctl
-        .list_volumes(pb::ListVolumesRequest { max_entries: 0, starting_token: "garbage".into() })
+        .list_volumes(pb::ListVolumesRequest {
+            max_entries: 0,
+            starting_token: "garbage".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Aborted);
     let cap = ctl
-        .get_capacity(pb::GetCapacityRequest { parameters: rbd_params(), ..Default::default() })
+        .get_capacity(pb::GetCapacityRequest {
+            parameters: rbd_params(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(cap.available_capacity > 0, "{cap:?}");
     let got = ctl
-        .controller_get_volume(pb::ControllerGetVolumeRequest { volume_id: made[0].clone() })
+        .controller_get_volume(pb::ControllerGetVolumeRequest {
+            volume_id: made[0].clone(),
+        })
         .await
         .unwrap()
         .into_inner();

@@ -465,15 +465,18 @@ pub struct TrashEntry {
 
 /// The images in the trash of the pool/namespace (`rbd_trash_list`).
 pub fn trash_list(io: &IoCtx) -> Result<Vec<TrashEntry>> {
-    let v = sys::rbd_trash_entries(io.raw()).map_err(|e| Error::new("rbd trash list", e, io.location()))?;
+    let v = sys::rbd_trash_entries(io.raw())
+        .map_err(|e| Error::new("rbd trash list", e, io.location()))?;
     Ok(v.into_iter()
-        .map(|(id, name, source, deletion_time, deferment_end_time)| TrashEntry {
-            id,
-            name,
-            source,
-            deletion_time,
-            deferment_end_time,
-        })
+        .map(
+            |(id, name, source, deletion_time, deferment_end_time)| TrashEntry {
+                id,
+                name,
+                source,
+                deletion_time,
+                deferment_end_time,
+            },
+        )
         .collect())
 }
 

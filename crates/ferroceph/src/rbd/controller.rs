@@ -162,7 +162,9 @@ impl RbdController {
                 tick.tick().await;
                 let Some(ctl) = me.upgrade() else { return };
                 for (cluster_id, k) in ctl.known() {
-                    let cfg = ctl.ceph.connect_config(&k.monitors, &k.creds.user, &k.creds.key);
+                    let cfg = ctl
+                        .ceph
+                        .connect_config(&k.monitors, &k.creds.user, &k.creds.key);
                     let pools = k.pools.clone();
                     let ns = k.namespace.clone();
                     let r = ctl

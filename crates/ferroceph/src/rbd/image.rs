@@ -185,23 +185,30 @@ fn ok_if_missing(r: rados::Result<()>, what: &str) -> Result<(), Status> {
     }
 }
 
-/// Reserves `name` in `journal` (or finds the earlier reservation) and returns its entry.
-fn reserve(
+/// Looks `name` up, clearing a dangling directory key left by a crash.
+fn find(journal: &Journal<'_>, name: &str) -> Result<Option<Entry>, Status> {
+    match journal
+        .lookup(name)
+        .map_err(|e| jerr("journal lookup", e))?
+    {
+        Lookup::Found(entry) => Ok(Some(entry)),
+        Lookup::Dangling { uuid } => {
+            journal
+                .release(&uuid, Some(name))
+                .map_err(|e| jerr("clean up a stale journal entry", e))?;
+            Ok(None)
+        }
+        Lookup::Absent => Ok(None),
+    }
+}
+
+/// Reserves `name` under a fresh uuid with `attrs` (plus the image name).
+fn reserve_new(
     journal: &Journal<'_>,
     name: &str,
     prefix: &str,
     mut attrs: Attrs,
 ) -> Result<Entry, Status> {
-    match journal
-        .lookup(name)
-        .map_err(|e| jerr("journal lookup", e))?
-    {
-        Lookup::Found(entry) => return Ok(entry),
-        Lookup::Dangling { uuid } => journal
-            .release(&uuid, Some(name))
-            .map_err(|e| jerr("clean up a stale journal entry", e))?,
-        Lookup::Absent => {}
-    }
     for _ in 0..5 {
         let uuid = uuid::Uuid::new_v4().to_string();
         attrs.insert(journal::IMAGE_NAME.to_string(), format!("{prefix}{uuid}"));
@@ -220,6 +227,41 @@ fn reserve(
     Err(Status::internal(
         "could not find a free uuid after 5 attempts",
     ))
+}
+
+/// Best-effort undo of a creation that failed (not crashed): whatever this name got so
+/// far is removed, so a claim deleted before a retry leaks nothing.
+fn rollback(
+    place: &Place<'_>,
+    journal: &Journal<'_>,
+    entry: &Entry,
+    name: &str,
+    images: &[&str],
+    temp_snap: Option<(&str, &str)>,
+) {
+    for image in images {
+        if let Ok(Some(img)) = place.open(image) {
+            let _ = img.snap_remove(image);
+            drop(img);
+            if let Err(e) = rbd::remove(&place.io, image) {
+                if e.kind() != ErrorKind::NotFound {
+                    tracing::warn!(
+                        image,
+                        "rollback could not remove the image (the reaper or a retry will): {e}"
+                    );
+                    let _ = rbd::trash_move(&place.io, image, 0);
+                }
+            }
+        }
+    }
+    if let Some((src, snap)) = temp_snap {
+        if let Ok(Some(img)) = place.open(src) {
+            let _ = img.snap_remove(snap);
+        }
+    }
+    if let Err(e) = journal.release(&entry.uuid, Some(name)) {
+        tracing::warn!(name, "rollback could not release the journal entry: {e}");
+    }
 }
 
 fn entry_image(entry: &Entry, prefix: &str) -> String {
@@ -271,58 +313,151 @@ fn image_spec(io: &IoCtx, image: &str) -> String {
 
 pub fn create_volume(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Created, Status> {
     let journal = place.volumes();
-    let mut attrs = Attrs::new();
-    if let Some(ns) = &spec.params.pvc_namespace {
-        attrs.insert(journal::OWNER.to_string(), ns.clone());
+    let found = find(&journal, spec.name)?;
+    if let Some(entry) = &found {
+        let recorded_source = entry.attr(SOURCE_KEY).unwrap_or("");
+        if recorded_source != spec.source_id {
+            return Err(Status::already_exists(format!(
+                "volume {:?} already exists with another content source ({:?})",
+                spec.name, recorded_source
+            )));
+        }
+        let image = entry_image(entry, &spec.params.vol_prefix);
+        if entry.attr(journal::IMAGE_ID).is_some() {
+            if let Some(img) = place.open_read_only(&image)? {
+                let size = img.size().map_err(|e| status("stat image", &e))?;
+                if !validate::size_fits(size, spec.range) {
+                    return Err(Status::already_exists(format!(
+                        "volume {:?} already exists with size {size}, which does not fit the requested range",
+                        spec.name
+                    )));
+                }
+                return Ok(Created {
+                    uuid: entry.uuid.clone(),
+                    image,
+                    size,
+                });
+            }
+        }
     }
-    if !spec.source_id.is_empty() {
-        attrs.insert(SOURCE_KEY.to_string(), spec.source_id.to_string());
-    }
-    let entry = reserve(&journal, spec.name, &spec.params.vol_prefix, attrs)?;
+    // Everything that can make the request fail for good is checked before reserving.
+    let parent = plan_source(place, spec)?;
+    let entry = match found {
+        Some(entry) => entry,
+        None => {
+            let mut attrs = Attrs::new();
+            if let Some(ns) = &spec.params.pvc_namespace {
+                attrs.insert(journal::OWNER.to_string(), ns.clone());
+            }
+            if !spec.source_id.is_empty() {
+                attrs.insert(SOURCE_KEY.to_string(), spec.source_id.to_string());
+            }
+            reserve_new(&journal, spec.name, &spec.params.vol_prefix, attrs)?
+        }
+    };
     crash_point("create.reserved");
     let image = entry_image(&entry, &spec.params.vol_prefix);
+    let built = (|| {
+        if place.open_read_only(&image)?.is_none() {
+            match &parent {
+                None => ok_if_exists(
+                    rbd::create(&place.io, &image, &image_options(spec.params, spec.size)?),
+                    "create image",
+                )?,
+                Some(Parent::Snapshot(snap_image)) => ok_if_exists(
+                    rbd::clone(
+                        &place.io,
+                        snap_image,
+                        snap_image,
+                        &place.io,
+                        &image,
+                        &clone_options(spec.params)?,
+                    ),
+                    "clone the snapshot",
+                )?,
+                Some(Parent::Volume(src)) => clone_volume(place, src, &image, spec)?,
+            }
+            crash_point("create.image");
+        }
+        finish_volume(place, &journal, &entry, &image, spec)
+    })();
+    match built {
+        Ok(size) => Ok(Created {
+            uuid: entry.uuid,
+            image,
+            size,
+        }),
+        Err(e) => {
+            let temp = match &parent {
+                Some(Parent::Volume(src)) => Some((src.as_str(), image.as_str())),
+                _ => None,
+            };
+            rollback(place, &journal, &entry, spec.name, &[&image], temp);
+            Err(e)
+        }
+    }
+}
 
-    let recorded_source = entry.attr(SOURCE_KEY).unwrap_or("");
-    if recorded_source != spec.source_id {
-        return Err(Status::already_exists(format!(
-            "volume {:?} already exists with another content source ({:?})",
-            spec.name, recorded_source
+/// The image (and for snapshots the same-named snapshot on it) a new volume clones.
+enum Parent {
+    Snapshot(String),
+    Volume(String),
+}
+
+/// Checks the content source: it exists, fits in the requested size, and its clone chain
+/// is short enough to clone from.
+fn plan_source(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Option<Parent>, Status> {
+    let (journal, uuid, what, prefix) = match &spec.source {
+        Source::Blank => return Ok(None),
+        Source::Snapshot(u) => (
+            place.snaps(),
+            u,
+            "snapshot",
+            crate::rbd::params::DEFAULT_SNAP_PREFIX,
+        ),
+        Source::Volume(u) => (
+            place.volumes(),
+            u,
+            "source volume",
+            spec.params.vol_prefix.as_str(),
+        ),
+    };
+    let missing = || Status::not_found(format!("{what} {} does not exist", spec.source_id));
+    let attrs = journal
+        .get(uuid)
+        .map_err(|e| jerr("read the source's journal entry", e))?
+        .ok_or_else(missing)?;
+    if matches!(spec.source, Source::Snapshot(_)) && !attrs.contains_key(journal::IMAGE_ID) {
+        return Err(Status::not_found(format!(
+            "snapshot {} is not ready (still being created or gone)",
+            spec.source_id
         )));
     }
-
-    if let Some(img) = place.open(&image)? {
-        let size = img.size().map_err(|e| status("stat image", &e))?;
-        if entry.attr(journal::IMAGE_ID).is_some() {
-            if !validate::size_fits(size, spec.range) {
-                return Err(Status::already_exists(format!(
-                    "volume {:?} already exists with size {size}, which does not fit the requested range",
-                    spec.name
-                )));
-            }
-            return Ok(Created {
-                uuid: entry.uuid,
-                image,
-                size,
-            });
-        }
-        drop(img);
-    } else {
-        match &spec.source {
-            Source::Blank => ok_if_exists(
-                rbd::create(&place.io, &image, &image_options(spec.params, spec.size)?),
-                "create image",
-            )?,
-            Source::Snapshot(snap_uuid) => clone_from_snapshot(place, snap_uuid, &image, spec)?,
-            Source::Volume(vol_uuid) => clone_from_volume(place, vol_uuid, &image, spec)?,
-        }
-        crash_point("create.image");
+    let image = attrs
+        .get(journal::IMAGE_NAME)
+        .cloned()
+        .unwrap_or_else(|| format!("{prefix}{uuid}"));
+    let img = place.open_read_only(&image)?.ok_or_else(missing)?;
+    let size = img
+        .size()
+        .map_err(|e| status("stat the content source", &e))?;
+    if spec.size < size {
+        return Err(Status::out_of_range(format!(
+            "requested size {} is smaller than the {what} ({size} bytes)",
+            spec.size
+        )));
     }
-    let size = finish_volume(place, &journal, &entry, &image, spec)?;
-    Ok(Created {
-        uuid: entry.uuid,
-        image,
-        size,
-    })
+    if chain_depth(place, &img)? + 1 >= HARD_CLONE_DEPTH {
+        flatten_async(place, &image);
+        return Err(Status::aborted(format!(
+            "{what} {} sits on a clone chain of {HARD_CLONE_DEPTH} images; it is being flattened, retry shortly",
+            spec.source_id
+        )));
+    }
+    Ok(Some(match spec.source {
+        Source::Snapshot(_) => Parent::Snapshot(image),
+        _ => Parent::Volume(image),
+    }))
 }
 
 /// Grows a clone to the requested size, labels the image, and records its id, which marks
@@ -367,96 +502,24 @@ fn finish_volume(
     Ok(size)
 }
 
-fn clone_from_snapshot(
+/// Clones a volume through a temporary snapshot named after the new image; with clone
+/// format 2 it can be removed right after cloning (Ceph keeps it in the trash namespace
+/// while the clone needs it).
+fn clone_volume(
     place: &Place<'_>,
-    snap_uuid: &str,
+    src: &str,
     image: &str,
     spec: &CreateSpec<'_>,
 ) -> Result<(), Status> {
-    let attrs = place
-        .snaps()
-        .get(snap_uuid)
-        .map_err(|e| jerr("read snapshot journal", e))?
-        .ok_or_else(|| Status::not_found(format!("snapshot {} does not exist", spec.source_id)))?;
-    let snap_image = attrs
-        .get(journal::IMAGE_NAME)
-        .cloned()
-        .ok_or_else(|| Status::not_found(format!("snapshot {} has no image", spec.source_id)))?;
-    let snap_img = place.open(&snap_image)?.ok_or_else(|| {
-        Status::not_found(format!("snapshot {} is not ready or gone", spec.source_id))
-    })?;
-    let snap_size = snap_img.size().map_err(|e| status("stat snapshot", &e))?;
-    if spec.size < snap_size {
-        return Err(Status::out_of_range(format!(
-            "requested size {} is smaller than the snapshot ({snap_size} bytes)",
-            spec.size
-        )));
-    }
-    if chain_depth(place, &snap_img)? + 1 >= HARD_CLONE_DEPTH {
-        flatten_async(place, &snap_image);
-        return Err(Status::aborted(format!(
-            "snapshot {} sits on a clone chain of {HARD_CLONE_DEPTH} images; it is being flattened, retry shortly",
-            spec.source_id
-        )));
-    }
-    drop(snap_img);
-    ok_if_exists(
-        rbd::clone(
-            &place.io,
-            &snap_image,
-            &snap_image,
-            &place.io,
-            image,
-            &clone_options(spec.params)?,
-        ),
-        "clone the snapshot",
-    )
-}
-
-fn clone_from_volume(
-    place: &Place<'_>,
-    vol_uuid: &str,
-    image: &str,
-    spec: &CreateSpec<'_>,
-) -> Result<(), Status> {
-    let attrs = place
-        .volumes()
-        .get(vol_uuid)
-        .map_err(|e| jerr("read volume journal", e))?
-        .ok_or_else(|| {
-            Status::not_found(format!("source volume {} does not exist", spec.source_id))
-        })?;
-    let src = attrs
-        .get(journal::IMAGE_NAME)
-        .cloned()
-        .unwrap_or_else(|| format!("{}{vol_uuid}", spec.params.vol_prefix));
-    let src_img = place.open(&src)?.ok_or_else(|| {
+    let src_img = place.open(src)?.ok_or_else(|| {
         Status::not_found(format!("source volume {} does not exist", spec.source_id))
     })?;
-    let src_size = src_img
-        .size()
-        .map_err(|e| status("stat source volume", &e))?;
-    if spec.size < src_size {
-        return Err(Status::out_of_range(format!(
-            "requested size {} is smaller than the source volume ({src_size} bytes)",
-            spec.size
-        )));
-    }
-    if chain_depth(place, &src_img)? + 1 >= HARD_CLONE_DEPTH {
-        flatten_async(place, &src);
-        return Err(Status::aborted(format!(
-            "volume {} sits on a clone chain of {HARD_CLONE_DEPTH} images; it is being flattened, retry shortly",
-            spec.source_id
-        )));
-    }
-    // A temporary snapshot named after the new image; with clone format 2 it can be removed
-    // right after cloning (Ceph keeps it in the trash namespace while the clone needs it).
     ok_if_exists(src_img.snap_create(image), "snapshot the source volume")?;
     crash_point("clone.tempsnap");
     ok_if_exists(
         rbd::clone(
             &place.io,
-            &src,
+            src,
             image,
             &place.io,
             image,
@@ -506,27 +569,38 @@ pub fn create_snapshot(
     prefix: &str,
 ) -> Result<SnapshotInfo, Status> {
     let journal = place.snaps();
-    let mut attrs = Attrs::new();
-    attrs.insert(journal::SOURCE.to_string(), source_image.to_string());
-    attrs.insert(CREATED_KEY.to_string(), now_nanos().to_string());
-    let entry = reserve(&journal, name, prefix, attrs)?;
-    crash_point("snapshot.reserved");
-    if entry.attr(journal::SOURCE) != Some(source_image) {
-        return Err(Status::already_exists(format!(
-            "snapshot {name:?} already exists for another source volume ({:?})",
-            entry.attr(journal::SOURCE).unwrap_or("")
-        )));
+    let found = find(&journal, name)?;
+    if let Some(entry) = &found {
+        if entry.attr(journal::SOURCE) != Some(source_image) {
+            return Err(Status::already_exists(format!(
+                "snapshot {name:?} already exists for another source volume ({:?})",
+                entry.attr(journal::SOURCE).unwrap_or("")
+            )));
+        }
+        if entry.attr(journal::IMAGE_ID).is_some()
+            && place.open_read_only(&entry_image(entry, prefix))?.is_some()
+        {
+            return Ok(snapshot_info(&entry.uuid, &entry.attrs));
+        }
     }
-    let snap_image = entry_image(&entry, prefix);
-    if entry.attr(journal::IMAGE_ID).is_some() && place.open(&snap_image)?.is_some() {
-        return Ok(snapshot_info(&entry.uuid, &entry.attrs));
-    }
-
-    let existing = place.open(&snap_image)?;
-    if existing.is_none() {
-        let src = place.open(source_image)?.ok_or_else(|| {
-            Status::not_found(format!("source volume image {source_image} does not exist"))
-        })?;
+    // Read-only until a write is due: an open for writing registers a watch, and a watch
+    // left by a crashed process stalls other writers until Ceph expires it.
+    let src = place.open_read_only(source_image)?;
+    let snap_image_known = found.as_ref().map(|e| entry_image(e, prefix));
+    let clone_exists = match &snap_image_known {
+        Some(i) => place.open_read_only(i)?.is_some(),
+        None => false,
+    };
+    if !clone_exists {
+        // Nothing to resume from without the source: fail before reserving anything.
+        let Some(src) = &src else {
+            if let Some(entry) = &found {
+                rollback(place, &journal, entry, name, &[], None);
+            }
+            return Err(Status::not_found(format!(
+                "source volume image {source_image} does not exist"
+            )));
+        };
         let features = src
             .features()
             .map_err(|e| status("read source features", &e))?;
@@ -535,63 +609,95 @@ pub fn create_snapshot(
                 "image {source_image} lacks the layering feature, which snapshots need; add layering to imageFeatures"
             )));
         }
-        if chain_depth(place, &src)? + 1 >= HARD_CLONE_DEPTH {
+        if chain_depth(place, src)? + 1 >= HARD_CLONE_DEPTH {
             flatten_async(place, source_image);
             return Err(Status::aborted(format!(
                 "volume image {source_image} sits on a clone chain of {HARD_CLONE_DEPTH} images; it is being flattened, retry shortly"
             )));
         }
-        ok_if_exists(src.snap_create(&snap_image), "snapshot the source volume")?;
-        crash_point("snapshot.tempsnap");
-        let opts = CloneOptions {
-            features: Some(rbd::FEATURE_LAYERING | rbd::FEATURE_DEEP_FLATTEN),
-            ..CloneOptions::default()
+    }
+    let entry = match found {
+        Some(entry) => entry,
+        None => {
+            let mut attrs = Attrs::new();
+            attrs.insert(journal::SOURCE.to_string(), source_image.to_string());
+            attrs.insert(CREATED_KEY.to_string(), now_nanos().to_string());
+            reserve_new(&journal, name, prefix, attrs)?
+        }
+    };
+    crash_point("snapshot.reserved");
+    let snap_image = entry_image(&entry, prefix);
+    let built = (|| {
+        let src = match src {
+            Some(_) => place.open(source_image)?,
+            None => None,
         };
-        ok_if_exists(
-            rbd::clone(
-                &place.io,
-                source_image,
-                &snap_image,
-                &place.io,
-                &snap_image,
-                &opts,
-            ),
-            "clone the snapshot image",
-        )?;
-        crash_point("snapshot.cloned");
-        ok_if_missing(
-            src.snap_remove(&snap_image),
-            "remove the temporary snapshot",
-        )?;
-    } else if let Some(src) = place.open(source_image)? {
-        ok_if_missing(
-            src.snap_remove(&snap_image),
-            "remove the temporary snapshot",
-        )?;
+        if let Some(src) = &src {
+            if !clone_exists {
+                ok_if_exists(src.snap_create(&snap_image), "snapshot the source volume")?;
+                crash_point("snapshot.tempsnap");
+                let opts = CloneOptions {
+                    features: Some(rbd::FEATURE_LAYERING | rbd::FEATURE_DEEP_FLATTEN),
+                    ..CloneOptions::default()
+                };
+                ok_if_exists(
+                    rbd::clone(
+                        &place.io,
+                        source_image,
+                        &snap_image,
+                        &place.io,
+                        &snap_image,
+                        &opts,
+                    ),
+                    "clone the snapshot image",
+                )?;
+                crash_point("snapshot.cloned");
+            }
+            ok_if_missing(
+                src.snap_remove(&snap_image),
+                "remove the temporary snapshot",
+            )?;
+        }
+        let img = place.open(&snap_image)?.ok_or_else(|| {
+            Status::aborted(format!("snapshot image {snap_image} vanished; retry"))
+        })?;
+        ok_if_exists(img.snap_create(&snap_image), "snapshot the snapshot image")?;
+        let size = img.size().map_err(|e| status("stat snapshot image", &e))?;
+        let id = img.id().map_err(|e| status("read image id", &e))?;
+        if chain_depth(place, &img)? >= SOFT_CLONE_DEPTH {
+            flatten_async(place, &snap_image);
+        }
+        let size_s = size.to_string();
+        journal
+            .set_attrs(
+                &entry.uuid,
+                &[
+                    (SIZE_KEY, size_s.as_str()),
+                    (journal::IMAGE_ID, id.as_str()),
+                ],
+            )
+            .map_err(|e| jerr("journal record", e))?;
+        crash_point("snapshot.recorded");
+        Ok(size_s)
+    })();
+    match built {
+        Ok(size_s) => {
+            let mut attrs = entry.attrs.clone();
+            attrs.insert(SIZE_KEY.to_string(), size_s);
+            Ok(snapshot_info(&entry.uuid, &attrs))
+        }
+        Err(e) => {
+            rollback(
+                place,
+                &journal,
+                &entry,
+                name,
+                &[&snap_image],
+                Some((source_image, &snap_image)),
+            );
+            Err(e)
+        }
     }
-    let img = place
-        .open(&snap_image)?
-        .ok_or_else(|| Status::aborted(format!("snapshot image {snap_image} vanished; retry")))?;
-    ok_if_exists(img.snap_create(&snap_image), "snapshot the snapshot image")?;
-    let size = img.size().map_err(|e| status("stat snapshot image", &e))?;
-    let id = img.id().map_err(|e| status("read image id", &e))?;
-    if chain_depth(place, &img)? >= SOFT_CLONE_DEPTH {
-        flatten_async(place, &snap_image);
-    }
-    let size_s = size.to_string();
-    journal
-        .set_attrs(
-            &entry.uuid,
-            &[
-                (SIZE_KEY, size_s.as_str()),
-                (journal::IMAGE_ID, id.as_str()),
-            ],
-        )
-        .map_err(|e| jerr("journal record", e))?;
-    crash_point("snapshot.recorded");
-    let mut attrs = entry.attrs.clone();
-    attrs.insert(SIZE_KEY.to_string(), size_s);
-    Ok(snapshot_info(&entry.uuid, &attrs))
 }
 
 /// Moves an image to the trash and removes it there. An image that clones still depend on
@@ -653,10 +759,13 @@ pub fn reap_trash(io: &IoCtx, extra_prefixes: &[&str]) -> usize {
         .unwrap_or(0);
     let ours = |name: &str| {
         uuid_tail(name).is_some()
-            && [crate::rbd::params::DEFAULT_VOL_PREFIX, crate::rbd::params::DEFAULT_SNAP_PREFIX]
-                .iter()
-                .chain(extra_prefixes.iter())
-                .any(|p| name.len() == p.len() + 36 && name.starts_with(p))
+            && [
+                crate::rbd::params::DEFAULT_VOL_PREFIX,
+                crate::rbd::params::DEFAULT_SNAP_PREFIX,
+            ]
+            .iter()
+            .chain(extra_prefixes.iter())
+            .any(|p| name.len() == p.len() + 36 && name.starts_with(p))
     };
     let mut removed = 0;
     for _ in 0..4 {

@@ -231,7 +231,7 @@ impl Driver {
     }
 
     pub async fn channel(&self) -> Channel {
-        ferroceph::client::connect(&self.endpoint(), Duration::from_secs(30))
+        ferroceph::client::connect(&self.endpoint(), Duration::from_secs(120))
             .await
             .expect("connect to driver")
     }
