@@ -8,6 +8,7 @@ pub mod driver;
 pub mod identity;
 pub mod journal;
 pub mod locks;
+pub mod node;
 pub mod rbd;
 pub mod server;
 pub mod validate;

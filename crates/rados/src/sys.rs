@@ -985,8 +985,8 @@ pub(crate) fn rbd_trash_entries(io: &Ioctx) -> SysResult<Vec<RawTrashEntry>> {
                     copy_cstr(e.id),
                     copy_cstr(e.name),
                     e.source,
-                    e.deletion_time as i64,
-                    e.deferment_end_time as i64,
+                    e.deletion_time,
+                    e.deferment_end_time,
                 )
             })
             .collect();

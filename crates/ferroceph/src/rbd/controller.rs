@@ -766,7 +766,7 @@ impl Controller for RbdController {
                         else {
                             continue;
                         };
-                        if attrs.get(journal::IMAGE_ID).is_none() {
+                        if !attrs.contains_key(journal::IMAGE_ID) {
                             continue; // not finished
                         }
                         let info = image::snapshot_info(&uuid, &attrs);

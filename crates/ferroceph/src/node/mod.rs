@@ -1,0 +1,6 @@
+//! Node-side building blocks shared by the RBD and CephFS node services: child processes
+//! with deadlines, mounts, and path checks.
+
+pub mod exec;
+pub mod keyfile;
+pub mod mount;
