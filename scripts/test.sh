@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit tests and the integration tests against a real
-# single-node Ceph cluster on 127.0.0.1 (booted here if it is not running).
+# single-node Ceph cluster on 127.0.0.1 (booted here if it is not running), then checks that
+# the tests left no image, trash entry or journal key behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +10,8 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Start from a clean pool so the leak check below judges this run only.
+./scripts/pool-check.sh reset
 cargo test --workspace --locked
+./scripts/pool-check.sh check

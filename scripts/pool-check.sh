@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Leak check for the test suite, against the dev cluster only.
+#   pool-check.sh reset   remove every image, trash entry and csi.* journal object from the
+#                         dev cluster's rbd pool (leftovers of an earlier, interrupted run)
+#   pool-check.sh check   fail if anything of the kind is left after the tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(./scripts/dev-cluster.sh env)"
+C=(-c "$FERRO_CEPH_CONF")
+POOL=${FERRO_RBD_POOL:-rbd}
+
+journal_keys() {
+  for obj in $(rados "${C[@]}" -p "$POOL" ls 2>/dev/null | grep '^csi\.' || true); do
+    rados "${C[@]}" -p "$POOL" listomapkeys "$obj" 2>/dev/null | sed "s|^|$obj: |"
+  done
+}
+
+case "${1:-check}" in
+  reset)
+    for id in $(rbd "${C[@]}" trash ls -p "$POOL" --all --format json | jq -r '.[].id'); do
+      rbd "${C[@]}" trash rm -p "$POOL" --image-id "$id" --force >/dev/null 2>&1 || true
+    done
+    for img in $(rbd "${C[@]}" ls -p "$POOL"); do
+      rbd "${C[@]}" snap purge "$POOL/$img" >/dev/null 2>&1 || true
+      rbd "${C[@]}" rm "$POOL/$img" >/dev/null 2>&1 || rbd "${C[@]}" trash mv "$POOL/$img" >/dev/null 2>&1 || true
+    done
+    # removing children first may have freed parents
+    for id in $(rbd "${C[@]}" trash ls -p "$POOL" --all --format json | jq -r '.[].id'); do
+      rbd "${C[@]}" trash rm -p "$POOL" --image-id "$id" --force >/dev/null 2>&1 || true
+    done
+    for obj in $(rados "${C[@]}" -p "$POOL" ls | grep '^csi\.' || true); do
+      rados "${C[@]}" -p "$POOL" rm "$obj"
+    done
+    echo "pool-check: $POOL reset" >&2
+    ;;
+  check)
+    bad=0
+    images=$(rbd "${C[@]}" ls -p "$POOL")
+    trash=$(rbd "${C[@]}" trash ls -p "$POOL" --all)
+    keys=$(journal_keys)
+    if [ -n "$images" ]; then echo "pool-check: images left in $POOL:"; echo "$images"; bad=1; fi
+    if [ -n "$trash" ]; then echo "pool-check: trash entries left in $POOL:"; echo "$trash"; bad=1; fi
+    if [ -n "$keys" ]; then echo "pool-check: journal keys left in $POOL:"; echo "$keys"; bad=1; fi
+    [ $bad -eq 0 ] && echo "pool-check: $POOL is clean (no image, no trash entry, no journal key)"
+    exit $bad
+    ;;
+  *) echo "usage: $0 reset|check" >&2; exit 2 ;;
+esac
