@@ -854,6 +854,20 @@ impl Image {
         })
     }
 
+    /// Makes `len` bytes at `offset` read as zeros: whole objects are discarded
+    /// (deallocated), partial ones zeroed. Unlike [`Image::discard`], which may
+    /// skip ranges smaller than `rbd_discard_granularity_bytes`, nothing is left
+    /// behind, so this is what hole punching needs.
+    pub fn write_zeroes(&self, offset: u64, len: usize) -> Result<usize> {
+        self.raw.write_zeroes(offset, len).map_err(|e| {
+            Error::new(
+                "rbd write zeroes",
+                e,
+                format!("{len} bytes at {offset} of {}", self.ctx()),
+            )
+        })
+    }
+
     /// Clients watching the image header (`rbd_watchers_list`); includes
     /// this handle when it is open read-write.
     pub fn watchers(&self) -> Result<Vec<Watcher>> {

@@ -341,6 +341,13 @@ extern "C" {
     fn rbd_read(image: rbd_image_t, ofs: u64, len: size_t, buf: *mut c_char) -> ssize_t;
     fn rbd_write(image: rbd_image_t, ofs: u64, len: size_t, buf: *const c_char) -> ssize_t;
     fn rbd_discard(image: rbd_image_t, ofs: u64, len: u64) -> c_int;
+    fn rbd_write_zeroes(
+        image: rbd_image_t,
+        ofs: u64,
+        len: size_t,
+        zero_flags: c_int,
+        op_flags: c_int,
+    ) -> ssize_t;
     fn rbd_flush(image: rbd_image_t) -> c_int;
 
     fn rbd_metadata_get(
@@ -1331,6 +1338,12 @@ impl Image {
     pub(crate) fn discard(&self, ofs: u64, len: u64) -> SysResult<()> {
         // SAFETY: valid image.
         rc(unsafe { rbd_discard(self.ptr, ofs, len) }).map(drop)
+    }
+
+    pub(crate) fn write_zeroes(&self, ofs: u64, len: usize) -> SysResult<usize> {
+        // SAFETY: valid image; no buffers are passed.
+        let r = unsafe { rbd_write_zeroes(self.ptr, ofs, len, 0, 0) };
+        ssize(r)
     }
 
     pub(crate) fn flush(&self) -> SysResult<()> {
