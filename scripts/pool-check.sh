@@ -9,9 +9,15 @@ eval "$(./scripts/dev-cluster.sh env)"
 C=(-c "$FERRO_CEPH_CONF")
 POOL=${FERRO_RBD_POOL:-rbd}
 
+# "<namespace> <object>" for every csi.* object in every RADOS namespace of the pool.
+csi_objects() {
+  rados "${C[@]}" -p "$POOL" ls --all 2>/dev/null | awk -F'\t' 'NF==1 {print "-", $1} NF==2 {print ($1==""?"-":$1), $2}' | awk '$2 ~ /^csi\./'
+}
+
 journal_keys() {
-  for obj in $(rados "${C[@]}" -p "$POOL" ls 2>/dev/null | grep '^csi\.' || true); do
-    rados "${C[@]}" -p "$POOL" listomapkeys "$obj" 2>/dev/null | sed "s|^|$obj: |"
+  csi_objects | while read -r ns obj; do
+    [ "$ns" = "-" ] && ns=""
+    rados "${C[@]}" -p "$POOL" -N "$ns" listomapkeys "$obj" 2>/dev/null | sed "s|^|$ns/$obj: |"
   done
 }
 
@@ -28,8 +34,9 @@ case "${1:-check}" in
     for id in $(rbd "${C[@]}" trash ls -p "$POOL" --all --format json | jq -r '.[].id'); do
       rbd "${C[@]}" trash rm -p "$POOL" --image-id "$id" --force >/dev/null 2>&1 || true
     done
-    for obj in $(rados "${C[@]}" -p "$POOL" ls | grep '^csi\.' || true); do
-      rados "${C[@]}" -p "$POOL" rm "$obj"
+    csi_objects | while read -r ns obj; do
+      [ "$ns" = "-" ] && ns=""
+      rados "${C[@]}" -p "$POOL" -N "$ns" rm "$obj"
     done
     echo "pool-check: $POOL reset" >&2
     ;;

@@ -966,3 +966,60 @@ async fn list_volumes_and_capacity() {
         ctl.delete_volume(del_req(&id)).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn long_clone_chains_are_flattened_in_the_background() {
+    let d = Driver::rbd();
+    let mut ctl = d.controller().await;
+    let mut chain = vec![ctl.create_volume(create_req(&unique("pvc-chain"), 8 * MIB)).await.unwrap().into_inner().volume.unwrap()];
+    for _ in 0..image_soft_depth() {
+        let prev = chain.last().unwrap().volume_id.clone();
+        let mut r = create_req(&unique("pvc-chain"), 8 * MIB);
+        r.volume_content_source = Some(pb::VolumeContentSource {
+            r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource { volume_id: prev })),
+        });
+        chain.push(ctl.create_volume(r).await.unwrap().into_inner().volume.unwrap());
+    }
+    // The last clone is SOFT deep: the mgr flattens it, after which it has no parent.
+    let last = image_name(chain.last().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, info) = admin_cli("rbd", &["info", &format!("rbd/{last}"), "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+        if v.get("parent").is_none() && v.get("name").is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{last} was not flattened: {info}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for v in chain.iter().rev() {
+        ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
+    }
+}
+
+fn image_soft_depth() -> usize {
+    4
+}
+
+#[tokio::test]
+async fn rados_namespace_from_config_and_reload() {
+    let ns = unique("ferro-ns");
+    let (ok, out) = admin_cli("rbd", &["namespace", "create", &format!("rbd/{ns}")]);
+    assert!(ok, "{out}");
+    let d = Driver::rbd();
+    let c = cluster();
+    // the cluster map is re-read when it changes: no restart
+    let map = serde_json::json!([{"clusterID": c.fsid(), "monitors": [c.monitors()], "rbd": {"radosNamespace": ns}}]);
+    std::fs::write(&d.config, map.to_string()).unwrap();
+    let mut ctl = d.controller().await;
+    let v = ctl.create_volume(create_req(&unique("pvc-ns"), 8 * MIB)).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(v.volume_context["radosNamespace"], ns);
+    let (_, listed) = admin_cli("rbd", &["ls", &format!("rbd/{ns}")]);
+    assert!(listed.contains(&image_name(&v)), "{listed}");
+    assert!(!image_exists(&image_name(&v)), "image must not be in the default namespace");
+    ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
+    let (_, listed) = admin_cli("rbd", &["ls", &format!("rbd/{ns}")]);
+    assert!(listed.trim().is_empty(), "{listed}");
+    let (ok, out) = admin_cli("rbd", &["namespace", "remove", &format!("rbd/{ns}")]);
+    assert!(ok, "{out}");
+}
