@@ -32,14 +32,20 @@ impl Ceph {
         F: FnOnce(&Cluster) -> Result<T, Status> + Send + 'static,
     {
         let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
+        let op = crate::server::RPC_METHOD
+            .try_with(|m| m.clone())
+            .unwrap_or_else(|_| "background".to_string());
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
             let cluster = pool
                 .get(&cfg)
                 .map_err(|e| status("connect to the cluster", &e))?;
             f(&cluster)
         })
         .await
-        .map_err(|e| Status::internal(format!("Ceph worker failed: {e}")))?
+        .map_err(|e| Status::internal(format!("Ceph worker failed: {e}")))?;
+        crate::metrics::get().ceph_op(&op, started.elapsed());
+        result
     }
 }
 

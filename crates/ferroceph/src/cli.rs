@@ -67,6 +67,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080)]
     pub metricsport: u16,
 
+    /// Address the metrics endpoint binds to (the pod IP in Kubernetes).
+    #[arg(long, env = "POD_IP", default_value = "127.0.0.1")]
+    pub metricsaddr: String,
+
     /// Path of the Prometheus metrics endpoint.
     #[arg(long, default_value = "/metrics")]
     pub metricspath: String,
@@ -138,6 +142,9 @@ impl ServeArgs {
 pub enum Command {
     /// Call one CSI RPC on a running driver and print the response as JSON.
     Client(crate::client::ClientArgs),
+    /// Internal: serve one RBD image as a file over FUSE (started by the RBD node plugin).
+    #[command(name = "fuse-export", hide = true)]
+    FuseExport(crate::fuse_export::FuseExportArgs),
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -20,8 +20,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         bail!("--type is required: rbd, cephfs or liveness (see --help)");
     };
     if driver_type == DriverType::Liveness {
-        bail!("--type=liveness is not available yet; point the kubelet's probe at the Probe RPC instead");
+        return crate::liveness::run(args).await;
     }
+    crate::metrics::serve(&args.metricsaddr, args.metricsport, &args.metricspath)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve metrics on {}:{}",
+                args.metricsaddr, args.metricsport
+            )
+        })?;
     if args.nodeserver && args.nodeid.as_deref().unwrap_or("").is_empty() {
         bail!("--nodeserver needs --nodeid (or the NODE_ID environment variable)");
     }

@@ -23,6 +23,14 @@ fn init_logging() {
 
 fn main() {
     let cli = Cli::parse_from(normalize_go_flags(std::env::args()));
+    let command = match cli.command {
+        Some(Command::FuseExport(args)) => {
+            // A process of its own, without the async runtime: it outlives the plugin.
+            init_logging();
+            std::process::exit(ferroceph::fuse_export::run(args));
+        }
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)
@@ -36,8 +44,9 @@ fn main() {
         }
     };
     let code = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Some(Command::Client(args)) => ferroceph::client::run(args).await,
+            Some(Command::FuseExport(_)) => 2,
             None => {
                 init_logging();
                 match ferroceph::driver::run(cli.serve).await {

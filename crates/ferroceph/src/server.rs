@@ -58,6 +58,11 @@ pub fn prepare_socket(path: &Path) -> std::io::Result<()> {
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
+tokio::task_local! {
+    /// The RPC the current task serves, for metrics recorded deeper down.
+    pub static RPC_METHOD: String;
+}
+
 /// The id of the request being served, for handlers' own log lines.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
@@ -123,8 +128,13 @@ where
             .unwrap_or(self.deadline);
         let span = tracing::info_span!("rpc", method = %method, req = %request_id);
         let started = Instant::now();
+        let metrics = crate::metrics::get();
+        metrics.rpc_started(&method);
         Box::pin(async move {
-            let call = AssertUnwindSafe(inner.call(req)).catch_unwind();
+            let call = RPC_METHOD.scope(
+                method.clone(),
+                AssertUnwindSafe(inner.call(req)).catch_unwind(),
+            );
             let result = match tokio::time::timeout(deadline, call).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(panic)) => {
@@ -149,6 +159,7 @@ where
                 Ok(resp) => grpc_code(resp),
                 Err(_) => "Transport".to_string(),
             };
+            metrics.rpc_finished(&method, &code, started.elapsed());
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             if code == "Ok" {
                 tracing::info!(parent: &span, code = %code, ms = format!("{ms:.1}"), "rpc done");

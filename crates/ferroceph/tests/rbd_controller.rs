@@ -971,14 +971,29 @@ async fn list_volumes_and_capacity() {
 async fn long_clone_chains_are_flattened_in_the_background() {
     let d = Driver::rbd();
     let mut ctl = d.controller().await;
-    let mut chain = vec![ctl.create_volume(create_req(&unique("pvc-chain"), 8 * MIB)).await.unwrap().into_inner().volume.unwrap()];
+    let mut chain = vec![ctl
+        .create_volume(create_req(&unique("pvc-chain"), 8 * MIB))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()];
     for _ in 0..image_soft_depth() {
         let prev = chain.last().unwrap().volume_id.clone();
         let mut r = create_req(&unique("pvc-chain"), 8 * MIB);
         r.volume_content_source = Some(pb::VolumeContentSource {
-            r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource { volume_id: prev })),
+            r#type: Some(pb::volume_content_source::Type::Volume(
+                pb::volume_content_source::VolumeSource { volume_id: prev },
+            )),
         });
-        chain.push(ctl.create_volume(r).await.unwrap().into_inner().volume.unwrap());
+        chain.push(
+            ctl.create_volume(r)
+                .await
+                .unwrap()
+                .into_inner()
+                .volume
+                .unwrap(),
+        );
     }
     // The last clone is SOFT deep: the mgr flattens it, after which it has no parent.
     let last = image_name(chain.last().unwrap());
@@ -989,7 +1004,10 @@ async fn long_clone_chains_are_flattened_in_the_background() {
         if v.get("parent").is_none() && v.get("name").is_some() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{last} was not flattened: {info}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{last} was not flattened: {info}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for v in chain.iter().rev() {
@@ -1012,11 +1030,20 @@ async fn rados_namespace_from_config_and_reload() {
     let map = serde_json::json!([{"clusterID": c.fsid(), "monitors": [c.monitors()], "rbd": {"radosNamespace": ns}}]);
     std::fs::write(&d.config, map.to_string()).unwrap();
     let mut ctl = d.controller().await;
-    let v = ctl.create_volume(create_req(&unique("pvc-ns"), 8 * MIB)).await.unwrap().into_inner().volume.unwrap();
+    let v = ctl
+        .create_volume(create_req(&unique("pvc-ns"), 8 * MIB))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     assert_eq!(v.volume_context["radosNamespace"], ns);
     let (_, listed) = admin_cli("rbd", &["ls", &format!("rbd/{ns}")]);
     assert!(listed.contains(&image_name(&v)), "{listed}");
-    assert!(!image_exists(&image_name(&v)), "image must not be in the default namespace");
+    assert!(
+        !image_exists(&image_name(&v)),
+        "image must not be in the default namespace"
+    );
     ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
     let (_, listed) = admin_cli("rbd", &["ls", &format!("rbd/{ns}")]);
     assert!(listed.trim().is_empty(), "{listed}");

@@ -134,6 +134,7 @@ impl Driver {
         let config = dir.path().join("config.json");
         let c = cluster();
         let map = serde_json::json!([{"clusterID": c.fsid(), "monitors": [c.monitors()]}]);
+        let _ = std::fs::create_dir_all(dir.path().join("csi"));
         std::fs::write(&config, map.to_string()).expect("write config.json");
         let mut d = Driver {
             dir,
@@ -170,7 +171,13 @@ impl Driver {
                 "--keysdir={}",
                 self.dir.path().join("keys").display()
             ))
-            .arg("--metricsport=0")
+            .args(
+                if self.args.iter().any(|a| a.starts_with("--metricsport")) {
+                    None
+                } else {
+                    Some("--metricsport=0")
+                },
+            )
             .env("FERROCEPH_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
