@@ -142,6 +142,9 @@ impl ServeArgs {
 pub enum Command {
     /// Call one CSI RPC on a running driver and print the response as JSON.
     Client(crate::client::ClientArgs),
+    /// Measure provisioning against the Ceph floor, start-up time and memory (needs the
+    /// FERRO_* variables of `scripts/dev-cluster.sh env`).
+    Bench(crate::bench::BenchArgs),
     /// Internal: serve one RBD image as a file over FUSE (started by the RBD node plugin).
     #[command(name = "fuse-export", hide = true)]
     FuseExport(crate::fuse_export::FuseExportArgs),

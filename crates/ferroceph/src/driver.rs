@@ -61,8 +61,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     locks.clone(),
                 ))
             }),
-            args.nodeserver
-                .then(|| NodeServer::new(RbdNode::new(args.nodeid.clone().unwrap_or_default()))),
+            args.nodeserver.then(|| {
+                NodeServer::new(RbdNode::new(
+                    args.nodeid.clone().unwrap_or_default(),
+                    clusters.clone(),
+                    ceph.clone(),
+                    args.keysdir.clone(),
+                    args.cephtimeout,
+                ))
+            }),
         ),
         _ => {
             if args.controllerserver || args.nodeserver {

@@ -1,5 +1,6 @@
 //! ferroceph: a Kubernetes CSI driver for Ceph RBD and CephFS.
 
+pub mod bench;
 pub mod ceph;
 pub mod cli;
 pub mod client;

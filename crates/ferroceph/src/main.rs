@@ -46,6 +46,7 @@ fn main() {
     let code = runtime.block_on(async move {
         match command {
             Some(Command::Client(args)) => ferroceph::client::run(args).await,
+            Some(Command::Bench(args)) => ferroceph::bench::run(args).await,
             Some(Command::FuseExport(_)) => 2,
             None => {
                 init_logging();

@@ -2,5 +2,8 @@
 //! with deadlines, mounts, and path checks.
 
 pub mod exec;
+pub mod format;
 pub mod keyfile;
 pub mod mount;
+pub mod record;
+pub mod stats;

@@ -1,0 +1,233 @@
+//! Probing, formatting and growing filesystems on block devices.
+//!
+//! The one rule: a device is formatted only when the low-level probe (`blkid -p`, which
+//! reads the superblocks itself instead of trusting a cache) finds neither a filesystem nor
+//! a partition table nor any other signature. Anything else, including a probe that fails
+//! or is ambivalent, is left alone.
+
+use crate::node::exec::{self, ExecError};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What a device holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// No signature of any kind: safe to format.
+    Blank,
+    /// A filesystem of this type (`ext4`, `xfs`, ...).
+    Filesystem(String),
+    /// Something that is not a mountable filesystem (partition table, LVM, RAID, swap,
+    /// crypto, ...), described for the error message.
+    Other(String),
+}
+
+/// Interprets `blkid -p -o export` output (KEY=VALUE lines).
+pub fn parse_blkid_export(out: &str) -> Probe {
+    let kv: BTreeMap<&str, &str> = out
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    if let Some(pt) = kv.get("PTTYPE") {
+        return Probe::Other(format!("a {pt} partition table"));
+    }
+    let usage = kv.get("USAGE").copied().unwrap_or("");
+    match kv.get("TYPE") {
+        Some(t) if usage == "filesystem" || usage.is_empty() => {
+            if matches!(
+                *t,
+                "swap" | "LVM2_member" | "linux_raid_member" | "crypto_LUKS"
+            ) {
+                Probe::Other(format!("a {t} signature"))
+            } else {
+                Probe::Filesystem(t.to_string())
+            }
+        }
+        Some(t) => Probe::Other(format!("a {t} signature ({usage})")),
+        None if kv.is_empty() => Probe::Blank,
+        None => Probe::Other(format!(
+            "unrecognised signatures ({})",
+            kv.keys().copied().collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// Probes `device`. blkid exits 2 when it finds nothing; any other failure is an error.
+pub async fn probe(device: &str, timeout: Duration) -> Result<Probe, ExecError> {
+    let out = exec::output("blkid", &["-p", "-o", "export", device], &[], timeout).await?;
+    match out.code {
+        Some(0) => Ok(parse_blkid_export(&out.stdout)),
+        Some(2) => Ok(Probe::Blank),
+        Some(8) => Ok(Probe::Other(
+            "several conflicting signatures (blkid is ambivalent)".into(),
+        )),
+        code => Err(ExecError::Failed {
+            cmd: exec::describe("blkid", &["-p", "-o", "export", device]),
+            code: code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "signal".into()),
+            stderr: out.stderr,
+        }),
+    }
+}
+
+pub const SUPPORTED: &[&str] = &["ext4", "ext3", "xfs"];
+
+/// The mkfs command for `fs_type`: ceph-csi's defaults unless `mkfs_options` (a
+/// whitespace-separated list from the StorageClass) replaces them.
+pub fn mkfs_command(
+    fs_type: &str,
+    device: &str,
+    mkfs_options: Option<&str>,
+) -> Result<(String, Vec<String>), String> {
+    if !SUPPORTED.contains(&fs_type) {
+        return Err(format!(
+            "fsType {fs_type:?} is not supported: use ext4 or xfs"
+        ));
+    }
+    let mut args: Vec<String> = match mkfs_options.map(str::trim).filter(|o| !o.is_empty()) {
+        Some(opts) => {
+            if opts.chars().any(|c| c.is_control() && c != '\t') {
+                return Err("mkfsOptions must not contain control characters".into());
+            }
+            opts.split_whitespace().map(str::to_string).collect()
+        }
+        None => match fs_type {
+            "xfs" => vec!["-K".into()],
+            _ => vec![
+                "-m0".into(),
+                "-Enodiscard,lazy_itable_init=1,lazy_journal_init=1".into(),
+            ],
+        },
+    };
+    if let Some(bad) = args.iter().find(|a| a.as_str() == device) {
+        return Err(format!("mkfsOptions must not name the device ({bad})"));
+    }
+    args.push(device.to_string());
+    Ok((format!("mkfs.{fs_type}"), args))
+}
+
+pub async fn mkfs(
+    fs_type: &str,
+    device: &str,
+    mkfs_options: Option<&str>,
+    timeout: Duration,
+) -> Result<(), tonic::Status> {
+    let (prog, args) =
+        mkfs_command(fs_type, device, mkfs_options).map_err(tonic::Status::invalid_argument)?;
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    exec::run(&prog, &a, &[], timeout)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_status())
+}
+
+/// Mount options every mount of `fs_type` needs (xfs: `nouuid`, so a clone or a snapshot
+/// restore mounts beside its origin).
+pub fn fs_mount_options(fs_type: &str) -> Vec<String> {
+    match fs_type {
+        "xfs" => vec!["nouuid".to_string()],
+        _ => vec![],
+    }
+}
+
+/// The command that grows a mounted filesystem to fill its device.
+pub fn grow_command(
+    fs_type: &str,
+    device: &str,
+    mount_point: &str,
+) -> Option<(String, Vec<String>)> {
+    match fs_type {
+        "ext4" | "ext3" | "ext2" => Some(("resize2fs".into(), vec![device.into()])),
+        "xfs" => Some(("xfs_growfs".into(), vec![mount_point.into()])),
+        _ => None,
+    }
+}
+
+pub async fn grow(
+    fs_type: &str,
+    device: &str,
+    mount_point: &str,
+    timeout: Duration,
+) -> Result<(), tonic::Status> {
+    let Some((prog, args)) = grow_command(fs_type, device, mount_point) else {
+        return Err(tonic::Status::failed_precondition(format!(
+            "cannot grow a {fs_type} filesystem online"
+        )));
+    };
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    exec::run(&prog, &a, &[], timeout)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blkid_output() {
+        assert_eq!(parse_blkid_export(""), Probe::Blank);
+        assert_eq!(
+            parse_blkid_export(
+                "DEVNAME=/dev/loop0\nUUID=x\nBLOCK_SIZE=1024\nTYPE=ext4\nUSAGE=filesystem\n"
+            ),
+            Probe::Filesystem("ext4".into())
+        );
+        assert_eq!(
+            parse_blkid_export("TYPE=xfs\nUSAGE=filesystem"),
+            Probe::Filesystem("xfs".into())
+        );
+        assert!(matches!(
+            parse_blkid_export("PTUUID=abc\nPTTYPE=gpt\n"),
+            Probe::Other(s) if s.contains("gpt")
+        ));
+        assert!(matches!(
+            parse_blkid_export("TYPE=LVM2_member\nUSAGE=raid\n"),
+            Probe::Other(_)
+        ));
+        assert!(matches!(
+            parse_blkid_export("TYPE=swap\nUSAGE=other\n"),
+            Probe::Other(_)
+        ));
+        assert!(matches!(
+            parse_blkid_export("SOMETHING=1\n"),
+            Probe::Other(_)
+        ));
+    }
+
+    #[test]
+    fn ceph_csi_mkfs_defaults() {
+        let (p, a) = mkfs_command("ext4", "/dev/loop3", None).unwrap();
+        assert_eq!(p, "mkfs.ext4");
+        assert_eq!(
+            a,
+            vec![
+                "-m0",
+                "-Enodiscard,lazy_itable_init=1,lazy_journal_init=1",
+                "/dev/loop3"
+            ]
+        );
+        let (p, a) = mkfs_command("xfs", "/dev/rbd0", None).unwrap();
+        assert_eq!(
+            (p.as_str(), a),
+            ("mkfs.xfs", vec!["-K".to_string(), "/dev/rbd0".into()])
+        );
+        let (_, a) = mkfs_command("ext4", "/dev/rbd0", Some(" -m1  -O ^has_journal ")).unwrap();
+        assert_eq!(a, vec!["-m1", "-O", "^has_journal", "/dev/rbd0"]);
+        assert!(mkfs_command("btrfs", "/dev/rbd0", None).is_err());
+        assert!(mkfs_command("ext4", "/dev/rbd0", Some("-F /dev/rbd0")).is_err());
+        assert_eq!(fs_mount_options("xfs"), vec!["nouuid"]);
+        assert!(fs_mount_options("ext4").is_empty());
+        assert_eq!(
+            grow_command("xfs", "/dev/rbd0", "/mnt").unwrap().1,
+            vec!["/mnt".to_string()]
+        );
+        assert_eq!(
+            grow_command("ext4", "/dev/rbd0", "/mnt").unwrap().0,
+            "resize2fs"
+        );
+        assert!(grow_command("vfat", "/dev/rbd0", "/mnt").is_none());
+    }
+}

@@ -1,0 +1,322 @@
+//! Kernel RBD: `rbd map --device-type krbd`, with the key in a 0600 file that is removed as
+//! soon as the map returns, and a feature check against `/sys/bus/rbd/supported_features`
+//! so an image the kernel cannot map fails with FailedPrecondition naming each feature and
+//! the fix, instead of the kernel's "feature set mismatch" (ceph/ceph-csi#1507).
+
+use super::{options_for, AttachEnv, AttachRequest, Attached, Attacher, Health, Mounter};
+use crate::node::exec;
+use crate::node::keyfile::KeyFile;
+use crate::node::record::{ImageLocation, Record};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::Status;
+
+pub const SUPPORTED_FEATURES: &str = "/sys/bus/rbd/supported_features";
+const SYSFS_DEVICES: &str = "/sys/bus/rbd/devices";
+
+pub struct Krbd {
+    pub env: AttachEnv,
+}
+
+/// `rbd map` arguments.
+pub fn map_args(
+    loc: &ImageLocation,
+    keyfile: &Path,
+    options: Option<&str>,
+    read_only: bool,
+) -> Vec<String> {
+    let mut a = vec![
+        "map".to_string(),
+        loc.spec(),
+        "--device-type".into(),
+        "krbd".into(),
+        "--id".into(),
+        loc.user.clone(),
+        "-m".into(),
+        loc.monitors.join(","),
+        "--keyfile".into(),
+        keyfile.display().to_string(),
+    ];
+    if let Some(o) = options {
+        a.push("--options".into());
+        a.push(o.to_string());
+    }
+    if read_only {
+        a.push("--read-only".into());
+    }
+    a
+}
+
+/// `rbd unmap` arguments.
+pub fn unmap_args(device: &str, options: Option<&str>) -> Vec<String> {
+    let mut a = vec!["unmap".to_string(), "--device-type".into(), "krbd".into()];
+    if let Some(o) = options {
+        a.push("--options".into());
+        a.push(o.to_string());
+    }
+    a.push(device.to_string());
+    a
+}
+
+/// Parses `/sys/bus/rbd/supported_features` (`0x3d`).
+pub fn parse_supported(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let hex = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Fails (with the message for FailedPrecondition) when `image` has features that
+/// `supported` lacks.
+pub fn check_features(spec: &str, image: u64, supported: u64) -> Result<(), String> {
+    let missing = image & !supported;
+    if missing == 0 {
+        return Ok(());
+    }
+    let names = rados::rbd::feature_names(missing);
+    let list = names.join(" ");
+    Err(format!(
+        "image {spec} has features the kernel's rbd module does not support: {} (the kernel supports: {}). \
+         Fix: disable them on this image with `rbd feature disable {spec} {list}`, \
+         give new volumes a StorageClass whose imageFeatures leave them out, \
+         or use the mounter rbd-nbd or fuse (StorageClass parameter mounter)",
+        names.join(", "),
+        rados::rbd::features_to_string(supported),
+    ))
+}
+
+/// The device the kernel already maps `loc` to (a retry after a crash), if any.
+fn mapped_device(loc: &ImageLocation) -> Option<String> {
+    let read = |d: &Path, f: &str| {
+        std::fs::read_to_string(d.join(f))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    for entry in std::fs::read_dir(SYSFS_DEVICES).ok()?.flatten() {
+        let d = entry.path();
+        if read(&d, "pool") == loc.pool
+            && read(&d, "pool_ns") == loc.namespace
+            && read(&d, "name") == loc.image
+            && matches!(read(&d, "current_snap").as_str(), "" | "-")
+        {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            return Some(device_for_id(&id).display().to_string());
+        }
+    }
+    None
+}
+
+fn supported_features() -> Result<u64, Status> {
+    let text = std::fs::read_to_string(SUPPORTED_FEATURES).map_err(|e| {
+        Status::failed_precondition(format!(
+            "the kernel has no rbd module ({SUPPORTED_FEATURES}: {e}); load it (modprobe rbd) or use the mounter rbd-nbd or fuse"
+        ))
+    })?;
+    parse_supported(&text).ok_or_else(|| {
+        Status::internal(format!(
+            "cannot parse {SUPPORTED_FEATURES}: {:?}",
+            text.trim()
+        ))
+    })
+}
+
+#[tonic::async_trait]
+impl Attacher for Krbd {
+    fn mounter(&self) -> Mounter {
+        Mounter::Krbd
+    }
+
+    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached, Status> {
+        if !Path::new("/sys/bus/rbd").exists() {
+            // Like ceph-csi: try loading the module once.
+            let _ = exec::output("modprobe", &["rbd"], &[], self.env.exec_timeout).await;
+        }
+        let supported = supported_features()?;
+        let loc = req.loc.clone();
+        let cfg = self
+            .env
+            .ceph
+            .connect_config(&loc.monitors, &loc.user, req.key);
+        let l = loc.clone();
+        let features = self
+            .env
+            .ceph
+            .run(cfg, move |cluster| {
+                let io = cluster
+                    .ioctx(&l.pool, &l.namespace)
+                    .map_err(|e| crate::ceph::status("open pool", &e))?;
+                let img = rados::rbd::Image::open_read_only(&io, &l.image)
+                    .map_err(|e| crate::ceph::status("open image", &e))?;
+                img.features()
+                    .map_err(|e| crate::ceph::status("read image features", &e))
+            })
+            .await?;
+        check_features(&loc.spec(), features, supported).map_err(Status::failed_precondition)?;
+
+        if let Some(dev) = mapped_device(&loc) {
+            tracing::info!(image = %loc.spec(), device = %dev, "already mapped by the kernel; reusing");
+            return Ok(Attached {
+                device: dev,
+                fuse: None,
+                nbd_pid: None,
+            });
+        }
+        let options = options_for(req.map_options, Mounter::Krbd)?;
+        let key = KeyFile::create(&self.env.keysdir, req.key).map_err(|e| {
+            Status::internal(format!(
+                "cannot write a key file in {}: {e}",
+                self.env.keysdir.display()
+            ))
+        })?;
+        let args = map_args(&loc, key.path(), options.as_deref(), req.read_only);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = exec::run("rbd", &a, &[], self.env.exec_timeout)
+            .await
+            .map_err(|e| e.to_status())?;
+        drop(key);
+        let device = out.stdout.trim().to_string();
+        if !device.starts_with("/dev/") {
+            return Err(Status::internal(format!(
+                "rbd map printed {device:?} instead of a device"
+            )));
+        }
+        Ok(Attached {
+            device,
+            fuse: None,
+            nbd_pid: None,
+        })
+    }
+
+    async fn detach(&self, rec: &Record) -> Result<(), Status> {
+        let dev = rec.device.clone().or_else(|| mapped_device(&rec.image));
+        let Some(dev) = dev else { return Ok(()) };
+        if !Path::new(&dev).exists() {
+            return Ok(());
+        }
+        let opts = options_for(rec.unmap_options.as_deref(), Mounter::Krbd)?;
+        let args = unmap_args(&dev, opts.as_deref());
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = exec::output("rbd", &a, &[], self.env.exec_timeout)
+            .await
+            .map_err(|e| e.to_status())?;
+        if out.success() || out.stderr.contains("not mapped") || out.stderr.contains("No such") {
+            Ok(())
+        } else {
+            Err(Status::internal(format!(
+                "rbd unmap {dev} failed: {}",
+                out.stderr
+            )))
+        }
+    }
+
+    async fn health(&self, rec: &Record) -> Health {
+        match &rec.device {
+            Some(d) if Path::new(d).exists() => Health::Healthy,
+            Some(d) => Health::Broken(format!("rbd device {d} is gone")),
+            None => Health::Broken("no device was recorded".into()),
+        }
+    }
+
+    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64, Status> {
+        // The kernel follows the image header: nothing to do but wait for it.
+        let dev = rec
+            .device
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("no device was recorded"))?;
+        super::wait_for_size(&dev, want, Duration::from_secs(30)).await
+    }
+}
+
+/// The device node of a sysfs rbd device id.
+pub fn device_for_id(id: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/rbd{id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rados::rbd::*;
+
+    fn loc(ns: &str) -> ImageLocation {
+        ImageLocation {
+            cluster_id: "c".into(),
+            monitors: vec!["10.0.0.1:6789".into(), "10.0.0.2:6789".into()],
+            pool: "rbd".into(),
+            namespace: ns.into(),
+            image: "csi-vol-1".into(),
+            user: "csi-rbd".into(),
+        }
+    }
+
+    #[test]
+    fn map_command_line() {
+        let a = map_args(&loc(""), Path::new("/tmp/csi/keys/keyfile-1"), None, false);
+        assert_eq!(
+            a.join(" "),
+            "map rbd/csi-vol-1 --device-type krbd --id csi-rbd -m 10.0.0.1:6789,10.0.0.2:6789 --keyfile /tmp/csi/keys/keyfile-1"
+        );
+        let a = map_args(
+            &loc("ns1"),
+            Path::new("/k"),
+            Some("lock_on_read,queue_depth=1024"),
+            true,
+        );
+        assert_eq!(
+            a.join(" "),
+            "map rbd/ns1/csi-vol-1 --device-type krbd --id csi-rbd -m 10.0.0.1:6789,10.0.0.2:6789 --keyfile /k --options lock_on_read,queue_depth=1024 --read-only"
+        );
+        assert_eq!(
+            unmap_args("/dev/rbd0", Some("force")).join(" "),
+            "unmap --device-type krbd --options force /dev/rbd0"
+        );
+        assert_eq!(
+            unmap_args("/dev/rbd0", None).join(" "),
+            "unmap --device-type krbd /dev/rbd0"
+        );
+        // the key itself never appears, only the file
+        assert!(!a.iter().any(|s| s.contains("AQ")));
+    }
+
+    #[test]
+    fn feature_check_names_features_and_fix() {
+        assert_eq!(parse_supported("0x3d\n"), Some(0x3d));
+        assert_eq!(parse_supported("ff"), Some(0xff));
+        assert_eq!(parse_supported("zz"), None);
+        let kernel = FEATURE_LAYERING
+            | FEATURE_EXCLUSIVE_LOCK
+            | FEATURE_OBJECT_MAP
+            | FEATURE_FAST_DIFF
+            | FEATURE_DEEP_FLATTEN;
+        assert!(
+            check_features("rbd/img", FEATURE_LAYERING | FEATURE_EXCLUSIVE_LOCK, kernel).is_ok()
+        );
+        let e = check_features(
+            "rbd/img",
+            FEATURE_LAYERING | FEATURE_EXCLUSIVE_LOCK | FEATURE_JOURNALING,
+            kernel,
+        )
+        .unwrap_err();
+        assert!(e.contains("journaling"), "{e}");
+        assert!(e.contains("rbd feature disable rbd/img journaling"), "{e}");
+        assert!(e.contains("rbd-nbd or fuse"), "{e}");
+        // an old kernel (layering only) and a full-featured image
+        let e = check_features("p/i", USER_FEATURES, FEATURE_LAYERING).unwrap_err();
+        for f in [
+            "exclusive-lock",
+            "object-map",
+            "fast-diff",
+            "deep-flatten",
+            "journaling",
+        ] {
+            assert!(e.contains(f), "{f}: {e}");
+        }
+        assert!(!e.contains("layering,") || e.contains("supports: layering"));
+    }
+
+    #[test]
+    fn device_names() {
+        assert_eq!(device_for_id("3"), PathBuf::from("/dev/rbd3"));
+    }
+}

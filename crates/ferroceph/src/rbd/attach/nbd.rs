@@ -1,0 +1,190 @@
+//! rbd-nbd: `rbd map --device-type nbd` starts an rbd-nbd daemon that serves the image
+//! to the kernel's nbd driver. The daemon forks into its own session, so it is not a child
+//! of the plugin and survives the plugin process restarting (ceph-csi's rbd-nbd volumes die
+//! then, ceph/ceph-csi#2204); its pid is recorded. The key file is removed as soon as the map
+//! returns: the daemon has authenticated by then (rbd map waits for the device).
+
+use super::{options_for, AttachEnv, AttachRequest, Attached, Attacher, Health, Mounter};
+use crate::node::exec;
+use crate::node::keyfile::KeyFile;
+use crate::node::record::{ImageLocation, Record};
+use std::path::Path;
+use std::time::Duration;
+use tonic::Status;
+
+pub struct Nbd {
+    pub env: AttachEnv,
+}
+
+pub fn map_args(
+    loc: &ImageLocation,
+    keyfile: &Path,
+    options: Option<&str>,
+    read_only: bool,
+) -> Vec<String> {
+    let mut a = vec![
+        "map".to_string(),
+        loc.spec(),
+        "--device-type".into(),
+        "nbd".into(),
+        "--id".into(),
+        loc.user.clone(),
+        "-m".into(),
+        loc.monitors.join(","),
+        "--keyfile".into(),
+        keyfile.display().to_string(),
+    ];
+    if let Some(o) = options {
+        a.push("--options".into());
+        a.push(o.to_string());
+    }
+    if read_only {
+        a.push("--read-only".into());
+    }
+    a
+}
+
+pub fn unmap_args(device: &str, options: Option<&str>) -> Vec<String> {
+    let mut a = vec!["unmap".to_string(), "--device-type".into(), "nbd".into()];
+    if let Some(o) = options {
+        a.push("--options".into());
+        a.push(o.to_string());
+    }
+    a.push(device.to_string());
+    a
+}
+
+/// `/dev/nbd3` → `nbd3`.
+fn dev_name(device: &str) -> Option<&str> {
+    device
+        .strip_prefix("/dev/")
+        .filter(|n| n.starts_with("nbd"))
+}
+
+/// The pid of the daemon serving `device` (the kernel keeps it in sysfs).
+pub fn daemon_pid(device: &str) -> Option<i32> {
+    let name = dev_name(device)?;
+    std::fs::read_to_string(format!("/sys/block/{name}/pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tonic::async_trait]
+impl Attacher for Nbd {
+    fn mounter(&self) -> Mounter {
+        Mounter::Nbd
+    }
+
+    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached, Status> {
+        if !Path::new("/sys/module/nbd").exists() {
+            let _ = exec::output("modprobe", &["nbd"], &[], self.env.exec_timeout).await;
+            if !Path::new("/sys/module/nbd").exists() {
+                return Err(Status::failed_precondition(
+                    "the kernel has no nbd module (modprobe nbd failed); use the mounter krbd or fuse",
+                ));
+            }
+        }
+        let options = options_for(req.map_options, Mounter::Nbd)?;
+        let key = KeyFile::create(&self.env.keysdir, req.key).map_err(|e| {
+            Status::internal(format!(
+                "cannot write a key file in {}: {e}",
+                self.env.keysdir.display()
+            ))
+        })?;
+        let args = map_args(req.loc, key.path(), options.as_deref(), req.read_only);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = exec::run("rbd", &a, &[], self.env.exec_timeout)
+            .await
+            .map_err(|e| e.to_status())?;
+        drop(key);
+        let device = out.stdout.trim().to_string();
+        if dev_name(&device).is_none() {
+            return Err(Status::internal(format!(
+                "rbd map printed {device:?} instead of an nbd device"
+            )));
+        }
+        let nbd_pid = daemon_pid(&device);
+        Ok(Attached {
+            device,
+            fuse: None,
+            nbd_pid,
+        })
+    }
+
+    async fn detach(&self, rec: &Record) -> Result<(), Status> {
+        let Some(dev) = rec.device.clone() else {
+            return Ok(());
+        };
+        if daemon_pid(&dev).is_none() {
+            return Ok(()); // not connected any more
+        }
+        let opts = options_for(rec.unmap_options.as_deref(), Mounter::Nbd)?;
+        let args = unmap_args(&dev, opts.as_deref());
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = exec::output("rbd", &a, &[], self.env.exec_timeout)
+            .await
+            .map_err(|e| e.to_status())?;
+        if out.success() || out.stderr.contains("not mapped") {
+            Ok(())
+        } else {
+            Err(Status::internal(format!(
+                "rbd unmap {dev} failed: {}",
+                out.stderr
+            )))
+        }
+    }
+
+    async fn health(&self, rec: &Record) -> Health {
+        let Some(dev) = &rec.device else {
+            return Health::Broken("no device was recorded".into());
+        };
+        match daemon_pid(dev) {
+            Some(pid) if super::process_alive(pid) => Health::Healthy,
+            Some(pid) => Health::Broken(format!("the rbd-nbd daemon (pid {pid}) of {dev} is dead")),
+            None => Health::Broken(format!("{dev} is no longer connected to rbd-nbd")),
+        }
+    }
+
+    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64, Status> {
+        // rbd-nbd watches the image header and resizes the nbd device itself.
+        let dev = rec
+            .device
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("no device was recorded"))?;
+        super::wait_for_size(&dev, want, Duration::from_secs(30)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines() {
+        let loc = ImageLocation {
+            cluster_id: "c".into(),
+            monitors: vec!["127.0.0.1:6789".into()],
+            pool: "rbd".into(),
+            namespace: String::new(),
+            image: "csi-vol-1".into(),
+            user: "csi-rbd".into(),
+        };
+        assert_eq!(
+            map_args(&loc, Path::new("/k/f"), Some("try-netlink,reattach-timeout=300"), false).join(" "),
+            "map rbd/csi-vol-1 --device-type nbd --id csi-rbd -m 127.0.0.1:6789 --keyfile /k/f --options try-netlink,reattach-timeout=300"
+        );
+        assert_eq!(
+            map_args(&loc, Path::new("/k/f"), None, true).join(" "),
+            "map rbd/csi-vol-1 --device-type nbd --id csi-rbd -m 127.0.0.1:6789 --keyfile /k/f --read-only"
+        );
+        assert_eq!(
+            unmap_args("/dev/nbd2", None).join(" "),
+            "unmap --device-type nbd /dev/nbd2"
+        );
+        assert_eq!(dev_name("/dev/nbd2"), Some("nbd2"));
+        assert_eq!(dev_name("/dev/rbd2"), None);
+        assert_eq!(daemon_pid("/dev/nbd999"), None);
+    }
+}
