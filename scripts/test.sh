@@ -13,5 +13,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # Start from a clean pool so the leak check below judges this run only.
 ./scripts/pool-check.sh reset
+rm -rf target/tmp/ferroceph-logs
 cargo test --workspace --locked
 ./scripts/pool-check.sh check
+./scripts/secrets-audit.sh

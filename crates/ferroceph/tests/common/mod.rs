@@ -263,9 +263,20 @@ fn unsafe_free_kill(pid: u32, sig: &str) {
         .status();
 }
 
+/// Where driver logs are kept after each test, for the suite-wide secrets audit
+/// (`scripts/secrets-audit.sh`).
+pub fn kept_logs_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferroceph-logs")
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
         self.kill();
+        let dir = kept_logs_dir();
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let name = self.dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let _ = std::fs::copy(&self.log, dir.join(format!("{name}.log")));
+        }
     }
 }
 
