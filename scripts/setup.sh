@@ -10,7 +10,12 @@ PACKAGES=(
   # the dev cluster and node-side tools
   ceph-mon ceph-osd ceph-mgr ceph-mds ceph-common ceph-fuse rbd-fuse rbd-nbd
   fuse3 e2fsprogs xfsprogs util-linux mount procps iproute2 jq
+  # the manifests test: a venv for kubernetes-validate (kubectl comes below)
+  python3-venv
 )
+# `kubectl kustomize` for the manifests test; another kubectl already on PATH will do (a
+# second package owning /usr/bin/kubectl would conflict).
+command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -22,6 +27,16 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# kubernetes-validate (PyPI) for the manifests test, in a venv of its own.
+TOOLS_VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv-tools"
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if [ "$("$TOOLS_VENV/bin/kubernetes-validate" --version 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+  echo "setup: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $TOOLS_VENV" >&2
+  python3 -m venv "$TOOLS_VENV"
+  "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

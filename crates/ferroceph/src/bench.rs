@@ -289,6 +289,9 @@ fn floor_delete(io: &rados::IoCtx, name: &str, uuid: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// (request name, uuid) of the volumes one floor thread made.
+type Made = Vec<(String, String)>;
+
 fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(Stats, Stats, f64, f64)> {
     let cfg = rados::ConnectConfig::new([e.monitors.clone()], e.user.clone(), e.key.clone());
     let cluster = Arc::new(rados::Cluster::connect(&cfg)?);
@@ -314,14 +317,14 @@ fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(Stats, S
     }
     // concurrent: `conc` threads, each with its own io context, sharing one connection
     let per = n.div_ceil(conc.max(1));
-    let run = |delete: Option<Vec<Vec<(String, String)>>>| -> anyhow::Result<(f64, Vec<Vec<(String, String)>>)> {
+    let run = |delete: Option<Vec<Made>>| -> anyhow::Result<(f64, Vec<Made>)> {
         let started = Instant::now();
         let mut handles = Vec::new();
         for t in 0..conc.max(1) {
             let cluster = cluster.clone();
             let pool = pool.to_string();
             let work = delete.as_ref().map(|d| d[t].clone());
-            handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<(String, String)>> {
+            handles.push(std::thread::spawn(move || -> anyhow::Result<Made> {
                 let io = cluster.ioctx(&pool, "")?;
                 let mut out = Vec::new();
                 match work {
@@ -343,9 +346,15 @@ fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(Stats, S
         }
         let mut all = Vec::new();
         for h in handles {
-            all.push(h.join().map_err(|_| anyhow::anyhow!("floor thread panicked"))??);
+            all.push(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("floor thread panicked"))??,
+            );
         }
-        Ok(((per * conc.max(1)) as f64 / started.elapsed().as_secs_f64(), all))
+        Ok((
+            (per * conc.max(1)) as f64 / started.elapsed().as_secs_f64(),
+            all,
+        ))
     };
     let (create_rate, made) = run(None)?;
     let (delete_rate, _) = run(Some(made))?;

@@ -138,6 +138,8 @@ impl ServeArgs {
     }
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Call one CSI RPC on a running driver and print the response as JSON.
@@ -145,6 +147,8 @@ pub enum Command {
     /// Measure provisioning against the Ceph floor, start-up time and memory (needs the
     /// FERRO_* variables of `scripts/dev-cluster.sh env`).
     Bench(crate::bench::BenchArgs),
+    /// Check this node and the clusters of the cluster map; print each problem with its fix.
+    Doctor(crate::doctor::DoctorArgs),
     /// Internal: serve one RBD image as a file over FUSE (started by the RBD node plugin).
     #[command(name = "fuse-export", hide = true)]
     FuseExport(crate::fuse_export::FuseExportArgs),
@@ -179,11 +183,13 @@ pub fn normalize_go_flags(args: impl IntoIterator<Item = String>) -> Vec<String>
         .enumerate()
         .map(|(i, a)| {
             let single = a.starts_with('-') && !a.starts_with("--");
-            let name_len = a[1..].split('=').next().map(str::len).unwrap_or(0);
+            // `get`: an empty argument (e.g. an empty --namespace value) must not panic.
+            let tail = a.get(1..).unwrap_or("");
+            let name_len = tail.split('=').next().map(str::len).unwrap_or(0);
             if i > 0
                 && single
                 && name_len > 1
-                && a[1..].starts_with(|c: char| c.is_ascii_alphabetic())
+                && tail.starts_with(|c: char| c.is_ascii_alphabetic())
             {
                 format!("-{a}")
             } else {
@@ -232,6 +238,12 @@ mod tests {
         assert_eq!(cli.serve.endpoint, "unix:///csi/csi.sock");
         assert_eq!(cli.serve.keysdir, PathBuf::from("/tmp/csi/keys"));
         assert_eq!(cli.serve.polltime, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn empty_arguments_do_not_panic() {
+        let a = normalize_go_flags(["ferroceph".to_string(), "--namespace".into(), String::new()]);
+        assert_eq!(a[2], "");
     }
 
     #[test]

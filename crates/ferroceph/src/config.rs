@@ -174,7 +174,7 @@ fn load(path: &Path) -> Result<Vec<ClusterInfo>, ConfigError> {
     parse(&text).map_err(|reason| ConfigError::Invalid { path: p, reason })
 }
 
-fn parse(text: &str) -> Result<Vec<ClusterInfo>, String> {
+pub fn parse(text: &str) -> Result<Vec<ClusterInfo>, String> {
     let clusters: Vec<ClusterInfo> = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let mut seen = std::collections::HashSet::new();
     for c in &clusters {

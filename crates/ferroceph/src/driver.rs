@@ -1,6 +1,8 @@
 //! Wires the services for `--type=rbd|cephfs|liveness` and runs the server until a signal.
 
 use crate::ceph::Ceph;
+use crate::cephfs::controller::CephFsController;
+use crate::cephfs::node::CephFsNode;
 use crate::cli::{DriverType, ServeArgs};
 use crate::config::ClusterMap;
 use crate::identity::IdentityService;
@@ -51,42 +53,56 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let clusters = Arc::new(ClusterMap::new(&args.configpath));
     let ceph = Ceph::new(args.cephtimeout);
     let locks = OpLocks::new();
-    let (controller, node) = match driver_type {
-        DriverType::Rbd => (
-            args.controllerserver.then(|| {
-                ControllerServer::new(RbdController::new(
+    let router = tonic::transport::Server::builder()
+        .layer(RpcLayer {
+            deadline: args.rpctimeout,
+        })
+        .add_service(identity);
+    let router = match driver_type {
+        DriverType::Rbd => {
+            let (controller, node) = (
+                args.controllerserver.then(|| {
+                    ControllerServer::new(RbdController::new(
+                        args.instanceid.clone(),
+                        clusters.clone(),
+                        ceph.clone(),
+                        locks.clone(),
+                    ))
+                }),
+                args.nodeserver.then(|| {
+                    NodeServer::new(RbdNode::new(
+                        args.nodeid.clone().unwrap_or_default(),
+                        clusters.clone(),
+                        ceph.clone(),
+                        args.keysdir.clone(),
+                        args.cephtimeout,
+                    ))
+                }),
+            );
+            router
+                .add_optional_service(controller)
+                .add_optional_service(node)
+        }
+        _ => router
+            .add_optional_service(args.controllerserver.then(|| {
+                ControllerServer::new(CephFsController::new(
                     args.instanceid.clone(),
                     clusters.clone(),
                     ceph.clone(),
                     locks.clone(),
                 ))
-            }),
-            args.nodeserver.then(|| {
-                NodeServer::new(RbdNode::new(
+            }))
+            .add_optional_service(args.nodeserver.then(|| {
+                NodeServer::new(CephFsNode::new(
                     args.nodeid.clone().unwrap_or_default(),
+                    args.instanceid.clone(),
                     clusters.clone(),
                     ceph.clone(),
+                    locks.clone(),
                     args.keysdir.clone(),
-                    args.cephtimeout,
                 ))
-            }),
-        ),
-        _ => {
-            if args.controllerserver || args.nodeserver {
-                bail!(
-                    "--type=cephfs is not available yet; only the Identity service would be served"
-                );
-            }
-            (None, None)
-        }
+            })),
     };
-    let router = tonic::transport::Server::builder()
-        .layer(RpcLayer {
-            deadline: args.rpctimeout,
-        })
-        .add_service(identity)
-        .add_optional_service(controller)
-        .add_optional_service(node);
     let served = router
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;

@@ -4,7 +4,7 @@
 //! The node plugin starts it as its own process in its own session, so the export outlives
 //! a restart of the plugin. The cephx key is read from `--keyfile` or, by default, from
 //! standard input (never from the command line or the environment, which other users can
-//! read in /proc). Once the file system is mounted the exporter prints `READY` on standard
+//! read in /proc). Once the file system is mounted the exporter prints `READY <client id>` on standard
 //! output (or `ERROR <Code> <message>` if it cannot start) and from then on logs only to
 //! standard error.
 //!
@@ -117,7 +117,7 @@ pub fn run(args: FuseExportArgs) -> i32 {
     } else {
         format!("{}/{}/{}", args.pool, args.namespace, args.image)
     };
-    let image = match open_image(&cfg, &args) {
+    let (image, client_id) = match open_image(&cfg, &args) {
         Ok(i) => i,
         Err(e) => return fail(code_of(&e), &e.to_string()),
     };
@@ -181,7 +181,7 @@ pub fn run(args: FuseExportArgs) -> i32 {
     tracing::info!(image = %what, size, read_only = args.read_only, mountpoint = %args.mountpoint.display(), "serving");
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{READY}");
+        let _ = writeln!(out, "{READY} {client_id}");
         let _ = out.flush();
     }
     // The plugin stops reading after READY (and may exit): nothing more goes to stdout.
@@ -239,14 +239,16 @@ fn read_key(keyfile: Option<&Path>) -> Result<String, String> {
     Ok(key)
 }
 
-fn open_image(cfg: &rados::ConnectConfig, args: &FuseExportArgs) -> rados::Result<Image> {
+/// Opens the image; returns it with this client's global id.
+fn open_image(cfg: &rados::ConnectConfig, args: &FuseExportArgs) -> rados::Result<(Image, u64)> {
     let cluster = rados::Cluster::connect(cfg)?;
     let io = cluster.ioctx(&args.pool, &args.namespace)?;
-    if args.read_only {
+    let image = if args.read_only {
         Image::open_read_only(&io, &args.image)
     } else {
         Image::open(&io, &args.image)
-    }
+    }?;
+    Ok((image, cluster.instance_id()))
 }
 
 /// Unmounts `dir`; while it is busy (a loop device still holds the file) retries for a

@@ -2,9 +2,11 @@
 
 pub mod bench;
 pub mod ceph;
+pub mod cephfs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod doctor;
 pub mod driver;
 pub mod fuse_export;
 pub mod identity;

@@ -47,6 +47,7 @@ fn main() {
         match command {
             Some(Command::Client(args)) => ferroceph::client::run(args).await,
             Some(Command::Bench(args)) => ferroceph::bench::run(args).await,
+            Some(Command::Doctor(args)) => ferroceph::doctor::run(args).await,
             Some(Command::FuseExport(_)) => 2,
             None => {
                 init_logging();

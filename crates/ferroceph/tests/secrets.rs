@@ -11,9 +11,13 @@ use std::time::Duration;
 /// Scans every process's argv and environment (except this test process) for the keys.
 fn scan_processes(keys: &[String], me: u32) -> Vec<String> {
     let mut hits = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return hits };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return hits;
+    };
     for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
@@ -23,7 +27,10 @@ fn scan_processes(keys: &[String], me: u32) -> Vec<String> {
                 for k in keys {
                     if text.contains(k.as_str()) {
                         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                        hits.push(format!("pid {pid} {what}: {}", String::from_utf8_lossy(&cmd).replace('\0', " ")));
+                        hits.push(format!(
+                            "pid {pid} {what}: {}",
+                            String::from_utf8_lossy(&cmd).replace('\0', " ")
+                        ));
                     }
                 }
             }
@@ -57,7 +64,13 @@ async fn keys_never_leak_during_a_volume_life() {
     };
 
     let mut ctl = d.controller().await;
-    let vol = ctl.create_volume(create_req(&unique("pvc-secret"), 64 * MIB)).await.unwrap().into_inner().volume.unwrap();
+    let vol = ctl
+        .create_volume(create_req(&unique("pvc-secret"), 64 * MIB))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     let snap = ctl
         .create_snapshot(pb::CreateSnapshotRequest {
             name: unique("snap-secret"),
@@ -73,7 +86,11 @@ async fn keys_never_leak_during_a_volume_life() {
 
     // the node side, where keys are handed to child processes
     let mut node = d.node().await;
-    let caps = node.node_get_capabilities(pb::NodeGetCapabilitiesRequest {}).await.unwrap().into_inner();
+    let caps = node
+        .node_get_capabilities(pb::NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let stages = caps.capabilities.iter().any(|c| {
         matches!(&c.r#type, Some(pb::node_service_capability::Type::Rpc(r))
             if r.r#type == pb::node_service_capability::rpc::Type::StageUnstageVolume as i32)
@@ -122,12 +139,18 @@ async fn keys_never_leak_during_a_volume_life() {
         .await
         .unwrap();
     }
-    ctl.delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, secrets: cluster().rbd_secrets() })
-        .await
-        .unwrap();
-    ctl.delete_volume(pb::DeleteVolumeRequest { volume_id: vol.volume_id.clone(), secrets: cluster().rbd_secrets() })
-        .await
-        .unwrap();
+    ctl.delete_snapshot(pb::DeleteSnapshotRequest {
+        snapshot_id: snap.snapshot_id,
+        secrets: cluster().rbd_secrets(),
+    })
+    .await
+    .unwrap();
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        secrets: cluster().rbd_secrets(),
+    })
+    .await
+    .unwrap();
 
     stop.store(true, Ordering::Relaxed);
     let rounds = sampler.join().unwrap();
@@ -137,11 +160,19 @@ async fn keys_never_leak_during_a_volume_life() {
     // no file under the driver's directory (keys dir, log, records) holds a key
     for k in &keys {
         let (found, files) = grep_tree(d.dir.path(), k);
-        assert!(found.is_empty(), "key found in {found:?} ({files} files scanned)");
+        assert!(
+            found.is_empty(),
+            "key found in {found:?} ({files} files scanned)"
+        );
     }
     let keys_dir = d.dir.path().join("keys");
     if keys_dir.exists() {
-        assert_eq!(std::fs::read_dir(&keys_dir).unwrap().count(), 0, "key files left in {}", keys_dir.display());
+        assert_eq!(
+            std::fs::read_dir(&keys_dir).unwrap().count(),
+            0,
+            "key files left in {}",
+            keys_dir.display()
+        );
     }
 }
 
@@ -149,10 +180,14 @@ async fn keys_never_leak_during_a_volume_life() {
 fn grep_tree(root: &std::path::Path, needle: &str) -> (Vec<String>, usize) {
     let mut found = Vec::new();
     let mut scanned = 0;
-    let root_dev = std::fs::metadata(root).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap_or(0);
+    let root_dev = std::fs::metadata(root)
+        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+        .unwrap_or(0);
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if std::os::unix::fs::MetadataExt::dev(&meta) != root_dev {
             continue; // a mounted volume
         }

@@ -58,19 +58,77 @@ impl ConnectConfig {
         u.strip_prefix("client.").unwrap_or(u)
     }
 
-    /// The monitors as one `mon_host` value (`a,b,c`), blanks dropped.
+    /// The monitors as one `mon_host` value (`a,b,c`), blanks and repeats dropped:
+    /// librados aborts the whole process when one address appears twice (also when once
+    /// bare and once inside an `[v2:…,v1:…]` vector), so an entry sharing an address with
+    /// an earlier one is left out.
     pub fn mon_host(&self) -> String {
-        self.monitors
-            .iter()
-            .map(|m| m.trim())
-            .filter(|m| !m.is_empty())
-            .collect::<Vec<_>>()
-            .join(",")
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<&str> = Vec::new();
+        for entry in self.monitors.iter().flat_map(|m| split_outside_brackets(m)) {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let addrs: Vec<String> = entry
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .split(',')
+                .map(|a| {
+                    let a = a.trim();
+                    a.strip_prefix("v1:")
+                        .or_else(|| a.strip_prefix("v2:"))
+                        .unwrap_or(a)
+                        .to_string()
+                })
+                .collect();
+            if addrs.iter().any(|a| seen.contains(a)) {
+                continue;
+            }
+            seen.extend(addrs);
+            out.push(entry);
+        }
+        out.join(",")
     }
 
     /// The timeout in whole seconds as handed to librados (rounded up, ≥ 1).
     pub fn timeout_secs(&self) -> u64 {
         timeout_secs(self.timeout)
+    }
+}
+
+/// Splits `a,b,[c,d]` at the commas that are not inside brackets.
+fn split_outside_brackets(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth <= 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+#[cfg(test)]
+mod mon_host_tests {
+    use super::*;
+
+    #[test]
+    fn repeats_are_dropped_and_vectors_kept_whole() {
+        let c = |m: &[&str]| ConnectConfig::new(m.iter().copied(), "u", "k").mon_host();
+        assert_eq!(c(&["127.0.0.1:6789", "127.0.0.1:6789"]), "127.0.0.1:6789");
+        assert_eq!(
+            c(&["[v2:127.0.0.1:3300,v1:127.0.0.1:6789]", "127.0.0.1:6789"]),
+            "[v2:127.0.0.1:3300,v1:127.0.0.1:6789]"
+        );
+        assert_eq!(c(&["a:1,b:2", " ", "b:2", "c:3"]), "a:1,b:2,c:3");
     }
 }
 
@@ -193,6 +251,12 @@ impl Cluster {
     /// The user id (without `client.`).
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// This client's global id: `client.<id>` in the cluster, and the id of
+    /// its watches in [`crate::rbd::Image::watchers`].
+    pub fn instance_id(&self) -> u64 {
+        self.handle.instance_id()
     }
 
     /// The cluster fsid.

@@ -880,6 +880,16 @@ impl Image {
             .collect())
     }
 
+    /// Breaks the exclusive lock held by `owner` (an entry of
+    /// [`Image::lock_owners`]), blocklisting that client first. For owners
+    /// known to be dead: their watch outlives them for the watch timeout, and
+    /// until then librbd would wait for them to release the lock.
+    pub fn lock_break(&self, owner: &str) -> Result<()> {
+        self.raw
+            .lock_break(owner)
+            .map_err(|e| Error::new("rbd lock break", e, format!("{owner} on {}", self.ctx())))
+    }
+
     /// Owners of the exclusive lock (empty when unlocked). Requires the
     /// `exclusive-lock` feature (`InvalidArgument` otherwise).
     pub fn lock_owners(&self) -> Result<LockOwners> {

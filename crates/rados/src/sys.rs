@@ -128,6 +128,7 @@ extern "C" {
     fn rados_connect(cluster: rados_t) -> c_int;
     fn rados_shutdown(cluster: rados_t);
     fn rados_cluster_fsid(cluster: rados_t, buf: *mut c_char, len: size_t) -> c_int;
+    fn rados_get_instance_id(cluster: rados_t) -> u64;
     fn rados_pool_lookup(cluster: rados_t, pool_name: *const c_char) -> i64;
     fn rados_pool_reverse_lookup(
         cluster: rados_t,
@@ -320,6 +321,7 @@ extern "C" {
         max_lock_owners: *mut size_t,
     ) -> c_int;
     fn rbd_lock_get_owners_cleanup(lock_owners: *mut *mut c_char, lock_owner_count: size_t);
+    fn rbd_lock_break(image: rbd_image_t, lock_mode: c_int, lock_owner: *const c_char) -> c_int;
 
     fn rbd_snap_list(
         image: rbd_image_t,
@@ -487,6 +489,12 @@ impl Rados {
     pub(crate) fn connect(&mut self) -> SysResult<()> {
         // SAFETY: valid, not yet connected handle.
         rc(unsafe { rados_connect(self.ptr) }).map(drop)
+    }
+
+    /// This client's global id (`client.<id>`, also the watcher id of its watches).
+    pub(crate) fn instance_id(&self) -> u64 {
+        // SAFETY: valid, connected handle.
+        unsafe { rados_get_instance_id(self.ptr) }
     }
 
     pub(crate) fn fsid(&self) -> SysResult<String> {
@@ -1412,6 +1420,14 @@ impl Image {
             return Ok((mode, out));
         }
         Err(libc::ERANGE)
+    }
+
+    /// Breaks the exclusive lock held by `owner` (an address from `lock_owners`);
+    /// librbd blocklists the owner first.
+    pub(crate) fn lock_break(&self, owner: &str) -> SysResult<()> {
+        let o = cstr(owner)?;
+        // SAFETY: valid image and C string; 0 is RBD_LOCK_MODE_EXCLUSIVE.
+        rc(unsafe { rbd_lock_break(self.ptr, 0, o.as_ptr()) }).map(drop)
     }
 }
 

@@ -586,7 +586,8 @@ impl Controller for CephFsController {
         let made = self
             .on_fs(&src, &info, &creds, move |place| {
                 let _guard = guard;
-                let s = subvolume::create_snapshot(place, &name, &uuid, &source_volume_id, &prefix)?;
+                let s =
+                    subvolume::create_snapshot(place, &name, &uuid, &source_volume_id, &prefix)?;
                 Ok((s, place.fs.fscid))
             })
             .await?;
@@ -744,9 +745,7 @@ impl Controller for CephFsController {
                         snaps.push(pb::Snapshot {
                             size_bytes: info.size as i64,
                             snapshot_id: sid.to_string(),
-                            source_volume_id: source_id
-                                .map(|s| s.to_string())
-                                .unwrap_or_default(),
+                            source_volume_id: source_id.map(|s| s.to_string()).unwrap_or_default(),
                             creation_time: Some(timestamp(info.created_nanos)),
                             ready_to_use: true,
                             group_snapshot_id: String::new(),
@@ -808,7 +807,11 @@ impl Controller for CephFsController {
         };
         Ok(Response::new(pb::ControllerExpandVolumeResponse {
             // 0: the volume has no quota at all, so any size fits.
-            capacity_bytes: if quota == 0 { size as i64 } else { quota as i64 },
+            capacity_bytes: if quota == 0 {
+                size as i64
+            } else {
+                quota as i64
+            },
             node_expansion_required: false,
         }))
     }

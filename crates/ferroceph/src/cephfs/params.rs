@@ -74,7 +74,10 @@ pub fn check_mount_options(what: &str, opts: &str) -> Result<Vec<String>, ParamE
             return err(format!("{what}: option {o:?} must not contain spaces"));
         }
         let key = o.split('=').next().unwrap_or(o);
-        if matches!(key, "secret" | "secretfile" | "name" | "key" | "keyfile" | "keyring") {
+        if matches!(
+            key,
+            "secret" | "secretfile" | "name" | "key" | "keyfile" | "keyring"
+        ) {
             return err(format!(
                 "{what}: option {key:?} is set by the driver from the secrets; remove it"
             ));
@@ -131,7 +134,8 @@ impl FsParams {
                 ));
             }
         }
-        let cluster_id = get("clusterID").ok_or(ParamError("missing parameter clusterID".into()))?;
+        let cluster_id =
+            get("clusterID").ok_or(ParamError("missing parameter clusterID".into()))?;
         let fs_name = get("fsName").ok_or(ParamError(
             "missing parameter fsName (the CephFS filesystem, see `ceph fs ls`)".into(),
         ))?;
@@ -144,8 +148,7 @@ impl FsParams {
         }
         let vol_prefix = get("volumeNamePrefix").unwrap_or_else(|| DEFAULT_VOL_PREFIX.into());
         check_prefix("volumeNamePrefix", &vol_prefix)?;
-        let snap_prefix =
-            get("snapshotNamePrefix").unwrap_or_else(|| DEFAULT_SNAP_PREFIX.into());
+        let snap_prefix = get("snapshotNamePrefix").unwrap_or_else(|| DEFAULT_SNAP_PREFIX.into());
         check_prefix("snapshotNamePrefix", &snap_prefix)?;
         let context = params
             .iter()
@@ -196,7 +199,10 @@ fn pick(
     for (id, key) in order {
         if let (Some(u), Some(k)) = (s(id), s(key)) {
             let user = u.strip_prefix("client.").unwrap_or(u);
-            if user.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
+            if user
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+            {
                 return err(format!("secret {id} must be a plain cephx user name"));
             }
             return Ok(Credentials {
@@ -246,7 +252,9 @@ pub struct NodeVolume {
 fn check_root(path: &str) -> Result<(), ParamError> {
     if !path.starts_with('/')
         || path.split('/').any(|c| c == "..")
-        || path.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',')
+        || path
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == ',')
     {
         return err(format!(
             "path {path:?} in the volume context must be absolute, without '..', spaces or commas"
@@ -278,10 +286,12 @@ impl NodeVolume {
             (None, None) => return err("volume context lacks clusterID"),
         };
         let (fs_name, root_path) = if is_static {
-            let root = get("rootPath")
-                .ok_or(ParamError("a static volume needs rootPath in its volume attributes".into()))?;
-            let fs = get("fsName")
-                .ok_or(ParamError("a static volume needs fsName in its volume attributes".into()))?;
+            let root = get("rootPath").ok_or(ParamError(
+                "a static volume needs rootPath in its volume attributes".into(),
+            ))?;
+            let fs = get("fsName").ok_or(ParamError(
+                "a static volume needs fsName in its volume attributes".into(),
+            ))?;
             (fs, root)
         } else {
             if handle_cluster.is_none() {
@@ -297,7 +307,10 @@ impl NodeVolume {
         if !root_path.is_empty() {
             check_root(&root_path)?;
         }
-        if fs_name.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
+        if fs_name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+        {
             return err(format!("fsName {fs_name:?} is not a filesystem name"));
         }
         let mounter = get("mounter").map(|m| Mounter::parse(&m)).transpose()?;
@@ -361,8 +374,12 @@ mod tests {
         assert!(e.0.contains("fsName"), "{e}");
         let e = FsParams::parse(&map(&[("fsName", "a")])).unwrap_err();
         assert!(e.0.contains("clusterID"), "{e}");
-        let e = FsParams::parse(&map(&[("clusterID", "a"), ("fsName", "f"), ("mounter", "nfs")]))
-            .unwrap_err();
+        let e = FsParams::parse(&map(&[
+            ("clusterID", "a"),
+            ("fsName", "f"),
+            ("mounter", "nfs"),
+        ]))
+        .unwrap_err();
         assert!(e.0.contains("mounter"), "{e}");
         let e = FsParams::parse(&map(&[
             ("clusterID", "a"),
@@ -384,7 +401,10 @@ mod tests {
             ("volumeNamePrefix", "a/b"),
         ]))
         .is_err());
-        assert_eq!(snapshot_prefix(&map(&[("snapshotNamePrefix", "s-")])).unwrap(), "s-");
+        assert_eq!(
+            snapshot_prefix(&map(&[("snapshotNamePrefix", "s-")])).unwrap(),
+            "s-"
+        );
         assert!(snapshot_prefix(&map(&[("pool", "x")])).is_err());
     }
 
@@ -432,7 +452,11 @@ mod tests {
         assert!(s.is_static);
         assert_eq!(s.root_path, "/static/dir");
         assert!(NodeVolume::parse(
-            &map(&[("clusterID", "c"), ("staticVolume", "true"), ("fsName", "f")]),
+            &map(&[
+                ("clusterID", "c"),
+                ("staticVolume", "true"),
+                ("fsName", "f")
+            ]),
             None
         )
         .is_err());

@@ -96,9 +96,7 @@ pub fn fs_by_name(cluster: &Cluster, name: &str) -> Result<FsInfo, Status> {
 }
 
 pub fn fs_by_id(cluster: &Cluster, fscid: i64) -> Result<Option<FsInfo>, Status> {
-    Ok(filesystems(cluster)?
-        .into_iter()
-        .find(|f| f.fscid == fscid))
+    Ok(filesystems(cluster)?.into_iter().find(|f| f.fscid == fscid))
 }
 
 /// The mgr `volumes` module for one filesystem.
@@ -211,11 +209,7 @@ impl<'a> Volumes<'a> {
 
     /// Runs `f`; when it fails because the subvolume group is missing, creates the group
     /// and runs `f` once more (ceph-csi leaves the claim Pending instead, #4548).
-    pub fn in_group<T>(
-        &self,
-        group: &str,
-        f: impl Fn() -> rados::Result<T>,
-    ) -> rados::Result<T> {
+    pub fn in_group<T>(&self, group: &str, f: impl Fn() -> rados::Result<T>) -> rados::Result<T> {
         match f() {
             Err(e) if group_missing(&e) => {
                 tracing::info!(fs = self.fs, group, "creating the missing subvolume group");
@@ -293,7 +287,12 @@ impl<'a> Volumes<'a> {
     }
 
     /// None when the snapshot (or its subvolume) does not exist.
-    pub fn snapshot_info(&self, group: &str, sub: &str, snap: &str) -> rados::Result<Option<Value>> {
+    pub fn snapshot_info(
+        &self,
+        group: &str,
+        sub: &str,
+        snap: &str,
+    ) -> rados::Result<Option<Value>> {
         match self.cmd(json!({
             "prefix": "fs subvolume snapshot info", "sub_name": sub, "group_name": group, "snap_name": snap
         })) {
@@ -595,41 +594,56 @@ fn quota_fits(quota: Option<u64>, spec: &CreateSpec<'_>) -> bool {
     }
 }
 
-/// Best-effort undo of a creation that failed (not crashed): the subvolume (a running
-/// clone is cancelled first), a temporary snapshot, and the journal entry.
-fn rollback(place: &FsPlace<'_>, journal: &Journal<'_>, entry: &Entry, name: &str) {
+/// Undo of a creation that failed (not crashed): the subvolume (a running clone is
+/// cancelled first), a temporary snapshot, and the journal entry. The entry is kept when
+/// something could not be removed, so a retry or DeleteVolume still finds it; returns
+/// whether everything is gone.
+fn rollback(place: &FsPlace<'_>, journal: &Journal<'_>, entry: &Entry, name: &str) -> bool {
     let mgr = place.mgr();
     let (group, sub) = place.volume_names(&entry.uuid, &entry.attrs);
     if entry.attrs.contains_key(CLONE_FROM_KEY) {
         let _ = mgr.clone_cancel(&group, &sub);
     }
-    if let Err(e) = mgr.remove(&group, &sub, false) {
-        if e.kind() != ErrorKind::NotFound {
-            tracing::warn!(subvolume = %sub, "rollback could not remove the subvolume: {e}");
+    let mut clean = match mgr.remove(&group, &sub, false) {
+        Ok(()) => true,
+        Err(e) if e.kind() == ErrorKind::NotFound => true,
+        Err(e) => {
+            tracing::warn!(subvolume = %sub, "rollback could not remove the subvolume (a retry or DeleteVolume will): {e}");
+            false
+        }
+    };
+    clean &= remove_temp_snapshot(place, &entry.attrs);
+    if clean {
+        if let Err(e) = journal.release(&entry.uuid, Some(name)) {
+            tracing::warn!(name, "rollback could not release the journal entry: {e}");
+            clean = false;
         }
     }
-    remove_temp_snapshot(place, &entry.attrs);
-    if let Err(e) = journal.release(&entry.uuid, Some(name)) {
-        tracing::warn!(name, "rollback could not release the journal entry: {e}");
-    }
+    clean
 }
 
-fn remove_temp_snapshot(place: &FsPlace<'_>, attrs: &Attrs) {
+/// Removes the temporary snapshot a volume clone was made from; true when it is gone.
+fn remove_temp_snapshot(place: &FsPlace<'_>, attrs: &Attrs) -> bool {
     if attrs.get(TEMP_SNAP_KEY).map(String::as_str) != Some("1") {
-        return;
+        return true;
     }
-    if let Some(src) = attrs.get(CLONE_FROM_KEY).and_then(|s| SnapRef::decode(s)) {
-        if let Err(e) = place
-            .mgr()
-            .snapshot_remove(&src.group, &src.sub, &src.snap)
-        {
-            tracing::warn!(snapshot = %src.encode(), "cannot remove the temporary snapshot (left for the next delete): {e}");
+    let Some(src) = attrs.get(CLONE_FROM_KEY).and_then(|s| SnapRef::decode(s)) else {
+        return true;
+    };
+    match place.mgr().snapshot_remove(&src.group, &src.sub, &src.snap) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(snapshot = %src.encode(), "cannot remove the temporary snapshot (left for a retry or DeleteVolume): {e}");
+            false
         }
     }
 }
 
 /// Checks the content source and says which snapshot to clone from, and how big it is.
-fn plan_source(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Option<(SnapRef, bool)>, Status> {
+fn plan_source(
+    place: &FsPlace<'_>,
+    spec: &CreateSpec<'_>,
+) -> Result<Option<(SnapRef, bool)>, Status> {
     let mgr = place.mgr();
     let (src, temp, size) = match &spec.source {
         Source::Blank => return Ok(None),
@@ -738,9 +752,13 @@ pub fn create_volume(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Creat
             }
             Existing::Cloning(state) => return Err(clone_pending(spec.name, &sub, &state)),
             Existing::Failed(why) => {
-                rollback(place, &journal, entry, spec.name);
+                let cleaned = if rollback(place, &journal, entry, spec.name) {
+                    "the failed clone was removed, and a retry starts a new one"
+                } else {
+                    "removing the failed clone did not finish; a retry continues"
+                };
                 return Err(Status::internal(format!(
-                    "creating volume {:?} from {} failed: {why}; the failed clone was removed, and a retry starts a new one",
+                    "creating volume {:?} from {} failed: {why}; {cleaned}",
                     spec.name, spec.source_id
                 )));
             }
@@ -753,8 +771,8 @@ pub fn create_volume(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Creat
     let planned = plan_source(place, spec)?;
     let entry = match found {
         Some(entry) if has_clone_record(&entry) == planned.is_some() => entry,
-        // Reserved by a process that crashed before our keys were written (ceph-csi's
-        // order), or by ceph-csi itself: start over under a fresh uuid.
+        // An entry (made by ceph-csi) that does not say how to make this kind of volume,
+        // and nothing exists for it yet: start over under a fresh uuid.
         Some(entry) => {
             journal
                 .release(&entry.uuid, Some(spec.name))
@@ -765,9 +783,14 @@ pub fn create_volume(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Creat
     };
     crash_point("cephfs.create.reserved");
     let (group, sub) = place.volume_names(&entry.uuid, &entry.attrs);
-    let built = (|| -> Result<Option<SubInfo>, Status> {
+    // Ok(Ok(info)): ready; Ok(Err(state)): a clone still running.
+    let built = (|| -> Result<Result<SubInfo, String>, Status> {
         let mgr = place.mgr();
-        match entry.attrs.get(CLONE_FROM_KEY).and_then(|s| SnapRef::decode(s)) {
+        match entry
+            .attrs
+            .get(CLONE_FROM_KEY)
+            .and_then(|s| SnapRef::decode(s))
+        {
             None => {
                 mgr.create(&group, &sub, spec.quota, spec.pool)
                     .map_err(|e| merr("create the subvolume", &e))?;
@@ -784,30 +807,38 @@ pub fn create_volume(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Creat
                 crash_point("cephfs.clone.started");
             }
         }
-        match existing(place, &group, &sub, entry.attrs.contains_key(CLONE_FROM_KEY))? {
-            Existing::Ready(info) => Ok(Some(info)),
-            Existing::Cloning(_) => Ok(None),
+        match existing(
+            place,
+            &group,
+            &sub,
+            entry.attrs.contains_key(CLONE_FROM_KEY),
+        )? {
+            Existing::Ready(info) => Ok(Ok(info)),
+            Existing::Cloning(state) => Ok(Err(state)),
             Existing::Absent => Err(Status::aborted(format!(
                 "subvolume {sub} vanished while being created; retry"
             ))),
             Existing::Failed(why) => Err(Status::internal(format!(
-                "creating volume {:?} failed: {why}; the failed clone was removed",
+                "creating volume {:?} failed: {why}",
                 spec.name
             ))),
         }
     })();
     match built {
-        Ok(Some(info)) => finish(place, &journal, &entry, spec, &group, &sub, info),
-        Ok(None) => {
-            let state = match place.mgr().clone_status(&group, &sub) {
-                Ok(Some(CloneState::Running(s))) => s,
-                _ => "clone started".to_string(),
-            };
-            Err(clone_pending(spec.name, &sub, &state))
-        }
+        Ok(Ok(info)) => finish(place, &journal, &entry, spec, &group, &sub, info),
+        Ok(Err(state)) => Err(clone_pending(spec.name, &sub, &state)),
         Err(e) => {
-            rollback(place, &journal, &entry, spec.name);
-            Err(e)
+            if rollback(place, &journal, &entry, spec.name) {
+                Err(e)
+            } else {
+                Err(Status::new(
+                    e.code(),
+                    format!(
+                        "{}; undoing it did not finish, a retry continues",
+                        e.message()
+                    ),
+                ))
+            }
         }
     }
 }
@@ -830,7 +861,7 @@ fn finish(
     mut info: SubInfo,
 ) -> Result<Created, Status> {
     if entry.attrs.contains_key(CLONE_FROM_KEY) {
-        remove_temp_snapshot(place, &entry.attrs);
+        let temp_gone = remove_temp_snapshot(place, &entry.attrs);
         if let Some(want) = spec.quota {
             if info.quota.map_or(true, |q| q < want) {
                 place
@@ -840,7 +871,7 @@ fn finish(
                 info.quota = Some(want);
             }
         }
-        if entry.attrs.contains_key(TEMP_SNAP_KEY) {
+        if temp_gone && entry.attrs.contains_key(TEMP_SNAP_KEY) {
             // Done with it: a later delete needs not look for it.
             let _ = journal.set_attrs(&entry.uuid, &[(TEMP_SNAP_KEY, "0")]);
         }
@@ -894,7 +925,11 @@ pub fn delete_volume(place: &FsPlace<'_>, uuid: &str) -> Result<(), Status> {
         Err(e) => return Err(merr("remove the subvolume", &e)),
     }
     crash_point("cephfs.delete.removed");
-    remove_temp_snapshot(place, &attrs);
+    if !remove_temp_snapshot(place, &attrs) {
+        return Err(Status::unavailable(
+            "the temporary snapshot the volume was cloned from could not be removed yet; retry",
+        ));
+    }
     journal
         .release(uuid, None)
         .map_err(|e| jerr("remove journal entry", e))?;
@@ -999,8 +1034,8 @@ pub fn create_snapshot(
         Existing::Ready(i) => i.quota,
         Existing::Cloning(s) => {
             return Err(Status::aborted(format!(
-                "source volume {source_id} is still being cloned ({s}); snapshot it when it is ready"
-            )))
+            "source volume {source_id} is still being cloned ({s}); snapshot it when it is ready"
+        )))
         }
         Existing::Absent | Existing::Failed(_) => {
             if let Some(entry) = &found {
@@ -1189,7 +1224,10 @@ mod tests {
         .unwrap();
         match parse_clone_status(&v) {
             CloneState::Running(s) => {
-                assert!(s.contains("in-progress from csi/csi-vol-a@csi-snap-b"), "{s}");
+                assert!(
+                    s.contains("in-progress from csi/csi-vol-a@csi-snap-b"),
+                    "{s}"
+                );
                 assert!(s.contains("12.5% cloned"), "{s}");
             }
             other => panic!("{other:?}"),

@@ -156,10 +156,16 @@ pub async fn grow(
         )));
     };
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    exec::run(&prog, &a, &[], timeout)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_status())
+    match exec::run(&prog, &a, &[], timeout).await {
+        Ok(_) => Ok(()),
+        Err(ExecError::Failed { stderr, .. }) if stderr.contains("Permission denied") => {
+            Err(tonic::Status::failed_precondition(format!(
+                "{prog} was refused by the kernel ({}); growing a mounted {fs_type} filesystem needs the CAP_SYS_RESOURCE capability: grant it to the node plugin (a privileged container has it)",
+                stderr.lines().last().unwrap_or("").trim()
+            )))
+        }
+        Err(e) => Err(e.to_status()),
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,10 @@ pub struct FuseState {
     pub start_time: u64,
     pub dir: PathBuf,
     pub file: PathBuf,
+    /// The exporter's Ceph client id (`client.<id>`), to find its watch and lock if it
+    /// dies holding the image's exclusive lock.
+    #[serde(default)]
+    pub client_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

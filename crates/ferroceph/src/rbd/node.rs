@@ -630,6 +630,7 @@ impl Inner {
                         }
                     }
                     self.attacher_for(&rec)?.detach(&rec).await?;
+                    self.release_dead_lock(&rec, &creds).await;
                     record::remove(&staging).map_err(internal)?;
                     self.set_broken(&staging, false);
                 }
@@ -774,25 +775,18 @@ impl Inner {
             .collect();
         opts.dedup();
 
-        let source: PathBuf = if rec.block {
-            PathBuf::from(
-                rec.device
-                    .clone()
-                    .ok_or_else(|| Status::internal("no device recorded"))?,
-            )
-        } else {
-            if !mount::is_mount_point(&staging).unwrap_or(false) {
-                return Err(Status::failed_precondition(format!(
-                    "volume {vid} is not mounted at {}; NodeStageVolume again",
-                    staging.display()
-                )));
-            }
-            staging.clone()
-        };
         let staged_dev = rec.device.clone().unwrap_or_default();
+        // A device node ignores a read-only bind mount: a block volume published read-only
+        // from a read-write staging gets a read-only device of its own (FUSE: a second,
+        // read-only loop device on the exported file).
+        let ro_view = rec.block && read_only && !rec.read_only;
+        let fuse_file = rec.fuse.as_ref().map(|f| f.file.clone());
 
         if let Some(m) = mount::mount_at(&target).map_err(internal)? {
-            let same = mount_device(&m).as_deref() == Some(staged_dev.as_str());
+            let dev = mount_device(&m).unwrap_or_default();
+            let same = dev == staged_dev
+                || (fuse_file.is_some()
+                    && attach::fuse::loop_backing(&dev).as_ref() == fuse_file.as_ref());
             if same && m.read_only() == read_only {
                 return Ok(());
             }
@@ -812,6 +806,25 @@ impl Inner {
             unmount_all(&target).await?;
         }
 
+        let source: PathBuf = if rec.block && ro_view {
+            match &fuse_file {
+                Some(f) => PathBuf::from(attach::fuse::read_only_view(f, EXEC_TIMEOUT).await?),
+                None => {
+                    tracing::warn!(volume = %vid, mounter = %rec.mounter, "a read-only bind mount of a device node does not stop writes; stage the volume with a reader-only access mode to make the device read-only");
+                    PathBuf::from(staged_dev.clone())
+                }
+            }
+        } else if rec.block {
+            PathBuf::from(staged_dev.clone())
+        } else {
+            if !mount::is_mount_point(&staging).unwrap_or(false) {
+                return Err(Status::failed_precondition(format!(
+                    "volume {vid} is not mounted at {}; NodeStageVolume again",
+                    staging.display()
+                )));
+            }
+            staging.clone()
+        };
         if rec.block {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| {
@@ -833,22 +846,80 @@ impl Inner {
                 Status::internal(format!("cannot create {}: {e}", target.display()))
             })?;
         }
-        mount::bind(&source, &target, read_only, &opts, EXEC_TIMEOUT)
-            .await
-            .map_err(|e| e.to_status())?;
+        let view = (ro_view && fuse_file.is_some()).then(|| source.display().to_string());
+        if let Err(e) = mount::bind(&source, &target, read_only, &opts, EXEC_TIMEOUT).await {
+            if let Some(v) = &view {
+                let _ = crate::node::exec::output("losetup", &["-d", v], &[], EXEC_TIMEOUT).await;
+            }
+            return Err(e.to_status());
+        }
         tracing::info!(volume = %vid, target = %target.display(), read_only, block = rec.block, "published");
         Ok(())
     }
 
-    /// Replaces a dead attachment with a fresh one (same image, same staging path).
-    async fn reattach(&self, mut rec: Record, creds: &Credentials) -> Result<Record, Status> {
-        if !rec.block {
-            if unmount_all(&rec.staging_path).await.is_err() {
-                let s = rec.staging_path.display().to_string();
-                let _ = crate::node::exec::output("umount", &["-l", &s], &[], EXEC_TIMEOUT).await;
+    /// A FUSE exporter killed while holding the image's exclusive lock keeps it until its
+    /// watch times out (30 s), and the next writer waits that long. Once the exporter is
+    /// known dead, its lock is broken (librbd blocklists it first, so it is fenced).
+    /// Only that client's lock: a live owner elsewhere is never touched.
+    async fn release_dead_lock(&self, rec: &Record, creds: &Credentials) {
+        let Some(f) = &rec.fuse else { return };
+        let Some(id) = f.client_id else { return };
+        if attach::fuse::exporter_alive(f) || rec.read_only {
+            return;
+        }
+        let loc = rec.image.clone();
+        let cfg = self
+            .env
+            .ceph
+            .connect_config(&loc.monitors, &creds.user, &creds.key);
+        let r = self
+            .env
+            .ceph
+            .run(cfg, move |c| {
+                let st = |what: &str, e: &rados::Error| crate::ceph::status(what, e);
+                let io = c
+                    .ioctx(&loc.pool, &loc.namespace)
+                    .map_err(|e| st("open pool", &e))?;
+                // Read-write: librbd answers lock queries only on such a handle.
+                let img =
+                    rados::rbd::Image::open(&io, &loc.image).map_err(|e| st("open image", &e))?;
+                let Ok(owners) = img.lock_owners() else {
+                    return Ok(None); // no exclusive-lock feature
+                };
+                let watchers = img.watchers().map_err(|e| st("list watchers", &e))?;
+                let Some(w) = watchers
+                    .into_iter()
+                    .find(|w| u64::try_from(w.id).ok() == Some(id))
+                else {
+                    return Ok(None);
+                };
+                if !owners.owners.contains(&w.addr) {
+                    return Ok(None);
+                }
+                img.lock_break(&w.addr)
+                    .map_err(|e| st("break the dead exporter's lock", &e))?;
+                Ok(Some(w.addr))
+            })
+            .await;
+        match r {
+            Ok(Some(addr)) => {
+                tracing::info!(volume = %rec.volume_id, client = id, %addr, "broke the exclusive lock of the dead FUSE exporter")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(volume = %rec.volume_id, "cannot release the dead exporter's lock (the next writer waits for its watch to time out): {}", e.message())
             }
         }
+    }
+
+    /// Replaces a dead attachment with a fresh one (same image, same staging path).
+    async fn reattach(&self, mut rec: Record, creds: &Credentials) -> Result<Record, Status> {
+        if !rec.block && unmount_all(&rec.staging_path).await.is_err() {
+            let s = rec.staging_path.display().to_string();
+            let _ = crate::node::exec::output("umount", &["-l", &s], &[], EXEC_TIMEOUT).await;
+        }
         self.attacher_for(&rec)?.detach(&rec).await?;
+        self.release_dead_lock(&rec, creds).await;
         rec.image.user = creds.user.clone();
         self.attach(&mut rec, &creds.key, None).await?;
         if !rec.block {
@@ -868,7 +939,22 @@ impl Inner {
             "volume",
             [format!("node:{vid}"), format!("path:{}", target.display())],
         )?;
+        // A read-only view of a block volume (see publish) goes with its target.
+        let view = mount::mount_at(&target)
+            .ok()
+            .flatten()
+            .and_then(|m| mount_device(&m))
+            .filter(|dev| {
+                record_for_device(dev).is_some_and(|r| r.device.as_deref() != Some(dev.as_str()))
+            });
         unmount_all(&target).await?;
+        if let Some(dev) = view {
+            match crate::node::exec::output("losetup", &["-d", &dev], &[], EXEC_TIMEOUT).await {
+                Ok(o) if o.success() => {}
+                Ok(o) => tracing::warn!(device = %dev, "losetup -d: {}", o.stderr),
+                Err(e) => tracing::warn!(device = %dev, "{e}"),
+            }
+        }
         match std::fs::symlink_metadata(&target) {
             Ok(m) if m.is_dir() => {
                 if let Err(e) = std::fs::remove_dir(&target) {

@@ -274,7 +274,12 @@ impl Drop for Driver {
         self.kill();
         let dir = kept_logs_dir();
         if std::fs::create_dir_all(&dir).is_ok() {
-            let name = self.dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = self
+                .dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let _ = std::fs::copy(&self.log, dir.join(format!("{name}.log")));
         }
     }

@@ -46,8 +46,7 @@ pub fn exporter_args(req: &AttachRequest<'_>, dir: &Path, timeout: Duration) -> 
         req.loc.user.clone(),
         "--pool".into(),
         req.loc.pool.clone(),
-        "--namespace".into(),
-        req.loc.namespace.clone(),
+        format!("--namespace={}", req.loc.namespace),
         "--image".into(),
         req.loc.image.clone(),
         "--mountpoint".into(),
@@ -58,6 +57,24 @@ pub fn exporter_args(req: &AttachRequest<'_>, dir: &Path, timeout: Duration) -> 
         a.push("--read-only".into());
     }
     a
+}
+
+/// A second, read-only loop device on an exported file, for publishing a block volume
+/// read-only: a read-only bind mount does not stop writes to a device node, a read-only
+/// device does.
+pub async fn read_only_view(file: &Path, timeout: Duration) -> Result<String, Status> {
+    let args = losetup_args(file, true);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = exec::run("losetup", &a, &[], timeout)
+        .await
+        .map_err(|e| e.to_status())?;
+    let device = out.stdout.trim().to_string();
+    if loop_name(&device).is_none() {
+        return Err(Status::internal(format!(
+            "losetup printed {device:?} instead of a loop device"
+        )));
+    }
+    Ok(device)
 }
 
 /// `/dev/loop3` → `loop3`.
@@ -119,7 +136,8 @@ pub fn find_exporters(dir: &Path) -> Vec<(i32, u64)> {
         .collect()
 }
 
-fn same_process(f: &FuseState) -> bool {
+/// Whether the recorded exporter process still runs.
+pub fn exporter_alive(f: &FuseState) -> bool {
     super::proc_stat(f.pid).is_some_and(|(s, st)| st == f.start_time && s != 'Z' && s != 'X')
 }
 
@@ -146,7 +164,7 @@ impl Fuse {
         &self,
         req: &AttachRequest<'_>,
         dir: &Path,
-    ) -> Result<(i32, u64), Status> {
+    ) -> Result<(i32, u64, Option<u64>), Status> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,12 +225,13 @@ impl Fuse {
             }
         };
         let line = line.trim();
-        if line == READY {
+        if let Some(rest) = line.strip_prefix(READY) {
             let start = super::proc_stat(pid).map(|(_, s)| s).unwrap_or(0);
+            let client_id = rest.trim().parse().ok();
             // Not waited for: tokio reaps it if it exits while we run; after a restart
             // it is re-adopted through the record.
             drop(child);
-            return Ok((pid, start));
+            return Ok((pid, start, client_id));
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
         if let Some(rest) = line.strip_prefix("ERROR ") {
@@ -241,7 +260,7 @@ impl Fuse {
             }
         }
         // The kernel lets go of a loop device when its last user closes it.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while !loops_backed_by(file).is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -252,7 +271,7 @@ impl Fuse {
 
         let mut procs: Vec<(i32, u64)> = find_exporters(dir);
         if let Some(f) = known {
-            if same_process(f) && !procs.iter().any(|(p, _)| *p == f.pid) {
+            if exporter_alive(f) && !procs.iter().any(|(p, _)| *p == f.pid) {
                 procs.push((f.pid, f.start_time));
             }
         }
@@ -304,14 +323,16 @@ impl Attacher for Fuse {
                 .create(&dir)
                 .map_err(|e| Status::internal(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let (pid, start_time) = self.start_exporter(req, &dir).await.inspect_err(|_| {
-            let _ = std::fs::remove_dir(&dir);
-        })?;
+        let (pid, start_time, client_id) =
+            self.start_exporter(req, &dir).await.inspect_err(|_| {
+                let _ = std::fs::remove_dir(&dir);
+            })?;
         let state = FuseState {
             pid,
             start_time,
             dir: dir.clone(),
             file: file.clone(),
+            client_id,
         };
         let attached = async {
             Self::stat_file(&file).await.map_err(|e| {
@@ -368,7 +389,7 @@ impl Attacher for Fuse {
         let Some(f) = &rec.fuse else {
             return Health::Broken("no FUSE exporter was recorded".into());
         };
-        if !same_process(f) {
+        if !exporter_alive(f) {
             return Health::Broken(format!("the FUSE exporter (pid {}) is not running", f.pid));
         }
         if !mount::is_mount_point(&f.dir).unwrap_or(false) {
@@ -451,7 +472,7 @@ mod tests {
         let a = exporter_args(&req, &p.fuse_dir, Duration::from_secs(20)).join(" ");
         assert_eq!(
             a,
-            "fuse-export --monitors 127.0.0.1:6789 --user csi-rbd --pool rbd --namespace ns --image csi-vol-1 --mountpoint /k/vol/.ferroceph-globalmount.fuse --timeout=20s --read-only"
+            "fuse-export --monitors 127.0.0.1:6789 --user csi-rbd --pool rbd --namespace=ns --image csi-vol-1 --mountpoint /k/vol/.ferroceph-globalmount.fuse --timeout=20s --read-only"
         );
         assert!(!a.contains("AQB"));
         assert_eq!(

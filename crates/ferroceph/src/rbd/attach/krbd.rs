@@ -237,7 +237,10 @@ pub fn device_for_id(id: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rados::rbd::*;
+    use rados::rbd::{
+        FEATURE_DEEP_FLATTEN, FEATURE_EXCLUSIVE_LOCK, FEATURE_FAST_DIFF, FEATURE_JOURNALING,
+        FEATURE_LAYERING, FEATURE_OBJECT_MAP, USER_FEATURES,
+    };
 
     fn loc(ns: &str) -> ImageLocation {
         ImageLocation {
