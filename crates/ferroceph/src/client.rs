@@ -233,7 +233,7 @@ pub fn build_request(
     }
     if let Some(v) = &args.target_path {
         set(
-            if rpc == "NodeGetVolumeStats" {
+            if matches!(rpc, "NodeGetVolumeStats" | "NodeExpandVolume") {
                 "volumePath"
             } else {
                 "targetPath"
