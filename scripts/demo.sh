@@ -55,7 +55,7 @@ csi rbd-a Probe | jq -c .
 
 RBD_PARAMS=(--param "clusterID=$FERRO_FSID" --param "pool=$FERRO_RBD_POOL"
   --param "imageFeatures=layering,exclusive-lock,object-map,fast-diff,deep-flatten"
-  --param "csi.storage.k8s.io/fstype=ext4" --param "mounter=auto"
+  --param "csi.storage.k8s.io/fstype=xfs" --param "mounter=auto"
   --param "csi.storage.k8s.io/pvc/name=rbd-pvc" --param "csi.storage.k8s.io/pvc/namespace=default")
 
 step "CreateVolume: kubectl apply -f examples/rbd/pvc.yaml (1Gi, ReadWriteOnce)"
@@ -72,9 +72,9 @@ node_json() {
       stagingTargetPath: $st} + (if $tp == "" then {} else {targetPath: $tp} end)' "$3"
 }
 stage_publish() { # NODE VOLJSON STAGING TARGET
-  csi "$1" NodeStageVolume --json "$(node_json "$3" "" "$2")" --fs-type ext4 --access-mode RWO \
+  csi "$1" NodeStageVolume --json "$(node_json "$3" "" "$2")" --fs-type xfs --access-mode RWO \
     --secrets-file "$WORK/rbd-secrets" >/dev/null
-  csi "$1" NodePublishVolume --json "$(node_json "$3" "$4" "$2")" --fs-type ext4 --access-mode RWO \
+  csi "$1" NodePublishVolume --json "$(node_json "$3" "$4" "$2")" --fs-type xfs --access-mode RWO \
     --secrets-file "$WORK/rbd-secrets" >/dev/null
 }
 unpublish_unstage() { # NODE VOLID STAGING TARGET
@@ -90,10 +90,11 @@ echo "hello ceph" >"$TA/hello.txt"; sync
 kube "pod-1 on node-a writes: $(cat "$TA/hello.txt")"
 df -h "$TA" | tail -1 | awk '{print "    df: " $2 " size, " $3 " used, mounted from " $1}'
 
-step "ControllerExpandVolume to 2Gi, then NodeExpandVolume grows the filesystem"
+step "ControllerExpandVolume to 2Gi, then NodeExpandVolume grows the mounted xfs filesystem"
 csi rbd-a ControllerExpandVolume --volume-id "$VID" --size 2Gi --secrets-file "$WORK/rbd-secrets" | jq -c .
 csi rbd-a NodeExpandVolume --volume-id "$VID" --target-path "$TA" --staging-path "$SA" --size 2Gi \
-  --fs-type ext4 --access-mode RWO --secrets-file "$WORK/rbd-secrets" | jq -c . || echo "    (online ext4 growth needs CAP_SYS_RESOURCE; the device did grow)"
+  --fs-type xfs --access-mode RWO --secrets-file "$WORK/rbd-secrets" | jq -c .
+df -h "$TA" | tail -1 | awk '{print "    df after online growth: " $2 " size"}'
 csi rbd-a NodeGetVolumeStats --volume-id "$VID" --target-path "$TA" | jq -c '[.usage[] | {unit, total, used}]'
 
 step "pod deleted: NodeUnpublishVolume + NodeUnstageVolume on node-a"

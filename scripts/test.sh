@@ -17,3 +17,5 @@ rm -rf target/tmp/ferroceph-logs
 cargo test --workspace --locked
 ./scripts/pool-check.sh check
 ./scripts/secrets-audit.sh
+# Each fuzz target briefly (scripts/fuzz.sh 3600 for a long hunt).
+./scripts/fuzz.sh 5
