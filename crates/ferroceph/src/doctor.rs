@@ -834,65 +834,18 @@ fn keysdir_check(dir: &Path) -> Check {
 // Node: kubelet directories and mount propagation
 // ---------------------------------------------------------------------------------------
 
-/// One line of /proc/self/mountinfo: the mount point and its propagation tags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub mount_point: String,
-    pub shared: bool,
-    pub slave: bool,
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            let oct = &b[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = oct
-                    .iter()
-                    .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                if let Ok(byte) = u8::try_from(v) {
-                    out.push(byte);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses /proc/self/mountinfo.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let mount_point = unescape_mountinfo(fields.get(4)?);
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let optional = fields.get(6..sep).unwrap_or(&[]);
-            Some(MountEntry {
-                mount_point,
-                shared: optional.iter().any(|f| f.starts_with("shared:")),
-                slave: optional.iter().any(|f| f.starts_with("master:")),
-            })
-        })
-        .collect()
-}
+use crate::node::mount::{parse_mountinfo, MountEntry};
 
 /// The mount that contains `path` (the last, longest matching mount point wins, as the
 /// kernel stacks later mounts on top).
 pub fn mount_of<'a>(entries: &'a [MountEntry], path: &str) -> Option<&'a MountEntry> {
     let mut best: Option<&MountEntry> = None;
     for e in entries {
-        let mp = e.mount_point.trim_end_matches('/');
+        let mp = e.mount_point.to_str().unwrap_or("").trim_end_matches('/');
         let inside = path == mp || mp.is_empty() || path.starts_with(&format!("{mp}/"));
         let longer = match best {
             None => true,
-            Some(b) => e.mount_point.len() >= b.mount_point.len(),
+            Some(b) => e.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len(),
         };
         if inside && longer {
             best = Some(e);
@@ -924,17 +877,17 @@ fn kubelet_checks() -> Vec<Check> {
                 );
             }
             match mount_of(&entries, dir) {
-                Some(m) if m.shared => Check::ok(
+                Some(m) if m.shared() => Check::ok(
                     id,
-                    format!("{dir} is on a shared mount ({}): mounts propagate to the host", m.mount_point),
+                    format!("{dir} is on a shared mount ({}): mounts propagate to the host", m.mount_point.display()),
                 ),
                 Some(m) => Check::problem(
                     id,
                     Status::Fail,
                     format!(
                         "{dir} is on a {} mount ({})",
-                        if m.slave { "slave (HostToContainer)" } else { "private" },
-                        m.mount_point
+                        if m.slave() { "slave (HostToContainer)" } else { "private" },
+                        m.mount_point.display()
                     ),
                     "volumes the plugin mounts there stay invisible to kubelet and the pods, which then see empty directories",
                     "set mountPropagation: Bidirectional on this volumeMount (privileged container), and make the host mount shared (mount --make-rshared /var/lib/kubelet)",
@@ -1734,20 +1687,32 @@ mod tests {
                     32 22 0:27 / /mnt/with\\040space rw - tmpfs tmpfs rw\n";
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 4);
-        assert_eq!(m[3].mount_point, "/mnt/with space");
+        assert_eq!(m[3].mount_point, std::path::Path::new("/mnt/with space"));
         let pods = mount_of(&m, "/var/lib/kubelet/pods/abc").unwrap();
-        assert_eq!(pods.mount_point, "/var/lib/kubelet/pods");
-        assert!(pods.shared);
+        assert_eq!(pods.mount_point.to_str(), Some("/var/lib/kubelet/pods"));
+        assert!(pods.shared());
         let plugins = mount_of(&m, "/var/lib/kubelet/plugins").unwrap();
-        assert!(!plugins.shared && plugins.slave);
-        assert_eq!(mount_of(&m, "/var/lib/kubelet").unwrap().mount_point, "/");
+        assert!(!plugins.shared() && plugins.slave());
         assert_eq!(
-            mount_of(&m, "/mnt/with space/x").unwrap().mount_point,
-            "/mnt/with space"
+            mount_of(&m, "/var/lib/kubelet")
+                .unwrap()
+                .mount_point
+                .to_str(),
+            Some("/")
         );
         assert_eq!(
-            mount_of(&m, "/var/lib/kubelet/podsx").unwrap().mount_point,
-            "/"
+            mount_of(&m, "/mnt/with space/x")
+                .unwrap()
+                .mount_point
+                .to_str(),
+            Some("/mnt/with space")
+        );
+        assert_eq!(
+            mount_of(&m, "/var/lib/kubelet/podsx")
+                .unwrap()
+                .mount_point
+                .to_str(),
+            Some("/")
         );
     }
 

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod fuse_export;
 pub mod identity;
 pub mod journal;
+pub mod listing;
 pub mod liveness;
 pub mod locks;
 pub mod metrics;

@@ -7,6 +7,7 @@ use crate::cephfs::params::{
 use crate::cephfs::subvolume::{self, CreateSpec, FsPlace, Source};
 use crate::config::{ClusterInfo, ClusterMap, ConfigError};
 use crate::journal;
+use crate::listing::{controller_capabilities, invalid, page, timestamp, uuid_tail};
 use crate::locks::OpLocks;
 use crate::rbd::params::Credentials;
 use crate::validate::{self, CEPHFS_MODES};
@@ -36,10 +37,6 @@ pub struct CephFsController {
     known: Mutex<BTreeMap<String, Known>>,
 }
 
-fn invalid(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
 /// The cluster's entry in config.json.
 fn cluster_info(clusters: &ClusterMap, cluster_id: &str) -> Result<ClusterInfo, Status> {
     clusters.get(cluster_id).map_err(|e| match e {
@@ -55,49 +52,6 @@ pub fn journal_namespace(info: &ClusterInfo) -> String {
     } else {
         info.cephfs.rados_namespace.clone()
     }
-}
-
-fn timestamp(nanos: i64) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
-        seconds: nanos.div_euclid(1_000_000_000),
-        nanos: nanos.rem_euclid(1_000_000_000) as i32,
-    }
-}
-
-/// The uuid a `<prefix><uuid>` name ends with.
-fn uuid_tail(name: &str) -> Option<&str> {
-    let tail = name.get(name.len().checked_sub(36)?..)?;
-    uuid::Uuid::parse_str(tail).ok().map(|_| tail)
-}
-
-fn page<T: Clone>(items: &[T], token: &str, max: i32) -> Result<(Vec<T>, String), Status> {
-    let start: usize = if token.is_empty() {
-        0
-    } else {
-        token
-            .parse()
-            .ok()
-            .filter(|s| *s <= items.len())
-            .ok_or_else(|| {
-                Status::aborted(format!(
-                    "starting_token {token:?} is not valid; list again from the start"
-                ))
-            })?
-    };
-    if max < 0 {
-        return Err(Status::invalid_argument("max_entries must not be negative"));
-    }
-    let end = if max == 0 {
-        items.len()
-    } else {
-        (start + max as usize).min(items.len())
-    };
-    let next = if end < items.len() {
-        end.to_string()
-    } else {
-        String::new()
-    };
-    Ok((items[start..end].to_vec(), next))
 }
 
 /// The quota a CreateVolume asks for: none when no capacity is given (or both bounds are
@@ -546,16 +500,7 @@ impl Controller for CephFsController {
             CapType::VolumeCondition,
             CapType::SingleNodeMultiWriter,
         ];
-        Ok(Response::new(pb::ControllerGetCapabilitiesResponse {
-            capabilities: caps
-                .into_iter()
-                .map(|t| pb::ControllerServiceCapability {
-                    r#type: Some(pb::controller_service_capability::Type::Rpc(
-                        pb::controller_service_capability::Rpc { r#type: t as i32 },
-                    )),
-                })
-                .collect(),
-        }))
+        Ok(Response::new(controller_capabilities(&caps)))
     }
 
     async fn create_snapshot(

@@ -14,11 +14,21 @@ pub struct MountEntry {
     pub fs_type: String,
     pub source: String,
     pub super_options: String,
+    /// Optional fields: propagation tags such as `shared:1` or `master:2`.
+    pub tags: Vec<String>,
 }
 
 impl MountEntry {
     pub fn read_only(&self) -> bool {
         self.options.split(',').any(|o| o == "ro")
+    }
+    /// Mounts below it propagate to its peers (the host, for a Bidirectional mount).
+    pub fn shared(&self) -> bool {
+        self.tags.iter().any(|t| t.starts_with("shared:"))
+    }
+    /// It receives mounts from a master but does not send any back.
+    pub fn slave(&self) -> bool {
+        self.tags.iter().any(|t| t.starts_with("master:"))
     }
 }
 
@@ -57,6 +67,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 fs_type: r[0].to_string(),
                 source: unescape(r[1]),
                 super_options: r[2].to_string(),
+                tags: l[6..].iter().map(|t| t.to_string()).collect(),
             })
         })
         .collect()

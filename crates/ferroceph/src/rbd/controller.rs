@@ -3,6 +3,7 @@
 use crate::ceph::Ceph;
 use crate::config::{ClusterMap, ConfigError};
 use crate::journal;
+use crate::listing::{controller_capabilities, invalid, page, timestamp, uuid_tail};
 use crate::locks::OpLocks;
 use crate::rbd::image::{self, CreateSpec, Place, Source};
 use crate::rbd::params::{controller_credentials, Credentials, RbdParams, DEFAULT_SNAP_PREFIX};
@@ -31,10 +32,6 @@ pub struct RbdController {
     ceph: Ceph,
     locks: OpLocks,
     known: Mutex<BTreeMap<String, Known>>,
-}
-
-fn invalid(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(e.to_string())
 }
 
 /// Monitors and RADOS namespace for a clusterID: from config.json, or (legacy
@@ -69,49 +66,6 @@ fn looks_like_monitors(s: &str) -> bool {
                 .map(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
                 .unwrap_or(false)
         })
-}
-
-fn timestamp(nanos: i64) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
-        seconds: nanos.div_euclid(1_000_000_000),
-        nanos: nanos.rem_euclid(1_000_000_000) as i32,
-    }
-}
-
-/// The uuid a volume image name ends with (ceph-csi's `<prefix><uuid>` naming).
-fn uuid_of_image(image: &str) -> Option<&str> {
-    let tail = image.get(image.len().checked_sub(36)?..)?;
-    uuid::Uuid::parse_str(tail).ok().map(|_| tail)
-}
-
-fn page<T: Clone>(items: &[T], token: &str, max: i32) -> Result<(Vec<T>, String), Status> {
-    let start: usize = if token.is_empty() {
-        0
-    } else {
-        token
-            .parse()
-            .ok()
-            .filter(|s| *s <= items.len())
-            .ok_or_else(|| {
-                Status::aborted(format!(
-                    "starting_token {token:?} is not valid; list again from the start"
-                ))
-            })?
-    };
-    if max < 0 {
-        return Err(Status::invalid_argument("max_entries must not be negative"));
-    }
-    let end = if max == 0 {
-        items.len()
-    } else {
-        (start + max as usize).min(items.len())
-    };
-    let next = if end < items.len() {
-        end.to_string()
-    } else {
-        String::new()
-    };
-    Ok((items[start..end].to_vec(), next))
 }
 
 impl RbdController {
@@ -558,16 +512,7 @@ impl Controller for RbdController {
             CapType::VolumeCondition,
             CapType::SingleNodeMultiWriter,
         ];
-        Ok(Response::new(pb::ControllerGetCapabilitiesResponse {
-            capabilities: caps
-                .into_iter()
-                .map(|t| pb::ControllerServiceCapability {
-                    r#type: Some(pb::controller_service_capability::Type::Rpc(
-                        pb::controller_service_capability::Rpc { r#type: t as i32 },
-                    )),
-                })
-                .collect(),
-        }))
+        Ok(Response::new(controller_capabilities(&caps)))
     }
 
     async fn create_snapshot(
@@ -770,7 +715,7 @@ impl Controller for RbdController {
                             continue; // not finished
                         }
                         let info = image::snapshot_info(&uuid, &attrs);
-                        let source_id = uuid_of_image(&info.source_image)
+                        let source_id = uuid_tail(&info.source_image)
                             .and_then(|u| CsiId::new(&cid, place.pool_id, u).ok());
                         if let Some(want) = &filter_source {
                             if source_id.as_ref() != Some(want) {

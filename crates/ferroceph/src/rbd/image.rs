@@ -5,6 +5,7 @@
 
 use crate::ceph::{crash_point, status};
 use crate::journal::{self, Attrs, Entry, Journal, JournalError, Kind, Lookup};
+use crate::listing::uuid_tail;
 use crate::rbd::params::RbdParams;
 use crate::validate;
 use csi::v1 as pb;
@@ -848,11 +849,6 @@ pub fn reap_trash(io: &IoCtx, extra_prefixes: &[&str]) -> usize {
         }
     }
     removed
-}
-
-fn uuid_tail(name: &str) -> Option<&str> {
-    let tail = name.get(name.len().checked_sub(36)?..)?;
-    uuid::Uuid::parse_str(tail).ok().map(|_| tail)
 }
 
 fn prefix_of(image: &str) -> &str {

@@ -1311,6 +1311,7 @@ mod tests {
             fs_type: "ext4".into(),
             source: source.into(),
             super_options: "rw".into(),
+            tags: vec![],
         };
         assert_eq!(
             mount_device(&m("/dev/loop3", "/")).as_deref(),
