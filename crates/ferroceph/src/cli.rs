@@ -33,6 +33,12 @@ pub enum DriverType {
     Liveness,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Which driver to serve.
@@ -94,6 +100,10 @@ pub struct ServeArgs {
     /// How often the controller retries removing deleted images left in the RBD trash.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub reapinterval: Duration,
+
+    /// Log format: text (one line per event) or json (one object per line).
+    #[arg(long, value_enum, default_value = "text", env = "FERROCEPH_LOG_FORMAT")]
+    pub logformat: LogFormat,
 
     /// Cluster map (ceph-csi's config.json).
     #[arg(long, default_value = "/etc/ceph-csi-config/config.json")]

@@ -1,7 +1,7 @@
 use clap::Parser;
 use ferroceph::cli::{normalize_go_flags, Cli, Command};
 
-fn init_logging() {
+fn init_logging(json: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     // FERROCEPH_LOG is a level (info, debug) or a full filter; the HTTP/2 stack stays quiet
@@ -13,12 +13,16 @@ fn init_logging() {
         format!("{wanted},h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=warn")
     };
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal() && !json)
+        .with_target(false);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() {
@@ -26,7 +30,7 @@ fn main() {
     let command = match cli.command {
         Some(Command::FuseExport(args)) => {
             // A process of its own, without the async runtime: it outlives the plugin.
-            init_logging();
+            init_logging(std::env::var("FERROCEPH_LOG_FORMAT").is_ok_and(|f| f == "json"));
             std::process::exit(ferroceph::fuse_export::run(args));
         }
         other => other,
@@ -50,7 +54,7 @@ fn main() {
             Some(Command::Doctor(args)) => ferroceph::doctor::run(args).await,
             Some(Command::FuseExport(_)) => 2,
             None => {
-                init_logging();
+                init_logging(cli.serve.logformat == ferroceph::cli::LogFormat::Json);
                 match ferroceph::driver::run(cli.serve).await {
                     Ok(()) => 0,
                     Err(e) => {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tonic::body::Body;
 use tonic::Status;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 /// Parses `unix:///abs/path`, `unix:/abs/path` or a bare absolute path.
 pub fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
@@ -61,6 +62,13 @@ static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 tokio::task_local! {
     /// The RPC the current task serves, for metrics recorded deeper down.
     pub static RPC_METHOD: String;
+}
+
+/// Adds the volume (or request name) an RPC works on to its log lines.
+pub fn note_volume(id: &str) {
+    if !id.is_empty() {
+        tracing::Span::current().record("volume", id);
+    }
 }
 
 /// The id of the request being served, for handlers' own log lines.
@@ -126,14 +134,19 @@ where
         let deadline = client_deadline(&req)
             .map(|d| d.min(self.deadline))
             .unwrap_or(self.deadline);
-        let span = tracing::info_span!("rpc", method = %method, req = %request_id);
+        let span = tracing::info_span!(
+            "rpc",
+            method = %method,
+            req = %request_id,
+            volume = tracing::field::Empty
+        );
         let started = Instant::now();
         let metrics = crate::metrics::get();
         metrics.rpc_started(&method);
         Box::pin(async move {
             let call = RPC_METHOD.scope(
                 method.clone(),
-                AssertUnwindSafe(inner.call(req)).catch_unwind(),
+                AssertUnwindSafe(inner.call(req).instrument(span.clone())).catch_unwind(),
             );
             let result = match tokio::time::timeout(deadline, call).await {
                 Ok(Ok(result)) => result,

@@ -174,3 +174,39 @@ async fn probe_typed() {
     let r = id.probe(pb::ProbeRequest {}).await.unwrap().into_inner();
     assert_eq!(r.ready.map(|b| b.value), Some(true));
 }
+
+#[tokio::test]
+async fn json_logs_carry_method_request_volume_and_code() {
+    let d = Driver::start(
+        &["--type=rbd", "--controllerserver=true", "--logformat=json"],
+        &[],
+    );
+    let mut ctl = d.controller().await;
+    let vid = "0001-0004-none-0000000000000001-eba90b33-0156-11ec-a30b-4678a93686c2";
+    let _ = ctl
+        .delete_volume(pb::DeleteVolumeRequest {
+            volume_id: vid.into(),
+            secrets: [
+                ("userID".to_string(), "u".to_string()),
+                ("userKey".to_string(), "AQBnotakey==".to_string()),
+            ]
+            .into(),
+        })
+        .await;
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["span"]["method"] == "DeleteVolume")
+        .unwrap_or_else(|| panic!("no JSON line for DeleteVolume in:\n{log}"));
+    assert_eq!(line["span"]["volume"], vid);
+    assert!(line["span"]["req"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("req-"));
+    assert!(
+        line["fields"]["code"].is_string() && line["fields"]["ms"].is_string(),
+        "{line}"
+    );
+    assert!(!log.contains("AQBnotakey=="));
+}

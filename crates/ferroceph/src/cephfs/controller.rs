@@ -155,6 +155,7 @@ impl Controller for CephFsController {
         &self,
         request: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().name);
         let req = request.into_inner();
         validate::name(&req.name)?;
         validate::capabilities(&req.volume_capabilities, &CEPHFS_MODES)?;
@@ -268,6 +269,7 @@ impl Controller for CephFsController {
         &self,
         request: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let creds = admin_credentials(&req.secrets).map_err(invalid)?;
@@ -300,6 +302,7 @@ impl Controller for CephFsController {
         &self,
         request: Request<pb::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<pb::ValidateVolumeCapabilitiesResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         if req.volume_capabilities.is_empty() {
@@ -507,6 +510,7 @@ impl Controller for CephFsController {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().source_volume_id);
         let req = request.into_inner();
         validate::name(&req.name)?;
         validate::id(&req.source_volume_id, "source_volume_id")?;
@@ -562,6 +566,7 @@ impl Controller for CephFsController {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().snapshot_id);
         let req = request.into_inner();
         validate::id(&req.snapshot_id, "snapshot_id")?;
         let creds = admin_credentials(&req.secrets).map_err(invalid)?;
@@ -717,6 +722,7 @@ impl Controller for CephFsController {
         &self,
         request: Request<pb::ControllerExpandVolumeRequest>,
     ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let Some(range) = req.capacity_range.as_ref() else {
@@ -765,6 +771,7 @@ impl Controller for CephFsController {
         &self,
         request: Request<pb::ControllerGetVolumeRequest>,
     ) -> Result<Response<pb::ControllerGetVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let Some((id, info)) = self.locate(&req.volume_id)? else {

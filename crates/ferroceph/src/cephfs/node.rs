@@ -386,6 +386,7 @@ impl Node for CephFsNode {
         &self,
         request: Request<pb::NodeStageVolumeRequest>,
     ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let staging = mount::check_path(&req.staging_target_path, "staging_target_path")?;
@@ -408,6 +409,7 @@ impl Node for CephFsNode {
         &self,
         request: Request<pb::NodeUnstageVolumeRequest>,
     ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let staging = mount::check_path(&req.staging_target_path, "staging_target_path")?;
@@ -433,6 +435,7 @@ impl Node for CephFsNode {
         &self,
         request: Request<pb::NodePublishVolumeRequest>,
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let staging = mount::check_path(&req.staging_target_path, "staging_target_path")?;
@@ -497,6 +500,7 @@ impl Node for CephFsNode {
         &self,
         request: Request<pb::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let target = mount::check_path(&req.target_path, "target_path")?;
@@ -516,6 +520,7 @@ impl Node for CephFsNode {
         &self,
         request: Request<pb::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let path = mount::check_path(&req.volume_path, "volume_path")?;

@@ -179,6 +179,7 @@ impl Controller for RbdController {
         &self,
         request: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().name);
         let req = request.into_inner();
         validate::name(&req.name)?;
         validate::capabilities(&req.volume_capabilities, &RBD_MODES)?;
@@ -295,6 +296,7 @@ impl Controller for RbdController {
         &self,
         request: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let creds = self.creds(&req.secrets)?;
@@ -330,6 +332,7 @@ impl Controller for RbdController {
         &self,
         request: Request<pb::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<pb::ValidateVolumeCapabilitiesResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         if req.volume_capabilities.is_empty() {
@@ -519,6 +522,7 @@ impl Controller for RbdController {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().source_volume_id);
         let req = request.into_inner();
         validate::name(&req.name)?;
         validate::id(&req.source_volume_id, "source_volume_id")?;
@@ -594,6 +598,7 @@ impl Controller for RbdController {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().snapshot_id);
         let req = request.into_inner();
         validate::id(&req.snapshot_id, "snapshot_id")?;
         let creds = self.creds(&req.secrets)?;
@@ -754,6 +759,7 @@ impl Controller for RbdController {
         &self,
         request: Request<pb::ControllerExpandVolumeRequest>,
     ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let Some(range) = req.capacity_range.as_ref() else {
@@ -810,6 +816,7 @@ impl Controller for RbdController {
         &self,
         request: Request<pb::ControllerGetVolumeRequest>,
     ) -> Result<Response<pb::ControllerGetVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
         let Some((id, monitors, namespace)) = self.locate(&req.volume_id)? else {

@@ -1147,6 +1147,7 @@ impl Node for RbdNode {
         &self,
         request: Request<pb::NodeStageVolumeRequest>,
     ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         self.inner.stage(request.into_inner()).await?;
         Ok(Response::new(pb::NodeStageVolumeResponse {}))
     }
@@ -1155,6 +1156,7 @@ impl Node for RbdNode {
         &self,
         request: Request<pb::NodeUnstageVolumeRequest>,
     ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         self.inner.unstage(request.into_inner()).await?;
         Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
     }
@@ -1163,6 +1165,7 @@ impl Node for RbdNode {
         &self,
         request: Request<pb::NodePublishVolumeRequest>,
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         self.inner.publish(request.into_inner()).await?;
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
     }
@@ -1171,6 +1174,7 @@ impl Node for RbdNode {
         &self,
         request: Request<pb::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         self.inner.unpublish(request.into_inner()).await?;
         Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
     }
@@ -1179,6 +1183,7 @@ impl Node for RbdNode {
         &self,
         request: Request<pb::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         Ok(Response::new(
             self.inner.volume_stats(request.into_inner()).await?,
         ))
@@ -1188,6 +1193,7 @@ impl Node for RbdNode {
         &self,
         request: Request<pb::NodeExpandVolumeRequest>,
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
+        crate::server::note_volume(&request.get_ref().volume_id);
         let capacity_bytes = self.inner.expand(request.into_inner()).await?;
         Ok(Response::new(pb::NodeExpandVolumeResponse {
             capacity_bytes,
