@@ -41,6 +41,8 @@ pub struct BuildLabels {
 }
 
 pub struct Metrics {
+    /// staging path → (driver, mounter) of the volumes staged on this node.
+    staged_paths: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
     pub rpc_total: Family<RpcLabels, Counter>,
     pub rpc_seconds: Family<MethodLabels, Histogram>,
     pub rpc_in_flight: Family<MethodLabels, Gauge>,
@@ -112,6 +114,7 @@ pub fn get() -> &'static Metrics {
             liveness.clone(),
         );
         Metrics {
+            staged_paths: Default::default(),
             rpc_total,
             rpc_seconds,
             rpc_in_flight,
@@ -156,6 +159,34 @@ impl Metrics {
             .inc();
     }
 
+    /// Records that a volume is staged at `staging` (idempotent) and refreshes the gauge.
+    pub fn volume_staged(&self, driver: &str, staging: &str, mounter: &str) {
+        let mut paths = self.staged_paths.lock().unwrap_or_else(|p| p.into_inner());
+        paths.insert(
+            staging.to_string(),
+            (driver.to_string(), mounter.to_string()),
+        );
+        self.refresh_staged(&paths);
+    }
+
+    pub fn volume_unstaged(&self, staging: &str) {
+        let mut paths = self.staged_paths.lock().unwrap_or_else(|p| p.into_inner());
+        paths.remove(staging);
+        self.refresh_staged(&paths);
+    }
+
+    fn refresh_staged(&self, paths: &std::collections::HashMap<String, (String, String)>) {
+        self.staged.clear();
+        for (driver, mounter) in paths.values() {
+            self.staged
+                .get_or_create(&MounterLabels {
+                    driver: driver.clone(),
+                    mounter: mounter.clone(),
+                })
+                .inc();
+        }
+    }
+
     pub fn ceph_op(&self, op: &str, elapsed: Duration) {
         self.ceph_seconds
             .get_or_create(&OpLabels { op: op.to_string() })
@@ -163,7 +194,8 @@ impl Metrics {
     }
 }
 
-/// Serves the metrics over plain HTTP until the process ends. Port 0 disables it.
+/// Serves the metrics over plain HTTP until the process ends, and `GET /healthz` (200 `ok`)
+/// as a health endpoint. Port 0 disables it.
 pub async fn serve(addr: &str, port: u16, path: &str) -> std::io::Result<()> {
     if port == 0 {
         return Ok(());
@@ -193,6 +225,8 @@ pub async fn serve(addr: &str, port: u16, path: &str) -> std::io::Result<()> {
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         get().render(),
                     )
+                } else if target == "/healthz" {
+                    ("200 OK", "text/plain", "ok".to_string())
                 } else {
                     (
                         "404 Not Found",
@@ -241,5 +275,16 @@ mod tests {
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         assert!(out.contains("ferroceph_rpc_duration_seconds"), "{out}");
+
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.ends_with("\r\n\r\nok"), "{out}");
     }
 }

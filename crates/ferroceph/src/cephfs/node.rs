@@ -402,6 +402,9 @@ impl Node for CephFsNode {
             context: &req.volume_context,
         })
         .await?;
+        if let Some(rec) = mounter::read_record(&staging) {
+            crate::metrics::get().volume_staged("cephfs", &req.staging_target_path, &rec.mounter);
+        }
         Ok(Response::new(pb::NodeStageVolumeResponse {}))
     }
 
@@ -427,6 +430,7 @@ impl Node for CephFsNode {
         }
         self.teardown(&staging, rec.as_ref()).await?;
         mounter::remove_record(&staging);
+        crate::metrics::get().volume_unstaged(&req.staging_target_path);
         tracing::info!(volume = %req.volume_id, staging = %staging.display(), "unstaged");
         Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
     }

@@ -309,6 +309,11 @@ impl Inner {
             let Ok(a) = self.attacher_for(&rec) else {
                 continue;
             };
+            crate::metrics::get().volume_staged(
+                "rbd",
+                &rec.staging_path.display().to_string(),
+                &rec.mounter,
+            );
             match a.health(&rec).await {
                 Health::Healthy => {
                     self.set_broken(&rec.staging_path, false);
@@ -1148,7 +1153,11 @@ impl Node for RbdNode {
         request: Request<pb::NodeStageVolumeRequest>,
     ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
         crate::server::note_volume(&request.get_ref().volume_id);
+        let staging = request.get_ref().staging_target_path.clone();
         self.inner.stage(request.into_inner()).await?;
+        if let Ok(Some(rec)) = record::read(Path::new(&staging)) {
+            crate::metrics::get().volume_staged("rbd", &staging, &rec.mounter);
+        }
         Ok(Response::new(pb::NodeStageVolumeResponse {}))
     }
 
@@ -1157,7 +1166,9 @@ impl Node for RbdNode {
         request: Request<pb::NodeUnstageVolumeRequest>,
     ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
         crate::server::note_volume(&request.get_ref().volume_id);
+        let staging = request.get_ref().staging_target_path.clone();
         self.inner.unstage(request.into_inner()).await?;
+        crate::metrics::get().volume_unstaged(&staging);
         Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
     }
 
