@@ -297,10 +297,9 @@ pub fn adoptable(target: &Path, root: &str) -> Option<Option<FuseProc>> {
 
 fn signal(p: FuseProc, sig: i32) {
     if alive(p) {
-        // SAFETY: kill(2) with a PID we checked is our recorded ceph-fuse (same start
-        // time) and a valid signal number; it has no memory effects.
-        unsafe {
-            libc::kill(p.pid, sig);
+        // The PID was checked to be our recorded ceph-fuse (same start time).
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig);
         }
     }
 }
@@ -482,23 +481,14 @@ pub struct Usage {
 }
 
 fn statvfs(path: &Path) -> std::io::Result<Usage> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized, writable
-    // statvfs buffer that lives across the call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
     Ok(usage_of(
-        st.f_frsize as u64,
-        st.f_blocks as u64,
-        st.f_bfree as u64,
-        st.f_bavail as u64,
-        st.f_files as u64,
-        st.f_ffree as u64,
+        st.fragment_size() as u64,
+        st.blocks() as u64,
+        st.blocks_free() as u64,
+        st.blocks_available() as u64,
+        st.files() as u64,
+        st.files_free() as u64,
     ))
 }
 
