@@ -4,6 +4,11 @@
 //! every problem, why it matters and the exact fix. Exit code 0 when nothing failed
 //! (warnings allowed), 1 otherwise. `--json` prints the same report as one JSON object.
 //!
+//! With `--pool` it also checks the RBD journal of `--instanceid` against the pool's images
+//! (orphaned journal keys, orphaned `<prefix><uuid>` images, per-volume objects without a
+//! directory key, and with `--pv-json` volumes no PV references); `--fix` removes the
+//! orphans after printing exactly what it will remove, and changes nothing else.
+//!
 //! Keys are read from the secrets file only to connect; no message carries one.
 
 use crate::cli::parse_duration;
@@ -66,6 +71,29 @@ pub struct DoctorArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Driver instance (its --instanceid) whose RADOS journal in --pool is checked:
+    /// csi.volumes.<id> and csi.snaps.<id>.
+    #[arg(long, default_value = "default")]
+    pub instanceid: String,
+
+    /// The output of `kubectl get pv -o json`: report journal volumes no PV references.
+    #[arg(long)]
+    pub pv_json: Option<PathBuf>,
+
+    /// Only images named <prefix><uuid> are volume images (StorageClass volumeNamePrefix).
+    #[arg(long, default_value = "csi-vol-")]
+    pub volume_name_prefix: String,
+
+    /// Only images named <prefix><uuid> are snapshot images (snapshotNamePrefix).
+    #[arg(long, default_value = "csi-snap-")]
+    pub snapshot_name_prefix: String,
+
+    /// Remove the orphans found in the journal check (orphaned journal keys, orphaned
+    /// images without watchers, per-volume objects without a directory key), after
+    /// printing exactly what will be removed. Nothing else is ever changed.
+    #[arg(long)]
+    pub fix: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -1414,7 +1442,24 @@ fn credential_checks(args: &DoctorArgs, path: &Path, clusters: &[ClusterInfo]) -
     }
     match (&args.pool, first_connected) {
         (Some(pool), Some((user, conn))) => {
-            out.push(pool_check(&conn, &user, pool, &cluster.rbd.rados_namespace))
+            let ns = &cluster.rbd.rados_namespace;
+            let pc = pool_check(&conn, &user, pool, ns);
+            let listed = pc.status == Status::Ok;
+            out.push(pc);
+            if listed {
+                out.extend(journal_check::run(
+                    args,
+                    &conn,
+                    &cluster.cluster_id,
+                    pool,
+                    ns,
+                ));
+            } else {
+                out.push(Check::skip(
+                    "journal",
+                    "the pool could not be listed: the journal was not checked and nothing was fixed",
+                ));
+            }
         }
         (Some(pool), None) => out.push(Check::skip(
             "ceph.pool",
@@ -1516,6 +1561,626 @@ fn pool_check(conn: &rados::Cluster, user: &str, pool: &str, namespace: &str) ->
             "the driver reads and writes this pool for every volume",
             "check the pool with `rbd ls -p ".to_string() + pool + "` as client." + user,
         ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster: the RBD journal's consistency with the pool's images (and the PVs), `--fix`
+// ---------------------------------------------------------------------------------------
+
+/// Journal consistency: directory keys whose image is gone, `<prefix><uuid>` images no
+/// journal entry references, per-volume objects without a directory key, and (with
+/// `--pv-json`) journal volumes no PV references; `--fix` removes the orphans.
+mod journal_check {
+    use super::{Check, DoctorArgs, Status};
+    use crate::journal::{Journal, Kind, IMAGE_ID, IMAGE_NAME};
+    use crate::volid::CsiId;
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::io::Write;
+    use std::time::{Duration, SystemTime};
+
+    /// An entry without `csi.imageid` younger than this may be a create in flight.
+    const IN_FLIGHT: Duration = Duration::from_secs(300);
+    const PAGE: usize = 1000;
+
+    /// What `--fix` does for one finding.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Action {
+        /// `Journal::release(uuid, Some(name))`: directory key, then per-entry object.
+        ReleaseKey {
+            kind: Kind,
+            name: String,
+            uuid: String,
+        },
+        /// Trash then remove the image (if it has no watchers and no snapshots).
+        RemoveImage { name: String },
+        /// `Journal::release(uuid, None)`: the per-entry object without directory key.
+        RemoveObject { kind: Kind, uuid: String },
+    }
+
+    fn kind_word(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Volume => "volume",
+            Kind::Snapshot => "snapshot",
+        }
+    }
+
+    fn dir_prefix(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Volume => "csi.volumes.",
+            Kind::Snapshot => "csi.snaps.",
+        }
+    }
+
+    fn rados_ns(ns: &str) -> String {
+        if ns.is_empty() {
+            String::new()
+        } else {
+            format!(" -N {ns}")
+        }
+    }
+
+    fn image_spec(pool: &str, ns: &str, image: &str) -> String {
+        if ns.is_empty() {
+            format!("{pool}/{image}")
+        } else {
+            format!("{pool}/{ns}/{image}")
+        }
+    }
+
+    /// The uuid of an image named `<prefix><uuid>`, for the kind the prefix belongs to.
+    pub fn image_uuid<'a>(
+        name: &'a str,
+        vol_prefix: &str,
+        snap_prefix: &str,
+    ) -> Option<(Kind, &'a str)> {
+        let uuid_shaped = |u: &str| super::looks_like_fsid(u);
+        // The longer prefix first, so that one prefix extending the other is not mistaken.
+        let mut prefixes = [(vol_prefix, Kind::Volume), (snap_prefix, Kind::Snapshot)];
+        prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        prefixes.iter().find_map(|(p, kind)| {
+            let rest = name.strip_prefix(*p)?;
+            uuid_shaped(rest).then_some((*kind, rest))
+        })
+    }
+
+    /// Volume uuids referenced by the PVs of `kubectl get pv -o json`.
+    pub fn pv_uuids(json: &str) -> Result<BTreeSet<String>, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+        let items = v
+            .get("items")
+            .and_then(|i| i.as_array())
+            .ok_or("no \"items\" list: pass the output of `kubectl get pv -o json`")?;
+        Ok(items
+            .iter()
+            .filter_map(|pv| pv.pointer("/spec/csi/volumeHandle")?.as_str())
+            .filter_map(|h| CsiId::decode(h).ok())
+            .map(|id| id.uuid)
+            .collect())
+    }
+
+    /// One directory entry as found.
+    struct DirEntry {
+        kind: Kind,
+        name: String,
+        uuid: String,
+        pool_id: Option<i64>,
+        /// The per-entry object's keys, None when the object does not exist.
+        attrs: Option<BTreeMap<String, String>>,
+    }
+
+    fn read_dir(io: &rados::IoCtx, kind: Kind, instance: &str) -> Result<Vec<DirEntry>, String> {
+        let j = Journal::new(io, kind, instance);
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = j
+                .list(&after, PAGE)
+                .map_err(|e| format!("listing {}: {e}", j.dir_object()))?;
+            let full = page.len() == PAGE;
+            for (name, uuid) in page {
+                after.clone_from(&name);
+                let pool_id = match j.lookup(&name) {
+                    Ok(crate::journal::Lookup::Found(e)) => e.pool_id,
+                    Ok(crate::journal::Lookup::Absent) => continue, // removed meanwhile
+                    Ok(crate::journal::Lookup::Dangling { .. }) => None,
+                    Err(e) => return Err(format!("reading key of {name:?}: {e}")),
+                };
+                let attrs = j
+                    .get(&uuid)
+                    .map_err(|e| format!("reading {}: {e}", j.entry_object(&uuid)))?;
+                out.push(DirEntry {
+                    kind,
+                    name,
+                    uuid,
+                    pool_id,
+                    attrs,
+                });
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn age(io: &rados::IoCtx, obj: &str) -> Option<Duration> {
+        let st = io.stat(obj).ok()?;
+        SystemTime::now().duration_since(st.mtime).ok()
+    }
+
+    /// Runs the journal checks (and with `--fix` the removals) on `pool`/`ns`.
+    pub fn run(
+        args: &DoctorArgs,
+        conn: &rados::Cluster,
+        cluster_id: &str,
+        pool: &str,
+        ns: &str,
+    ) -> Vec<Check> {
+        let mut out: Vec<Check> = Vec::new();
+        let io = match conn.ioctx(pool, ns) {
+            Ok(io) => io,
+            Err(e) => {
+                out.push(Check::problem(
+                    "journal",
+                    Status::Fail,
+                    format!("cannot open pool {pool:?}: {e}"),
+                    "the journal lives in the pool",
+                    "see the ceph.pool check",
+                ));
+                return out;
+            }
+        };
+        let images: BTreeSet<String> = match rados::rbd::list_images(&io) {
+            Ok(i) => i.into_iter().collect(),
+            Err(e) => {
+                out.push(Check::problem(
+                    "journal",
+                    Status::Fail,
+                    format!("listing the images of pool {pool:?} failed: {e}; nothing was checked or fixed"),
+                    "orphans can only be told apart from volumes with a complete image listing",
+                    "see the ceph.pool check",
+                ));
+                return out;
+            }
+        };
+        let mut entries = Vec::new();
+        for kind in [Kind::Volume, Kind::Snapshot] {
+            match read_dir(&io, kind, &args.instanceid) {
+                Ok(e) => entries.extend(e),
+                Err(e) => {
+                    out.push(Check::problem(
+                        "journal",
+                        Status::Fail,
+                        format!("reading the journal failed: {e}; nothing was checked or fixed"),
+                        "orphans can only be told apart with a complete journal",
+                        format!(
+                            "check the user's caps on pool {pool}: osd 'profile rbd pool={pool}'"
+                        ),
+                    ));
+                    return out;
+                }
+            }
+        }
+        let pvs = match &args.pv_json {
+            None => None,
+            Some(p) => match std::fs::read_to_string(p)
+                .map_err(|e| e.to_string())
+                .and_then(|t| pv_uuids(&t))
+            {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    out.push(Check::problem(
+                        "journal.pv",
+                        Status::Fail,
+                        format!("{}: {e}", p.display()),
+                        "volumes are matched to PVs by their volumeHandle",
+                        "kubectl get pv -o json > pvs.json and pass --pv-json pvs.json",
+                    ));
+                    None
+                }
+            },
+        };
+        let vol_prefix = args.volume_name_prefix.as_str();
+        let snap_prefix = args.snapshot_name_prefix.as_str();
+        let inst = &args.instanceid;
+        let nsf = rados_ns(ns);
+        let mut findings: Vec<(Check, Option<Action>)> = Vec::new();
+        // Image names and uuids the directory references: never orphans.
+        let mut ref_names: BTreeSet<String> = BTreeSet::new();
+        let mut ref_uuids: BTreeSet<String> = BTreeSet::new();
+        let mut other_pools: HashMap<i64, Result<BTreeSet<String>, String>> = HashMap::new();
+        let mut healthy = 0usize;
+        for e in &entries {
+            let default_prefix = match e.kind {
+                Kind::Volume => vol_prefix,
+                Kind::Snapshot => snap_prefix,
+            };
+            let image = e
+                .attrs
+                .as_ref()
+                .and_then(|a| a.get(IMAGE_NAME).cloned())
+                .unwrap_or_else(|| format!("{default_prefix}{}", e.uuid));
+            ref_names.insert(image.clone());
+            ref_uuids.insert(e.uuid.clone());
+            let dir = format!("{}{inst}", dir_prefix(e.kind));
+            let obj = format!(
+                "csi.{}.{}",
+                if e.kind == Kind::Volume {
+                    "volume"
+                } else {
+                    "snap"
+                },
+                e.uuid
+            );
+            let key = format!(
+                "csi.{}.{}",
+                if e.kind == Kind::Volume {
+                    "volume"
+                } else {
+                    "snap"
+                },
+                e.name
+            );
+            let word = kind_word(e.kind);
+            if let Some(attrs) = &e.attrs {
+                let owner = attrs.get(e.kind.name_key());
+                if owner.map(String::as_str) != Some(e.name.as_str()) {
+                    findings.push((
+                        Check::problem(
+                            "journal.key",
+                            Status::Warn,
+                            format!(
+                                "directory key {key} in {dir} points at {obj}, which belongs to {:?}",
+                                owner.map(String::as_str).unwrap_or("no name")
+                            ),
+                            "a crash or a concurrent reservation left two names on one uuid; the driver re-reserves the name when it is requested again",
+                            format!("if no PV uses {word} {:?}: rados -p {pool}{nsf} rmomapkey {dir} {key}", e.name),
+                        ),
+                        None,
+                    ));
+                    continue;
+                }
+            }
+            let present = match e.pool_id {
+                Some(pid) if pid != io.pool_id() => {
+                    let listed = other_pools.entry(pid).or_insert_with(|| {
+                        conn.ioctx_by_id(pid, ns)
+                            .and_then(|o| rados::rbd::list_images(&o))
+                            .map(|v| v.into_iter().collect())
+                            .map_err(|e| e.to_string())
+                    });
+                    match listed {
+                        Ok(set) => set.contains(&image),
+                        Err(err) => {
+                            findings.push((
+                                Check::problem(
+                                    "journal.key",
+                                    Status::Warn,
+                                    format!("{word} {:?}: image {image} is in pool id {pid}, which could not be listed: {err}", e.name),
+                                    "the entry's image lives in another pool",
+                                    format!("run doctor with --pool set to the pool with id {pid}"),
+                                ),
+                                None,
+                            ));
+                            continue;
+                        }
+                    }
+                }
+                _ => images.contains(&image),
+            };
+            if present {
+                healthy += 1;
+                if let (Kind::Volume, Some(pv)) = (e.kind, &pvs) {
+                    if !pv.contains(&e.uuid) {
+                        let handle =
+                            CsiId::new(cluster_id, e.pool_id.unwrap_or(io.pool_id()), &e.uuid)
+                                .map(|h| h.to_string())
+                                .unwrap_or_else(|err| format!("(no handle: {err})"));
+                        findings.push((
+                            Check::problem(
+                                "journal.no-pv",
+                                Status::Fail,
+                                format!("volume {:?} (handle {handle}, image {image}) is in the journal but no PV references it", e.name),
+                                "a PV deleted while the driver could not delete the volume (or a failed provisioning) leaves the image and its journal entry behind, using space",
+                                format!(
+                                    "if no PV should own it: rbd rm {spec} && rados -p {pool}{nsf} rmomapkey {dir} {key} && rados -p {pool}{nsf} rm {obj} (or recreate a PV with volumeHandle {handle} to keep it)",
+                                    spec = image_spec(pool, ns, &image)
+                                ),
+                            ),
+                            None,
+                        ));
+                    }
+                }
+                continue;
+            }
+            // The image is gone: an orphaned key, unless a create may still be running.
+            let complete = e.attrs.as_ref().is_some_and(|a| a.contains_key(IMAGE_ID));
+            let young = || {
+                let probe = if e.attrs.is_some() {
+                    obj.as_str()
+                } else {
+                    dir.as_str()
+                };
+                age(&io, probe).is_some_and(|a| a < IN_FLIGHT)
+            };
+            if !complete && young() {
+                findings.push((
+                    Check::problem(
+                        "journal.in-flight",
+                        Status::Warn,
+                        format!("{word} {:?} (uuid {}) has no image {image} yet and no csi.imageid: probably a create in flight", e.name, e.uuid),
+                        "the driver reserves the journal entry before it creates the image",
+                        "run doctor again in a few minutes; if it is still reported as orphaned then, --fix removes it",
+                    ),
+                    None,
+                ));
+                continue;
+            }
+            let what = if e.attrs.is_some() {
+                format!("directory key {key} in {dir} and object {obj}")
+            } else {
+                format!("directory key {key} in {dir} (its object {obj} is missing)")
+            };
+            findings.push((
+                Check::problem(
+                    "journal.orphan-key",
+                    Status::Fail,
+                    format!("orphaned journal key: {word} {:?} (uuid {}) has no image {image} in pool {pool:?}: {what}", e.name, e.uuid),
+                    format!("the image was deleted but the journal entry was not; a new request for {:?} would be answered with a volume that does not exist", e.name),
+                    format!(
+                        "ferroceph doctor ... --fix, or: rados -p {pool}{nsf} rmomapkey {dir} {key}{}",
+                        if e.attrs.is_some() { format!(" && rados -p {pool}{nsf} rm {obj}") } else { String::new() }
+                    ),
+                ),
+                Some(Action::ReleaseKey {
+                    kind: e.kind,
+                    name: e.name.clone(),
+                    uuid: e.uuid.clone(),
+                }),
+            ));
+        }
+        // Images no directory entry references, and per-entry objects without a key.
+        for image in &images {
+            let Some((kind, uuid)) = image_uuid(image, vol_prefix, snap_prefix) else {
+                continue;
+            };
+            if ref_names.contains(image) || ref_uuids.contains(uuid) {
+                continue;
+            }
+            // Listed before the journal was read: a delete (image first, journal entry
+            // after) may have finished in between. Only an image still there is orphaned.
+            if matches!(
+                rados::rbd::Image::open_read_only(&io, image),
+                Err(e) if e.kind() == rados::ErrorKind::NotFound
+            ) {
+                continue;
+            }
+            let word = kind_word(kind);
+            let spec = image_spec(pool, ns, image);
+            findings.push((
+                Check::problem(
+                    "journal.orphan-image",
+                    Status::Fail,
+                    format!("orphaned image: {spec} has no {word} entry in {}{inst}", dir_prefix(kind)),
+                    "no journal entry references it, so no CSI volume or snapshot owns it: it was left by a failed delete or create and only uses space (images of another driver instance sharing this pool with the same name prefix look orphaned too: pass its --instanceid or a distinct --volume-name-prefix)",
+                    format!("if nothing uses it (rbd status {spec}): ferroceph doctor ... --fix, or: rbd trash mv {spec} && rbd trash rm <id from rbd trash ls {}>", if ns.is_empty() { pool.to_string() } else { format!("{pool}/{ns}") }),
+                ),
+                Some(Action::RemoveImage { name: image.clone() }),
+            ));
+            let j = Journal::new(&io, kind, inst);
+            match j.get(uuid) {
+                Ok(Some(attrs)) => {
+                    let obj = j.entry_object(uuid);
+                    findings.push((
+                        Check::problem(
+                            "journal.dangling-object",
+                            Status::Fail,
+                            format!(
+                                "per-{word} object {obj} ({word} {:?}) has no directory key in {}",
+                                attrs.get(kind.name_key()).map(String::as_str).unwrap_or("?"),
+                                j.dir_object()
+                            ),
+                            "an interrupted delete removed the directory key but not the per-entry object",
+                            format!("ferroceph doctor ... --fix, or: rados -p {pool}{nsf} rm {obj}"),
+                        ),
+                        Some(Action::RemoveObject { kind, uuid: uuid.to_string() }),
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => findings.push((
+                    Check::problem(
+                        "journal.dangling-object",
+                        Status::Warn,
+                        format!("reading {} failed: {e}", j.entry_object(uuid)),
+                        "the per-entry object of an orphaned image could not be checked",
+                        "check the user's caps on the pool",
+                    ),
+                    None,
+                )),
+            }
+        }
+        if findings.is_empty() {
+            out.push(Check::ok(
+                "journal",
+                format!(
+                    "journal of instance {inst:?} in pool {pool:?}: {healthy} entr{} with an image, no orphaned keys, no orphaned {vol_prefix}*/{snap_prefix}* images{}",
+                    if healthy == 1 { "y" } else { "ies" },
+                    if pvs.is_some() { ", every volume has a PV" } else { "" }
+                ),
+            ));
+            return out;
+        }
+        if args.fix {
+            fix(args, &io, pool, ns, &mut findings);
+        }
+        out.extend(findings.into_iter().map(|(c, _)| c));
+        out
+    }
+
+    fn describe(a: &Action, pool: &str, ns: &str, inst: &str) -> String {
+        match a {
+            Action::ReleaseKey { kind, name, uuid } => {
+                format!(
+                "journal key csi.{}.{name} in {}{inst} and object csi.{}.{uuid} (pool {pool:?})",
+                if *kind == Kind::Volume { "volume" } else { "snap" },
+                dir_prefix(*kind),
+                if *kind == Kind::Volume { "volume" } else { "snap" },
+            )
+            }
+            Action::RemoveImage { name } => format!("image {}", image_spec(pool, ns, name)),
+            Action::RemoveObject { kind, uuid } => format!(
+                "object csi.{}.{uuid} (pool {pool:?})",
+                if *kind == Kind::Volume {
+                    "volume"
+                } else {
+                    "snap"
+                }
+            ),
+        }
+    }
+
+    /// The references of the journal now (re-read just before removing images).
+    fn references_now(
+        io: &rados::IoCtx,
+        args: &DoctorArgs,
+    ) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
+        let mut names = BTreeSet::new();
+        let mut uuids = BTreeSet::new();
+        for kind in [Kind::Volume, Kind::Snapshot] {
+            for e in read_dir(io, kind, &args.instanceid).ok()? {
+                if let Some(n) = e.attrs.as_ref().and_then(|a| a.get(IMAGE_NAME)) {
+                    names.insert(n.clone());
+                }
+                uuids.insert(e.uuid);
+            }
+        }
+        Some((names, uuids))
+    }
+
+    fn remove_image(io: &rados::IoCtx, name: &str) -> Result<(), String> {
+        let img = rados::rbd::Image::open_read_only(io, name).map_err(|e| e.to_string())?;
+        let watchers = img.watchers().map_err(|e| e.to_string())?;
+        if !watchers.is_empty() {
+            return Err(format!(
+                "it has {} watcher(s) (in use by a client): not removed; find them with rbd status",
+                watchers.len()
+            ));
+        }
+        let snaps = img.snap_list().map_err(|e| e.to_string())?;
+        if !snaps.is_empty() {
+            return Err(format!(
+                "it has {} snapshot(s): not removed; inspect them with rbd snap ls",
+                snaps.len()
+            ));
+        }
+        drop(img);
+        let id = rados::rbd::list_image_specs(io)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| s.id)
+            .ok_or("it disappeared meanwhile")?;
+        rados::rbd::trash_move(io, name, 0).map_err(|e| e.to_string())?;
+        rados::rbd::trash_remove(io, &id, false)
+            .map_err(|e| format!("moved to the trash (id {id}) but not removed from it: {e}"))
+    }
+
+    fn fix(
+        args: &DoctorArgs,
+        io: &rados::IoCtx,
+        pool: &str,
+        ns: &str,
+        findings: &mut [(Check, Option<Action>)],
+    ) {
+        let inst = &args.instanceid;
+        let plan: Vec<String> = findings
+            .iter()
+            .filter_map(|(_, a)| a.as_ref())
+            .map(|a| format!("  {}\n", describe(a, pool, ns, inst)))
+            .collect();
+        let mut text = String::new();
+        if plan.is_empty() {
+            text.push_str("--fix: nothing to remove\n");
+        } else {
+            text.push_str("--fix will remove:\n");
+            plan.iter().for_each(|l| text.push_str(l));
+        }
+        text.push('\n');
+        if args.json {
+            let _ = std::io::stderr().write_all(text.as_bytes());
+        } else {
+            let mut so = std::io::stdout();
+            let _ = so.write_all(text.as_bytes());
+            let _ = so.flush();
+        }
+        if plan.is_empty() {
+            return;
+        }
+        let refs = references_now(io, args);
+        for (check, action) in findings.iter_mut() {
+            let Some(a) = action.take() else { continue };
+            let result: Result<(), String> = match &a {
+                Action::ReleaseKey { kind, name, uuid } => {
+                    let j = Journal::new(io, *kind, inst);
+                    let prefix = match kind {
+                        Kind::Volume => &args.volume_name_prefix,
+                        Kind::Snapshot => &args.snapshot_name_prefix,
+                    };
+                    // Re-checked now: the image may have been created meanwhile.
+                    let still_gone = j
+                        .get(uuid)
+                        .map_err(|e| e.to_string())
+                        .map(|attrs| {
+                            attrs
+                                .and_then(|at| at.get(IMAGE_NAME).cloned())
+                                .unwrap_or_else(|| format!("{prefix}{uuid}"))
+                        })
+                        .map(|img| {
+                            matches!(
+                                rados::rbd::Image::open_read_only(io, &img),
+                                Err(e) if e.kind() == rados::ErrorKind::NotFound
+                            )
+                        });
+                    if let Err(e) = &still_gone {
+                        Err(format!("the entry could not be re-read ({e}): not removed"))
+                    } else if still_gone == Ok(true) {
+                        j.release(uuid, Some(name)).map_err(|e| e.to_string())
+                    } else {
+                        Err("its image exists now: not removed".to_string())
+                    }
+                }
+                Action::RemoveImage { name } => match &refs {
+                    None => Err("the journal could not be re-read: not removed".to_string()),
+                    Some((names, uuids))
+                        if names.contains(name)
+                            || image_uuid(
+                                name,
+                                &args.volume_name_prefix,
+                                &args.snapshot_name_prefix,
+                            )
+                            .is_some_and(|(_, u)| uuids.contains(u)) =>
+                    {
+                        Err("a journal entry references it now: not removed".to_string())
+                    }
+                    Some(_) => remove_image(io, name),
+                },
+                Action::RemoveObject { kind, uuid } => Journal::new(io, *kind, inst)
+                    .release(uuid, None)
+                    .map_err(|e| e.to_string()),
+            };
+            let what = describe(&a, pool, ns, inst);
+            match result {
+                Ok(()) => {
+                    *check = Check::ok(check.id.clone(), format!("fixed: removed {what}"));
+                }
+                Err(e) => {
+                    check.status = Status::Fail;
+                    check.summary =
+                        format!("{} -- --fix could not remove {what}: {e}", check.summary);
+                }
+            }
+        }
     }
 }
 
@@ -1794,6 +2459,49 @@ mod tests {
         assert_eq!(v["checks"][0]["fix"], "f");
         let ok: serde_json::Value = serde_json::to_value(Check::ok("x", "y")).unwrap();
         assert!(ok.get("fix").is_none());
+    }
+
+    #[test]
+    fn journal_image_names_and_pv_handles() {
+        use crate::journal::Kind;
+        use journal_check::{image_uuid, pv_uuids};
+        let u = "5db14e3a-f2f0-42dd-893b-202e8d15f48c";
+        assert_eq!(
+            image_uuid(&format!("csi-vol-{u}"), "csi-vol-", "csi-snap-"),
+            Some((Kind::Volume, u))
+        );
+        assert_eq!(
+            image_uuid(&format!("csi-snap-{u}"), "csi-vol-", "csi-snap-"),
+            Some((Kind::Snapshot, u))
+        );
+        assert_eq!(
+            image_uuid(&format!("csi-vol-{u}-temp"), "csi-vol-", "csi-snap-"),
+            None
+        );
+        assert_eq!(image_uuid("csi-vol-x", "csi-vol-", "csi-snap-"), None);
+        assert_eq!(
+            image_uuid(&format!("other-{u}"), "csi-vol-", "csi-snap-"),
+            None
+        );
+        // A prefix that extends the other is matched first.
+        assert_eq!(
+            image_uuid(&format!("a-snap-{u}"), "a-", "a-snap-"),
+            Some((Kind::Snapshot, u))
+        );
+
+        let handle = crate::volid::CsiId::new("my-cluster", 2, u)
+            .unwrap()
+            .to_string();
+        let json = serde_json::json!({"items": [
+            {"spec": {"csi": {"driver": "rbd.ferroceph.io", "volumeHandle": handle}}},
+            {"spec": {"csi": {"volumeHandle": "not-a-handle"}}},
+            {"spec": {"hostPath": {"path": "/x"}}}
+        ]})
+        .to_string();
+        let got = pv_uuids(&json).unwrap();
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), vec![u.to_string()]);
+        assert!(pv_uuids("{}").is_err());
+        assert!(pv_uuids("nope").is_err());
     }
 
     #[test]

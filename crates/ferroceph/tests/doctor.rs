@@ -118,6 +118,10 @@ fn healthy_cluster_passes() {
     let (user, key) = rbd_user();
     let dir = tempfile::tempdir().expect("tempdir");
     let (cfg, sec) = setup(dir.path(), &[c.monitors()], &user, &key);
+    // Other tests create and delete volumes in the same pool meanwhile: the journal check
+    // looks at an instance and image prefixes of this test only.
+    let tag = common::unique("doctorok");
+    let (vol_prefix, snap_prefix) = (format!("{tag}-vol-"), format!("{tag}-snap-"));
     let r = doctor(&[
         "--role",
         "controller",
@@ -128,8 +132,15 @@ fn healthy_cluster_passes() {
         &sec,
         "--pool",
         &c.get("FERRO_RBD_POOL"),
+        "--instanceid",
+        &tag,
+        "--volume-name-prefix",
+        &vol_prefix,
+        "--snapshot-name-prefix",
+        &snap_prefix,
     ]);
     assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(r.check("journal")["status"], "ok", "{}", r.stdout);
     assert_eq!(r.report["ok"], true);
     assert_eq!(r.check("config")["status"], "ok");
     let mons = r.check(&format!("monitors.{}", c.fsid()));
@@ -429,4 +440,387 @@ fn node_checks_run_on_this_machine() {
     }
     assert_eq!(k["status"], "warn", "{k}");
     assert!(s(&k["fix"]).contains("medium: Memory"), "{k}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Journal consistency and --fix
+// ---------------------------------------------------------------------------------------
+
+fn admin() -> rados::Cluster {
+    let c = common::cluster();
+    rados::Cluster::connect(&rados::ConnectConfig::new(
+        [c.monitors()],
+        "admin",
+        c.get("FERRO_ADMIN_KEY"),
+    ))
+    .expect("admin connection")
+}
+
+/// What the journal test creates, removed (whatever is left of it) when dropped.
+struct JournalMess {
+    io: rados::IoCtx,
+    instance: String,
+    images: Vec<String>,
+    /// (name, uuid) of journal entries.
+    entries: Vec<(String, String)>,
+    objects: Vec<String>,
+}
+
+impl JournalMess {
+    fn journal(&self) -> ferroceph::journal::Journal<'_> {
+        ferroceph::journal::Journal::new(&self.io, ferroceph::journal::Kind::Volume, &self.instance)
+    }
+    fn image(&mut self, name: &str) {
+        rados::rbd::create(&self.io, name, &rados::rbd::ImageOptions::new(4 << 20))
+            .expect("create image");
+        self.images.push(name.to_string());
+    }
+    fn entry(&mut self, name: &str, uuid: &str, image: &str) {
+        let attrs = std::collections::BTreeMap::from([
+            ("csi.imagename".to_string(), image.to_string()),
+            ("csi.imageid".to_string(), "1234abcd".to_string()),
+        ]);
+        self.journal()
+            .reserve(name, uuid, &attrs)
+            .expect("reserve journal entry");
+        self.entries.push((name.to_string(), uuid.to_string()));
+    }
+    fn image_exists(&self, name: &str) -> bool {
+        rados::rbd::list_images(&self.io)
+            .expect("list images")
+            .iter()
+            .any(|i| i == name)
+    }
+    fn object_exists(&self, name: &str) -> bool {
+        match self.io.stat(name) {
+            Ok(_) => true,
+            Err(e) if e.kind() == rados::ErrorKind::NotFound => false,
+            Err(e) => panic!("stat {name}: {e}"),
+        }
+    }
+    fn key_exists(&self, name: &str) -> bool {
+        self.journal()
+            .list("", 1000)
+            .expect("list journal")
+            .iter()
+            .any(|(n, _)| n == name)
+    }
+}
+
+impl Drop for JournalMess {
+    fn drop(&mut self) {
+        for i in &self.images {
+            let _ = rados::rbd::remove(&self.io, i);
+        }
+        for (name, uuid) in &self.entries {
+            let _ = self.journal().release(uuid, Some(name));
+        }
+        for o in &self.objects {
+            let _ = self.io.remove_object(o);
+        }
+        for dir in ["csi.volumes.", "csi.snaps."] {
+            let _ = self.io.remove_object(&format!("{dir}{}", self.instance));
+        }
+    }
+}
+
+fn findings<'a>(r: &'a Run, id: &str, uuid: &str) -> Vec<&'a Value> {
+    r.report["checks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|c| c["id"] == id && s(&c["summary"]).contains(uuid))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn journal_orphans_are_reported_and_fixed() {
+    let c = common::cluster();
+    let pool = c.get("FERRO_RBD_POOL");
+    let (user, key) = rbd_user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, sec) = setup(dir.path(), &[c.monitors()], &user, &key);
+    let conn = admin();
+    let tag = common::unique("doctortest");
+    let vol_prefix = format!("{tag}-vol-");
+    let snap_prefix = format!("{tag}-snap-");
+    let mut m = JournalMess {
+        io: conn.ioctx(&pool, "").expect("ioctx"),
+        instance: tag.clone(),
+        images: Vec::new(),
+        entries: Vec::new(),
+        objects: Vec::new(),
+    };
+    let uuid = || uuid::Uuid::new_v4().to_string();
+    let (healthy, orphan_img, orphan_key, dangling) = (uuid(), uuid(), uuid(), uuid());
+    let img = |u: &str| format!("{vol_prefix}{u}");
+    // A healthy volume: full journal entry and its image.
+    let healthy_name = format!("pvc-{healthy}");
+    m.entry(&healthy_name, &healthy, &img(&healthy));
+    m.image(&img(&healthy));
+    // An orphaned image: no journal at all.
+    m.image(&img(&orphan_img));
+    // An orphaned journal key: directory key + per-volume object, no image.
+    let key_name = format!("pvc-{orphan_key}");
+    m.entry(&key_name, &orphan_key, &img(&orphan_key));
+    // An image whose per-volume object has no directory key (interrupted delete).
+    m.image(&img(&dangling));
+    let dangling_obj = format!("csi.volume.{dangling}");
+    m.io.create_with_omap(
+        &dangling_obj,
+        &[
+            ("csi.volname", format!("pvc-{dangling}").as_bytes()),
+            ("csi.imagename", img(&dangling).as_bytes()),
+        ],
+    )
+    .expect("create per-volume object");
+    m.objects.push(dangling_obj.clone());
+    // A PV list without the healthy volume.
+    let pv_empty = dir.path().join("pv-empty.json");
+    std::fs::write(&pv_empty, r#"{"apiVersion": "v1", "items": []}"#).expect("write pv json");
+    let pool_id = m.io.pool_id();
+    let handle = ferroceph::volid::CsiId::new(&c.fsid(), pool_id, &healthy)
+        .expect("handle")
+        .to_string();
+    let pv_full = dir.path().join("pv-full.json");
+    let pvs = serde_json::json!({"items": [{"metadata": {"name": healthy_name},
+        "spec": {"csi": {"driver": "rbd.ferroceph.io", "volumeHandle": handle}}}]});
+    std::fs::write(&pv_full, pvs.to_string()).expect("write pv json");
+
+    let base: Vec<String> = [
+        "--role",
+        "controller",
+        "--configpath",
+        &cfg,
+        "--secrets-file",
+        &sec,
+        "--pool",
+        &pool,
+        "--instanceid",
+        &tag,
+        "--volume-name-prefix",
+        &vol_prefix,
+        "--snapshot-name-prefix",
+        &snap_prefix,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let run = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.iter().map(String::as_str).collect();
+        a.extend_from_slice(extra);
+        doctor(&a)
+    };
+
+    // 1. Report only: each problem precisely, exit 1, nothing changed.
+    let pv_empty_s = pv_empty.display().to_string();
+    let r = run(&["--json", "--pv-json", &pv_empty_s]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let one = |id: &str, u: &str| {
+        let f = findings(&r, id, u);
+        assert_eq!(f.len(), 1, "{id} for {u}: {}", r.stdout);
+        assert_eq!(f[0]["status"], "fail", "{}", f[0]);
+        assert!(f[0]["fix"].as_str().is_some_and(|f| !f.is_empty()));
+        f[0].clone()
+    };
+    let f = one("journal.orphan-image", &orphan_img);
+    assert!(
+        s(&f["summary"]).contains(&format!("{pool}/{}", img(&orphan_img))),
+        "{f}"
+    );
+    assert!(s(&f["fix"]).contains("rbd trash mv"), "{f}");
+    let f = one("journal.orphan-key", &orphan_key);
+    assert!(
+        s(&f["summary"]).contains(&format!("csi.volume.{key_name}")),
+        "{f}"
+    );
+    assert!(
+        s(&f["fix"]).contains(&format!(
+            "rmomapkey csi.volumes.{tag} csi.volume.{key_name}"
+        )),
+        "{f}"
+    );
+    one("journal.orphan-image", &dangling);
+    let f = one("journal.dangling-object", &dangling);
+    assert!(s(&f["fix"]).contains(&format!("rm {dangling_obj}")), "{f}");
+    let f = one("journal.no-pv", &healthy);
+    assert!(s(&f["summary"]).contains(&handle), "{f}");
+    // The healthy volume is reported for nothing else.
+    let about_healthy: Vec<_> = r.report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| s(&c["summary"]).contains(&healthy))
+        .collect();
+    assert_eq!(about_healthy.len(), 1, "{}", r.stdout);
+    r.assert_no_keys(&[]);
+    assert!(m.image_exists(&img(&orphan_img)) && m.image_exists(&img(&dangling)));
+    assert!(m.key_exists(&key_name) && m.object_exists(&dangling_obj));
+
+    // 2. --fix: prints the plan first, then removes exactly the orphans.
+    let r = run(&["--fix"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let (plan, report) = r
+        .stdout
+        .split_once("\n\n")
+        .unwrap_or_else(|| panic!("no plan before the report:\n{}", r.stdout));
+    assert!(plan.starts_with("--fix will remove:"), "{}", r.stdout);
+    let plan_lines: Vec<&str> = plan.lines().skip(1).collect();
+    assert_eq!(plan_lines.len(), 4, "{plan}");
+    for u in [&orphan_img, &dangling] {
+        assert!(
+            plan_lines
+                .iter()
+                .any(|l| l.contains(&format!("image {pool}/{}", img(u)))),
+            "{plan}"
+        );
+    }
+    assert!(
+        plan.contains(&format!("journal key csi.volume.{key_name}")),
+        "{plan}"
+    );
+    assert!(plan.contains(&format!("object {dangling_obj}")), "{plan}");
+    assert!(!plan.contains(&healthy), "{plan}");
+    assert!(report.contains("fixed: removed"), "{}", r.stdout);
+    r.assert_no_keys(&[]);
+    assert!(!m.image_exists(&img(&orphan_img)));
+    assert!(!m.image_exists(&img(&dangling)));
+    assert!(!m.object_exists(&dangling_obj));
+    assert!(!m.key_exists(&key_name));
+    assert!(!m.object_exists(&format!("csi.volume.{orphan_key}")));
+    // The healthy volume is untouched.
+    assert!(m.image_exists(&img(&healthy)));
+    assert!(m.key_exists(&healthy_name));
+    assert!(m.object_exists(&format!("csi.volume.{healthy}")));
+
+    // 3. Clean afterwards, with a PV list that has the volume.
+    let pv_full_s = pv_full.display().to_string();
+    let r = run(&["--json", "--pv-json", &pv_full_s]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let j = r.check("journal");
+    assert_eq!(j["status"], "ok", "{j}");
+    assert!(s(&j["summary"]).contains("1 entry with an image"), "{j}");
+}
+
+#[test]
+fn without_a_pool_listing_nothing_is_checked_or_fixed() {
+    let c = common::cluster();
+    let (user, key) = rbd_user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, sec) = setup(dir.path(), &[c.monitors()], &user, &key);
+    let r = doctor(&[
+        "--role",
+        "controller",
+        "--json",
+        "--fix",
+        "--configpath",
+        &cfg,
+        "--secrets-file",
+        &sec,
+        "--pool",
+        &common::unique("no-such-pool"),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_eq!(r.check("journal")["status"], "skip", "{}", r.stdout);
+    assert!(!r.stderr.contains("will remove"), "{}", r.stderr);
+}
+
+#[test]
+fn fix_leaves_an_orphaned_image_in_use() {
+    let c = common::cluster();
+    let pool = c.get("FERRO_RBD_POOL");
+    let (user, key) = rbd_user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, sec) = setup(dir.path(), &[c.monitors()], &user, &key);
+    let conn = admin();
+    let tag = common::unique("doctorbusy");
+    let vol_prefix = format!("{tag}-vol-");
+    let mut m = JournalMess {
+        io: conn.ioctx(&pool, "").expect("ioctx"),
+        instance: tag.clone(),
+        images: Vec::new(),
+        entries: Vec::new(),
+        objects: Vec::new(),
+    };
+    let busy = format!("{vol_prefix}{}", uuid::Uuid::new_v4());
+    m.image(&busy);
+    // Opened read-write: the handle watches the header, as a mapped image's client does.
+    let held = rados::rbd::Image::open(&m.io, &busy).expect("open image");
+    let r = doctor(&[
+        "--role",
+        "controller",
+        "--configpath",
+        &cfg,
+        "--secrets-file",
+        &sec,
+        "--pool",
+        &pool,
+        "--instanceid",
+        &tag,
+        "--volume-name-prefix",
+        &vol_prefix,
+        "--snapshot-name-prefix",
+        &format!("{tag}-snap-"),
+        "--fix",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("watcher(s)"), "{}", r.stdout);
+    assert!(m.image_exists(&busy), "an image in use was removed");
+    drop(held);
+}
+
+#[test]
+fn a_fresh_incomplete_entry_is_a_create_in_flight() {
+    let c = common::cluster();
+    let pool = c.get("FERRO_RBD_POOL");
+    let (user, key) = rbd_user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, sec) = setup(dir.path(), &[c.monitors()], &user, &key);
+    let conn = admin();
+    let tag = common::unique("doctorflight");
+    let vol_prefix = format!("{tag}-vol-");
+    let mut m = JournalMess {
+        io: conn.ioctx(&pool, "").expect("ioctx"),
+        instance: tag.clone(),
+        images: Vec::new(),
+        entries: Vec::new(),
+        objects: Vec::new(),
+    };
+    let u = uuid::Uuid::new_v4().to_string();
+    let name = format!("pvc-{u}");
+    // Reserved, image not created yet: no csi.imageid.
+    let attrs = std::collections::BTreeMap::from([(
+        "csi.imagename".to_string(),
+        format!("{vol_prefix}{u}"),
+    )]);
+    m.journal().reserve(&name, &u, &attrs).expect("reserve");
+    m.entries.push((name.clone(), u.clone()));
+    let r = doctor(&[
+        "--role",
+        "controller",
+        "--json",
+        "--fix",
+        "--configpath",
+        &cfg,
+        "--secrets-file",
+        &sec,
+        "--pool",
+        &pool,
+        "--instanceid",
+        &tag,
+        "--volume-name-prefix",
+        &vol_prefix,
+        "--snapshot-name-prefix",
+        &format!("{tag}-snap-"),
+    ]);
+    assert_eq!(r.code, 0, "warnings only: {}", r.stdout);
+    let f = findings(&r, "journal.in-flight", &u);
+    assert_eq!(f.len(), 1, "{}", r.stdout);
+    assert_eq!(f[0]["status"], "warn");
+    assert!(
+        m.key_exists(&name),
+        "--fix removed an entry that may be in flight"
+    );
 }
