@@ -34,6 +34,8 @@ pub struct BenchArgs {
 }
 
 struct Env {
+    /// CephFS user, key and filesystem, when the environment names them.
+    cephfs: Option<(String, String, String)>,
     monitors: String,
     fsid: String,
     user: String,
@@ -46,7 +48,16 @@ fn env() -> anyhow::Result<Env> {
             anyhow::anyhow!("{k} is not set: run `eval \"$(scripts/dev-cluster.sh env)\"` first")
         })
     };
+    let cephfs = match (
+        get("FERRO_CEPHFS_USER"),
+        get("FERRO_CEPHFS_KEY"),
+        get("FERRO_FS_NAME"),
+    ) {
+        (Ok(u), Ok(k), Ok(f)) => Some((u, k, f)),
+        _ => None,
+    };
     Ok(Env {
+        cephfs,
         monitors: get("FERRO_MONITORS")?,
         fsid: get("FERRO_FSID")?,
         user: get("FERRO_RBD_USER")?,
@@ -94,6 +105,10 @@ impl Drop for DriverProc {
 }
 
 fn spawn_driver(e: &Env) -> anyhow::Result<(DriverProc, Instant)> {
+    spawn_typed(e, "rbd")
+}
+
+fn spawn_typed(e: &Env, driver_type: &str) -> anyhow::Result<(DriverProc, Instant)> {
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("csi.sock");
     let config = dir.path().join("config.json");
@@ -105,7 +120,7 @@ fn spawn_driver(e: &Env) -> anyhow::Result<(DriverProc, Instant)> {
     let started = Instant::now();
     let child = std::process::Command::new(exe)
         .args([
-            "--type=rbd",
+            &format!("--type={driver_type}"),
             "--controllerserver=true",
             "--nodeserver=true",
             "--nodeid=bench",
@@ -362,6 +377,71 @@ fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(Stats, S
     Ok((seq_c, seq_d, create_rate, delete_rate))
 }
 
+/// CephFS CreateVolume / DeleteVolume, sequential, after one warm-up create.
+async fn cephfs_bench(e: &Env, n: usize) -> anyhow::Result<Option<(Stats, Stats)>> {
+    let Some((user, key, fs)) = e.cephfs.clone() else {
+        return Ok(None);
+    };
+    let (d, _) = spawn_typed(e, "cephfs")?;
+    let ch = wait_probe(&d.socket).await?;
+    let secrets = HashMap::from([("adminID".to_string(), user), ("adminKey".to_string(), key)]);
+    let req = |name: String| pb::CreateVolumeRequest {
+        name,
+        capacity_range: Some(pb::CapacityRange {
+            required_bytes: 1 << 30,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![pb::VolumeCapability {
+            access_type: Some(pb::volume_capability::AccessType::Mount(Default::default())),
+            access_mode: Some(pb::volume_capability::AccessMode {
+                mode: pb::volume_capability::access_mode::Mode::MultiNodeMultiWriter as i32,
+            }),
+        }],
+        parameters: HashMap::from([
+            ("clusterID".to_string(), e.fsid.clone()),
+            ("fsName".to_string(), fs.clone()),
+        ]),
+        secrets: secrets.clone(),
+        ..Default::default()
+    };
+    let mut ctl = pb::controller_client::ControllerClient::new(ch);
+    let run_id = &uuid::Uuid::new_v4().to_string()[..8];
+    let warm = ctl
+        .create_volume(req(format!("bench-{run_id}-fswarm")))
+        .await?
+        .into_inner()
+        .volume
+        .unwrap_or_default();
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: warm.volume_id,
+        secrets: secrets.clone(),
+    })
+    .await?;
+    let (mut c, mut dl) = (Stats::default(), Stats::default());
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        let v = ctl
+            .create_volume(req(format!("bench-{run_id}-fs-{i}")))
+            .await?
+            .into_inner()
+            .volume
+            .unwrap_or_default();
+        c.push(t.elapsed());
+        ids.push(v.volume_id);
+    }
+    for id in ids {
+        let t = Instant::now();
+        ctl.delete_volume(pb::DeleteVolumeRequest {
+            volume_id: id,
+            secrets: secrets.clone(),
+        })
+        .await?;
+        dl.push(t.elapsed());
+    }
+    Ok(Some((c, dl)))
+}
+
 pub async fn run(args: BenchArgs) -> i32 {
     match bench(args).await {
         Ok(()) => 0,
@@ -488,6 +568,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (rss_end, _) = rss_kib(pid);
     drop(d);
 
+    eprintln!("bench: CephFS create/delete x{}", args.n.min(20));
+    let fs = cephfs_bench(&e, args.n.min(20)).await?;
+
     eprintln!("bench: floor");
     let (f_seq_c, f_seq_d, f_con_c, f_con_d) = {
         let e = e.clone();
@@ -540,6 +623,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     row("CreateSnapshot", &snap_t, None);
     row("CreateVolume from snapshot", &restore_t, None);
     row("exec -> first Probe answered", &startup, None);
+    if let Some((c, d)) = &fs {
+        row("CephFS CreateVolume, sequential", c, None);
+        row("CephFS DeleteVolume, sequential", d, None);
+    }
     println!(
         "{:<44} {:>10.0}/s {:>21} {:>8.0}/s {:>7.2}x",
         format!(
@@ -582,6 +669,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "delete_concurrent_per_s": con_delete_rate, "floor_delete_concurrent_per_s": f_con_d,
         "snapshot_ms": snap_t.median(), "restore_ms": restore_t.median(),
         "startup_ms": startup.median(),
+        "cephfs_create_seq_ms": fs.as_ref().map(|(c, _)| c.median()),
+        "cephfs_delete_seq_ms": fs.as_ref().map(|(_, d)| d.median()),
         "rss_idle_kib": rss_idle, "rss_after_creates_kib": rss_after, "rss_after_deletes_kib": rss_end,
         "threads_idle": threads_idle, "threads_after": threads_after,
     });
