@@ -3,6 +3,7 @@
 #
 #   scripts/dev-cluster.sh [-v] up        bootstrap, or restart, or just check (idempotent)
 #   scripts/dev-cluster.sh [-v] down      stop the daemons, keep the data
+#   scripts/dev-cluster.sh [-v] stop D    stop one daemon (mon|mgr|osd|mds), for outage tests
 #   scripts/dev-cluster.sh [-v] status    daemons + `ceph -s`; exit 1 if not usable
 #   scripts/dev-cluster.sh env            KEY=VALUE lines for tests (also in $DIR/env)
 #   scripts/dev-cluster.sh [-v] purge     down + remove the state directory
@@ -527,6 +528,23 @@ cmd_down() {
     log "down ($(elapsed)s), data kept in $DIR"
 }
 
+# Stop one daemon (SIGTERM, wait for it to exit; SIGKILL after 10 s) to simulate an
+# outage; `up` starts it again.
+cmd_stop() {
+    local d
+    case $1 in
+    mon) d=mon.a ;;
+    mgr) d=mgr.x ;;
+    osd) d=osd.0 ;;
+    mds) d=mds.a ;;
+    *) usage ;;
+    esac
+    [[ -f $DIR/bootstrapped ]] || die "no cluster bootstrapped in $DIR"
+    stop_daemons 10 loud "$d" || die "could not stop $d"
+    rm -f "$DIR/run/$d.pid"
+    log "$d stopped ($(elapsed)s); '$0 up' starts it again"
+}
+
 cmd_purge() {
     cmd_down
     rm -rf "$DIR"
@@ -565,7 +583,7 @@ cmd_env() {
 }
 
 usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -578,6 +596,13 @@ main() {
         esac
         shift
     done
+    if (($# == 2)) && [[ $1 == stop ]]; then
+        mkdir -p "$(dirname "$LOCK")"
+        exec {lockfd}>"$LOCK"
+        flock -w 300 "$lockfd" || die "timed out waiting for $LOCK"
+        cmd_stop "$2"
+        return
+    fi
     (($# == 1)) || usage
     case $1 in
     up | down | purge)

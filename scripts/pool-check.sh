@@ -36,20 +36,17 @@ journal_keys() {
 
 case "${1:-check}" in
   reset)
-    for id in $(rbd "${C[@]}" trash ls -p "$POOL" --all --format json | jq -r '.[].id'); do
-      rbd "${C[@]}" trash rm -p "$POOL" --image-id "$id" --force >/dev/null 2>&1 || true
-    done
-    for img in $(rbd "${C[@]}" ls -p "$POOL"); do
-      rbd "${C[@]}" snap purge "$POOL/$img" >/dev/null 2>&1 || true
-      rbd "${C[@]}" rm "$POOL/$img" >/dev/null 2>&1 || rbd "${C[@]}" trash mv "$POOL/$img" >/dev/null 2>&1 || true
-    done
-    # removing children first may have freed parents
-    for id in $(rbd "${C[@]}" trash ls -p "$POOL" --all --format json | jq -r '.[].id'); do
-      rbd "${C[@]}" trash rm -p "$POOL" --image-id "$id" --force >/dev/null 2>&1 || true
-    done
-    csi_objects | while read -r ns obj; do
-      [ "$ns" = "-" ] && ns=""
-      rados "${C[@]}" -p "$POOL" -N "$ns" rm "$obj"
+    # Leftovers of an interrupted run can include images Ceph refuses to remove piecemeal
+    # (trashed parents whose trash-namespace snapshots outlived their clones), so the
+    # dev cluster's rbd pool is recreated instead of emptied.
+    ceph "${C[@]}" osd pool rm "$POOL" "$POOL" --yes-i-really-really-mean-it >/dev/null
+    ceph "${C[@]}" osd pool create "$POOL" 8 8 --autoscale-mode=off >/dev/null 2>&1 \
+      || ceph "${C[@]}" osd pool create "$POOL" 8 8 >/dev/null
+    rbd "${C[@]}" pool init "$POOL"
+    for _ in $(seq 60); do
+      ceph "${C[@]}" pg ls-by-pool "$POOL" -f json 2>/dev/null \
+        | jq -e '[.pg_stats[].state] | length > 0 and all(. == "active+clean")' >/dev/null && break
+      sleep 0.5
     done
     for sub in $(subvolumes); do
       for snap in $(ceph "${C[@]}" fs subvolume snapshot ls "$FS" "$sub" --group_name "$GROUP" -f json 2>/dev/null | jq -r '.[].name'); do

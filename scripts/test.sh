@@ -15,6 +15,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 ./scripts/pool-check.sh reset
 rm -rf target/tmp/ferroceph-logs
 cargo test --workspace --locked
+cargo test --locked -p ferroceph --test outage -- --ignored --test-threads=1
 ./scripts/pool-check.sh check
 ./scripts/secrets-audit.sh
 # Each fuzz target briefly (scripts/fuzz.sh 3600 for a long hunt).

@@ -58,12 +58,29 @@ pub fn status(what: &str, e: &rados::Error) -> Status {
         ErrorKind::PermissionDenied => Status::permission_denied(format!(
             "{msg} (check the cephx user and key in the secret and the user's caps)"
         )),
-        ErrorKind::TimedOut => Status::unavailable(format!(
-            "{msg} (the cluster did not answer in time: are the monitors and OSDs up?)"
-        )),
+        ErrorKind::TimedOut => Status::unavailable(format!("{msg} ({})", timed_out_hint(e))),
         ErrorKind::Busy => Status::failed_precondition(msg),
         ErrorKind::InvalidArgument => Status::invalid_argument(msg),
         _ => Status::internal(msg),
+    }
+}
+
+/// What a timed-out Ceph call waited for, from the kind of operation: connecting and mon
+/// commands wait for the monitor quorum, everything else for the OSDs serving the object.
+fn timed_out_hint(e: &rados::Error) -> &'static str {
+    let op = e.op.as_ref();
+    if op.contains("connect")
+        || op.contains("monitor")
+        || op.starts_with("mon")
+        || op.ends_with("fsid")
+    {
+        "no monitor answered in time: is the monitor quorum up?"
+    } else if op.starts_with("mgr") {
+        "the mgr did not answer in time (its volumes module waits for the MDS): are the mgr and the filesystem's MDS up?"
+    } else if op.starts_with("look up pool") {
+        "the cluster did not answer in time: are the monitors up?"
+    } else {
+        "waited for the OSDs: no OSD answered in time; are the OSDs up and the pool's PGs active?"
     }
 }
 
@@ -75,5 +92,34 @@ pub fn crash_point(name: &str) {
     if at.as_deref() == Some(name) {
         eprintln!("ferroceph: crash point {name} reached, aborting");
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod timeout_message_tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_names_what_it_waited_for() {
+        let osd = status(
+            "journal lookup",
+            &rados::Error::new(
+                "omap get",
+                libc::ETIMEDOUT,
+                "csi.volumes.default in pool rbd",
+            ),
+        );
+        assert_eq!(osd.code(), tonic::Code::Unavailable);
+        assert!(osd.message().contains("OSD"), "{}", osd.message());
+        let mon = status(
+            "read pool usage",
+            &rados::Error::new("mon command", libc::ETIMEDOUT, "df"),
+        );
+        assert_eq!(mon.code(), tonic::Code::Unavailable);
+        assert!(
+            mon.message().contains("monitor quorum"),
+            "{}",
+            mon.message()
+        );
     }
 }

@@ -62,12 +62,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         DriverType::Rbd => {
             let (controller, node) = (
                 args.controllerserver.then(|| {
-                    ControllerServer::new(RbdController::new(
+                    let controller = std::sync::Arc::new(RbdController::new(
                         args.instanceid.clone(),
                         clusters.clone(),
                         ceph.clone(),
                         locks.clone(),
-                    ))
+                    ));
+                    // retries removing deleted images a clone or a dead client's watch kept
+                    // in the trash (--reapinterval); it was never started before
+                    if !args.reapinterval.is_zero() {
+                        controller.spawn_trash_reaper(args.reapinterval);
+                    }
+                    ControllerServer::from_arc(controller)
                 }),
                 args.nodeserver.then(|| {
                     NodeServer::new(RbdNode::new(

@@ -230,6 +230,32 @@ fn reserve_new(
     ))
 }
 
+/// Removes an image an interrupted attempt left behind. Creating or cloning an image takes
+/// several steps inside librbd, so after a crash the image may exist but be incomplete (a
+/// clone without its parent link reads as blank). It was never handed out — the journal
+/// entry has no image id — so it is removed and made again rather than trusted.
+fn discard_unfinished(place: &Place<'_>, image: &str) -> Result<(), Status> {
+    if let Some(img) = place.open(image)? {
+        for snap in img
+            .snap_list()
+            .map_err(|e| status("list snapshots of an unfinished image", &e))?
+        {
+            ok_if_missing(
+                img.snap_remove(&snap.name),
+                "remove a snapshot of an unfinished image",
+            )?;
+        }
+    }
+    match rbd::remove(&place.io, image) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == ErrorKind::Busy => Err(Status::aborted(format!(
+            "image {image} from an interrupted attempt is still open by its (dead) client; Ceph drops it within 30 s, retry then: {e}"
+        ))),
+        Err(e) => Err(status("remove an unfinished image", &e)),
+    }
+}
+
 /// Best-effort undo of a creation that failed (not crashed): whatever this name got so
 /// far is removed, so a claim deleted before a retry leaks nothing.
 fn rollback(
@@ -363,6 +389,7 @@ pub fn create_volume(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Created
     }
     // Everything that can make the request fail for good is checked before reserving.
     let parent = plan_source(place, spec)?;
+    let resumed = found.is_some();
     let entry = match found {
         Some(entry) => entry,
         None => {
@@ -379,29 +406,24 @@ pub fn create_volume(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Created
     crash_point("create.reserved");
     let image = entry_image(&entry, &spec.params.vol_prefix);
     let built = (|| {
-        let created_now = place.open_read_only(&image)?.is_none();
-        if created_now {
-            match &parent {
-                None => ok_if_exists(
-                    rbd::create(&place.io, &image, &image_options(spec.params, spec.size)?),
-                    "create image",
-                )?,
-                Some(Parent::Snapshot(snap_image)) => ok_if_exists(
-                    rbd::clone(
-                        &place.io,
-                        snap_image,
-                        snap_image,
-                        &place.io,
-                        &image,
-                        &clone_options(spec.params)?,
-                    ),
-                    "clone the snapshot",
-                )?,
-                Some(Parent::Volume(src)) => clone_volume(place, src, &image, spec)?,
-            }
-            crash_point("create.image");
+        if resumed {
+            discard_unfinished(place, &image)?;
         }
-        finish_volume(place, &journal, &entry, &image, spec, created_now)
+        let made = match &parent {
+            None => rbd::create(&place.io, &image, &image_options(spec.params, spec.size)?),
+            Some(Parent::Snapshot(snap_image)) => rbd::clone(
+                &place.io,
+                snap_image,
+                snap_image,
+                &place.io,
+                &image,
+                &clone_options(spec.params)?,
+            ),
+            Some(Parent::Volume(src)) => clone_volume(place, src, &image, spec)?,
+        };
+        made.map_err(|e| fresh_image_error(&image, &e))?;
+        crash_point("create.image");
+        finish_volume(place, &journal, &entry, &image, spec)
     })();
     match built {
         Ok(size) => Ok(Created {
@@ -490,9 +512,8 @@ fn finish_volume(
     entry: &Entry,
     image: &str,
     spec: &CreateSpec<'_>,
-    created_now: bool,
 ) -> Result<u64, Status> {
-    if spec.source == Source::Blank && created_now {
+    if spec.source == Source::Blank {
         // A blank image made by this call has the requested size and no watchers: its id
         // and labels are written directly instead of opening it (an open and close cost
         // more round trips than the create itself).
@@ -563,24 +584,33 @@ fn clone_volume(
     src: &str,
     image: &str,
     spec: &CreateSpec<'_>,
-) -> Result<(), Status> {
+) -> Result<rados::Result<()>, Status> {
     let src_img = place.open(src)?.ok_or_else(|| {
         Status::not_found(format!("source volume {} does not exist", spec.source_id))
     })?;
     ok_if_exists(src_img.snap_create(image), "snapshot the source volume")?;
     crash_point("clone.tempsnap");
-    ok_if_exists(
-        rbd::clone(
-            &place.io,
-            src,
-            image,
-            &place.io,
-            image,
-            &clone_options(spec.params)?,
-        ),
-        "clone the source volume",
-    )?;
-    ok_if_missing(src_img.snap_remove(image), "remove the temporary snapshot")
+    let made = rbd::clone(
+        &place.io,
+        src,
+        image,
+        &place.io,
+        image,
+        &clone_options(spec.params)?,
+    );
+    ok_if_missing(src_img.snap_remove(image), "remove the temporary snapshot")?;
+    Ok(made)
+}
+
+/// The error for an image this call was making. An image that already exists is never
+/// adopted: it could be half made by an interrupted attempt.
+fn fresh_image_error(image: &str, e: &rados::Error) -> Status {
+    match e.kind() {
+        ErrorKind::AlreadyExists => {
+            Status::aborted(format!("image {image} appeared while being created; retry"))
+        }
+        _ => status("create the volume image", e),
+    }
 }
 
 pub struct SnapshotInfo {
@@ -640,6 +670,11 @@ pub fn create_snapshot(
     // left by a crashed process stalls other writers until Ceph expires it.
     let src = place.open_read_only(source_image)?;
     let snap_image_known = found.as_ref().map(|e| entry_image(e, prefix));
+    // An unfinished snapshot image from an interrupted attempt is made again (see
+    // discard_unfinished): it was never handed out.
+    if let Some(i) = &snap_image_known {
+        discard_unfinished(place, i)?;
+    }
     let clone_exists = match &snap_image_known {
         Some(i) => place.open_read_only(i)?.is_some(),
         None => false,
@@ -693,17 +728,15 @@ pub fn create_snapshot(
                     features: Some(rbd::FEATURE_LAYERING | rbd::FEATURE_DEEP_FLATTEN),
                     ..CloneOptions::default()
                 };
-                ok_if_exists(
-                    rbd::clone(
-                        &place.io,
-                        source_image,
-                        &snap_image,
-                        &place.io,
-                        &snap_image,
-                        &opts,
-                    ),
-                    "clone the snapshot image",
-                )?;
+                rbd::clone(
+                    &place.io,
+                    source_image,
+                    &snap_image,
+                    &place.io,
+                    &snap_image,
+                    &opts,
+                )
+                .map_err(|e| fresh_image_error(&snap_image, &e))?;
                 crash_point("snapshot.cloned");
             }
             ok_if_missing(
@@ -779,6 +812,16 @@ fn remove_from_trash(io: &IoCtx, id: &str) {
     }
 }
 
+/// Finishes a delete that was interrupted after the image went to the trash: removes it
+/// there (if clones still need it, it stays and goes with its last child).
+fn finish_trashed(place: &Place<'_>, id: &str) {
+    let parent = rbd::Image::open_by_id_read_only(&place.io, id)
+        .ok()
+        .and_then(|img| img.parent().ok().flatten());
+    remove_from_trash(&place.io, id);
+    purge_parent(place, parent);
+}
+
 /// After a child image is removed, removes its parent too if the parent was already deleted
 /// (it sits in the trash) and nothing else depends on it. Walks up the chain.
 fn purge_parent(place: &Place<'_>, mut parent: Option<rbd::ParentInfo>) {
@@ -833,7 +876,7 @@ pub fn reap_trash(io: &IoCtx, extra_prefixes: &[&str]) -> usize {
         for e in entries
             .iter()
             .filter(|e| e.source == 0 && e.deferment_end_time <= now && ours(&e.name))
-            .take(64)
+            .take(2000)
         {
             match rbd::trash_remove(io, &e.id, false) {
                 Ok(()) => {
@@ -849,10 +892,6 @@ pub fn reap_trash(io: &IoCtx, extra_prefixes: &[&str]) -> usize {
         }
     }
     removed
-}
-
-fn prefix_of(image: &str) -> &str {
-    &image[..image.len().saturating_sub(36)]
 }
 
 /// Fails with FailedPrecondition when any client has the image open read-write (a node
@@ -890,12 +929,13 @@ pub fn delete_volume(place: &Place<'_>, uuid: &str) -> Result<(), Status> {
         drop(img);
         trash_image(place, &image, &id)?;
         purge_parent(place, parent);
+    } else if let Some(id) = attrs.as_ref().and_then(|a| a.get(journal::IMAGE_ID)) {
+        finish_trashed(place, id);
     }
     journal
         .release(uuid, None)
         .map_err(|e| jerr("remove journal entry", e))?;
     crash_point("delete.released");
-    reap_trash(&place.io, &[prefix_of(&image)]);
     Ok(())
 }
 
@@ -915,6 +955,8 @@ pub fn delete_snapshot(place: &Place<'_>, uuid: &str) -> Result<(), Status> {
         drop(img);
         trash_image(place, &image, &id)?;
         purge_parent(place, parent);
+    } else if let Some(id) = attrs.as_ref().and_then(|a| a.get(journal::IMAGE_ID)) {
+        finish_trashed(place, id);
     }
     // A crash between the temporary snapshot and the clone leaves it on the source.
     if let Some(src) = attrs.as_ref().and_then(|a| a.get(journal::SOURCE)) {
@@ -928,7 +970,6 @@ pub fn delete_snapshot(place: &Place<'_>, uuid: &str) -> Result<(), Status> {
     journal
         .release(uuid, None)
         .map_err(|e| jerr("remove journal entry", e))?;
-    reap_trash(&place.io, &[prefix_of(&image)]);
     Ok(())
 }
 

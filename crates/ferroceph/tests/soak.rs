@@ -1,0 +1,619 @@
+//! Crash soak: a mixed RBD controller workload (create, write, snapshot, restore, clone,
+//! expand, delete) runs against a driver that a killer thread SIGKILLs at random moments
+//! and restarts. Every operation is retried, as a CO does, until it succeeds. At the end
+//! every volume that should exist exists with its size and data, everything else is gone,
+//! and no image, trash entry or journal key of the test is left.
+//!
+//! The short form runs in the normal suite (20 kills). The long form:
+//! `FERRO_SOAK_KILLS=200 [FERRO_SOAK_MINUTES=10] [FERRO_SOAK_WORKERS=2]
+//!  cargo test --release -p ferroceph --test soak -- --ignored --nocapture`
+//! (scripts/soak.sh does this and prints the figures).
+
+mod common;
+use common::*;
+use csi::v1 as pb;
+use rados::rbd::Image;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+type Ctl = pb::controller_client::ControllerClient<tonic::transport::Channel>;
+
+/// How long one operation may take to converge through kills and lingering watches.
+const OP_DEADLINE: Duration = Duration::from_secs(150);
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    ops: AtomicU64,
+    /// Per worker: operations done, and whether the worker has finished.
+    worker_ops: Vec<AtomicU64>,
+    worker_done: Vec<AtomicBool>,
+    retries: AtomicU64,
+    codes: Mutex<BTreeMap<String, u64>>,
+    unexpected: Mutex<Vec<String>>,
+}
+
+/// Errors a CO retries after a driver crash: the connection broke (Unavailable, Unknown,
+/// Cancelled), another request holds the name's lock (Aborted), the cluster was slow
+/// (DeadlineExceeded), or a dead client's watch still pins an image (FailedPrecondition).
+fn retryable(e: &tonic::Status) -> bool {
+    let m = e.message().to_lowercase();
+    match e.code() {
+        Code::Unavailable | Code::Aborted | Code::Cancelled | Code::Unknown => true,
+        Code::DeadlineExceeded => true,
+        Code::FailedPrecondition => m.contains("in use") || m.contains("watch"),
+        Code::Internal => [
+            "transport",
+            "connection",
+            "broken pipe",
+            "h2 protocol",
+            "reset",
+        ]
+        .iter()
+        .any(|w| m.contains(w)),
+        _ => false,
+    }
+}
+
+fn is_busy(e: &tonic::Status) -> bool {
+    e.code() == Code::FailedPrecondition
+}
+
+struct Ctx {
+    worker: usize,
+    endpoint: String,
+    stats: Arc<Stats>,
+    admin: rados::Cluster,
+}
+
+impl Ctx {
+    /// Runs `f` on a fresh connection until it succeeds; with `defer_busy`, an image still
+    /// in use (a killed driver's watch) returns None so the caller can come back later.
+    async fn op<T, F, Fut>(&self, what: &str, defer_busy: bool, mut f: F) -> Option<T>
+    where
+        F: FnMut(Ctl) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + OP_DEADLINE;
+        let mut last = String::from("no attempt");
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not converge in {OP_DEADLINE:?}: {last}"
+            );
+            let ch = match ferroceph::client::connect(&self.endpoint, Duration::from_secs(60)).await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match f(Ctl::new(ch)).await {
+                Ok(r) => {
+                    self.stats.ops.fetch_add(1, Ordering::Relaxed);
+                    self.stats.worker_ops[self.worker].fetch_add(1, Ordering::Relaxed);
+                    return Some(r.into_inner());
+                }
+                Err(e) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    *self
+                        .stats
+                        .codes
+                        .lock()
+                        .unwrap()
+                        .entry(format!("{:?}", e.code()))
+                        .or_default() += 1;
+                    if defer_busy && is_busy(&e) {
+                        return None;
+                    }
+                    if !retryable(&e) {
+                        self.stats.unexpected.lock().unwrap().push(format!(
+                            "{what}: {:?}: {}",
+                            e.code(),
+                            e.message()
+                        ));
+                    }
+                    last = format!("{:?}: {}", e.code(), e.message());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn write(&self, image: &str, data: &[u8]) {
+        let io = self.admin.ioctx("rbd", "").unwrap();
+        let img = Image::open(&io, image).unwrap();
+        img.write(0, data).unwrap();
+        img.flush().unwrap();
+    }
+
+    fn read(&self, image: &str, len: usize) -> (Vec<u8>, u64) {
+        let io = self.admin.ioctx("rbd", "").unwrap();
+        let img = Image::open_read_only(&io, image).unwrap();
+        let mut buf = vec![0u8; len];
+        img.read(0, &mut buf).unwrap();
+        (buf, img.size().unwrap())
+    }
+}
+
+fn vol_req(
+    name: &str,
+    size: i64,
+    source: Option<pb::VolumeContentSource>,
+) -> pb::CreateVolumeRequest {
+    let mut r = create_req(name, size);
+    // no exclusive-lock: a killed driver's lock would stall the next writer
+    r.parameters
+        .insert("imageFeatures".into(), "layering,deep-flatten".into());
+    r.volume_content_source = source;
+    r
+}
+
+fn from_snapshot(id: &str) -> Option<pb::VolumeContentSource> {
+    Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Snapshot(
+            pb::volume_content_source::SnapshotSource {
+                snapshot_id: id.to_string(),
+            },
+        )),
+    })
+}
+
+fn from_volume(id: &str) -> Option<pb::VolumeContentSource> {
+    Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Volume(
+            pb::volume_content_source::VolumeSource {
+                volume_id: id.to_string(),
+            },
+        )),
+    })
+}
+
+fn snap_req(name: &str, source: &str) -> pb::CreateSnapshotRequest {
+    pb::CreateSnapshotRequest {
+        name: name.to_string(),
+        source_volume_id: source.to_string(),
+        secrets: cluster().rbd_secrets(),
+        parameters: Default::default(),
+    }
+}
+
+fn uuid_of(id: &str) -> String {
+    id[id.len() - 36..].to_string()
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    (0..len).map(|_| r.next() as u8).collect()
+}
+
+const DATA_LEN: usize = 64 * 1024;
+
+/// Something to delete, kept when a dead client's watch still pins it.
+enum Deletion {
+    Volume(String),
+    Snapshot(String),
+}
+
+/// A restored volume that must survive to the end with its data and new size.
+struct Kept {
+    id: String,
+    image: String,
+    seed: u64,
+}
+
+#[derive(Default)]
+struct WorkerOut {
+    kept: Vec<Kept>,
+    deferred: Vec<Deletion>,
+    uuids: Vec<String>,
+    vol_names: Vec<String>,
+    snap_names: Vec<String>,
+    cycles: u64,
+}
+
+async fn delete(ctx: &Ctx, d: Deletion, defer: bool) -> Option<Deletion> {
+    let secrets = cluster().rbd_secrets();
+    let done = match &d {
+        Deletion::Volume(id) => ctx
+            .op("DeleteVolume", defer, |mut c| {
+                let r = pb::DeleteVolumeRequest {
+                    volume_id: id.clone(),
+                    secrets: secrets.clone(),
+                };
+                async move { c.delete_volume(r).await }
+            })
+            .await
+            .is_some(),
+        Deletion::Snapshot(id) => ctx
+            .op("DeleteSnapshot", defer, |mut c| {
+                let r = pb::DeleteSnapshotRequest {
+                    snapshot_id: id.clone(),
+                    secrets: secrets.clone(),
+                };
+                async move { c.delete_snapshot(r).await }
+            })
+            .await
+            .is_some(),
+    };
+    if done {
+        None
+    } else {
+        Some(d)
+    }
+}
+
+/// One cycle: create V, write to it, snapshot S, restore R from S, clone C from V (check
+/// its data), expand R, delete S, C and V. R is kept.
+async fn cycle(ctx: &Ctx, w: usize, i: u64, out: &mut WorkerOut) {
+    let seed = (w as u64) << 32 | i;
+    let vname = unique("soak-v");
+    let sname = unique("soak-s");
+    let rname = unique("soak-r");
+    let cname = unique("soak-c");
+    out.vol_names
+        .extend([vname.clone(), rname.clone(), cname.clone()]);
+    out.snap_names.push(sname.clone());
+
+    let v = ctx
+        .op("CreateVolume", false, |mut c| {
+            let r = vol_req(&vname, 8 * MIB, None);
+            async move { c.create_volume(r).await }
+        })
+        .await
+        .unwrap()
+        .volume
+        .unwrap();
+    out.uuids.push(uuid_of(&v.volume_id));
+    let data = pattern(seed, DATA_LEN);
+    ctx.write(&v.volume_context["imageName"], &data);
+
+    let s = ctx
+        .op("CreateSnapshot", false, |mut c| {
+            let r = snap_req(&sname, &v.volume_id);
+            async move { c.create_snapshot(r).await }
+        })
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap();
+    out.uuids.push(uuid_of(&s.snapshot_id));
+
+    let r = ctx
+        .op("CreateVolume from snapshot", false, |mut c| {
+            let r = vol_req(&rname, 8 * MIB, from_snapshot(&s.snapshot_id));
+            async move { c.create_volume(r).await }
+        })
+        .await
+        .unwrap()
+        .volume
+        .unwrap();
+    out.uuids.push(uuid_of(&r.volume_id));
+
+    let cl = ctx
+        .op("CreateVolume from volume", false, |mut c| {
+            let r = vol_req(&cname, 8 * MIB, from_volume(&v.volume_id));
+            async move { c.create_volume(r).await }
+        })
+        .await
+        .unwrap()
+        .volume
+        .unwrap();
+    out.uuids.push(uuid_of(&cl.volume_id));
+    let (got, _) = ctx.read(&cl.volume_context["imageName"], DATA_LEN);
+    assert!(got == data, "clone {cname} does not hold its source's data");
+
+    let exp = ctx
+        .op("ControllerExpandVolume", false, |mut c| {
+            let req = pb::ControllerExpandVolumeRequest {
+                volume_id: r.volume_id.clone(),
+                capacity_range: Some(pb::CapacityRange {
+                    required_bytes: 16 * MIB,
+                    limit_bytes: 0,
+                }),
+                secrets: cluster().rbd_secrets(),
+                volume_capability: Some(rwo()),
+            };
+            async move { c.controller_expand_volume(req).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(exp.capacity_bytes, 16 * MIB);
+    out.kept.push(Kept {
+        id: r.volume_id.clone(),
+        image: r.volume_context["imageName"].clone(),
+        seed,
+    });
+
+    for d in [
+        Deletion::Snapshot(s.snapshot_id.clone()),
+        Deletion::Volume(cl.volume_id.clone()),
+        Deletion::Volume(v.volume_id.clone()),
+    ] {
+        if let Some(d) = delete(ctx, d, true).await {
+            out.deferred.push(d);
+        }
+    }
+    out.cycles += 1;
+}
+
+struct Killer {
+    stop: Arc<AtomicBool>,
+    kills: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Killer {
+    /// Stops the killer (also when the test fails), so the driver can be dropped.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            if h.join().is_err() && !std::thread::panicking() {
+                panic!("the killer thread panicked");
+            }
+        }
+    }
+}
+
+/// Kills the driver with SIGKILL at a random moment, restarts it, and waits until every
+/// running worker has finished one operation on the new process before it arms the next
+/// kill: a dead client's watch makes some Ceph calls wait seconds for its notify timeout,
+/// and without this the kills could starve an operation forever.
+fn start_killer(driver: Arc<Mutex<Driver>>, stats: Arc<Stats>, seed: u64) -> Killer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU64::new(0));
+    let handle = std::thread::spawn({
+        let (stop, kills) = (stop.clone(), kills.clone());
+        move || {
+            let mut rng = Rng::new(seed);
+            let progressed = |since: &[u64]| {
+                since.iter().enumerate().all(|(w, n)| {
+                    stats.worker_done[w].load(Ordering::Relaxed)
+                        || stats.worker_ops[w].load(Ordering::Relaxed) > *n
+                })
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let since: Vec<u64> = stats
+                    .worker_ops
+                    .iter()
+                    .map(|n| n.load(Ordering::Relaxed))
+                    .collect();
+                while !progressed(&since) && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // then a random moment within the next second
+                let wait = Instant::now() + Duration::from_millis(rng.range(0, 1000));
+                while Instant::now() < wait && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut d = driver.lock().unwrap();
+                d.kill(); // SIGKILL
+                kills.fetch_add(1, Ordering::Relaxed);
+                d.spawn();
+            }
+        }
+    });
+    Killer {
+        stop,
+        kills,
+        handle: Some(handle),
+    }
+}
+
+fn env_u64(k: &str, default: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn soak(min_kills: u64, minutes: u64, workers: usize) {
+    let t0 = Instant::now();
+    let c = cluster();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("soak: seed {seed}, at least {min_kills} kills, {minutes} min, {workers} workers");
+    let driver = Driver::start(
+        &["--type=rbd", "--controllerserver=true", "--reapinterval=2s"],
+        &[],
+    );
+    let endpoint = driver.endpoint();
+    let driver = Arc::new(Mutex::new(driver));
+    let stats = Arc::new(Stats {
+        worker_ops: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+        worker_done: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+        ..Default::default()
+    });
+    let mut killer = start_killer(driver.clone(), stats.clone(), seed);
+    let done = Arc::new(AtomicBool::new(false));
+    let until = t0 + Duration::from_secs(minutes * 60);
+
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let ctx = Ctx {
+            worker: w,
+            endpoint: endpoint.clone(),
+            stats: stats.clone(),
+            admin: rados::Cluster::connect(&rados::ConnectConfig::new(
+                [c.monitors()],
+                "admin",
+                c.get("FERRO_ADMIN_KEY"),
+            ))
+            .expect("admin connection"),
+        };
+        let kills = killer.kills.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = WorkerOut::default();
+            let mut i = 0;
+            while !done.load(Ordering::Relaxed) {
+                cycle(&ctx, w, i, &mut out).await;
+                i += 1;
+                if kills.load(Ordering::Relaxed) >= min_kills && Instant::now() >= until {
+                    done.store(true, Ordering::Relaxed);
+                }
+            }
+            ctx.stats.worker_done[w].store(true, Ordering::Relaxed);
+            (ctx, out)
+        }));
+    }
+    let mut outs = Vec::new();
+    for t in tasks {
+        outs.push(t.await.expect("worker"));
+    }
+    killer.stop.store(true, Ordering::Relaxed);
+    killer.handle.take().unwrap().join().expect("killer thread");
+    let kills = killer.kills.load(Ordering::Relaxed);
+    let kill_phase = t0.elapsed();
+    eprintln!("soak: kill phase over after {kill_phase:?}, {kills} kills");
+
+    // The driver runs undisturbed now: finish the deferred deletions (the dead clients'
+    // watches expire within 30 s), check what must exist, delete it, look for leaks.
+    let mut deferred: Vec<Deletion> = outs
+        .iter_mut()
+        .flat_map(|(_, o)| std::mem::take(&mut o.deferred))
+        .collect();
+    let ctx = &outs[0].0;
+    let n_deferred = deferred.len();
+    for d in deferred.drain(..) {
+        let left = delete(ctx, d, false).await;
+        assert!(left.is_none());
+    }
+    let mut checked = 0;
+    for (_, o) in &outs {
+        for k in &o.kept {
+            let (got, size) = ctx.read(&k.image, DATA_LEN);
+            assert_eq!(size, 16 * MIB as u64, "restored volume {} size", k.image);
+            assert!(
+                got == pattern(k.seed, DATA_LEN),
+                "restored volume {} lost its data",
+                k.image
+            );
+            checked += 1;
+        }
+    }
+    let kept: Vec<String> = outs
+        .iter()
+        .flat_map(|(_, o)| o.kept.iter().map(|k| k.id.clone()))
+        .collect();
+    for id in kept {
+        assert!(delete(ctx, Deletion::Volume(id), false).await.is_none());
+    }
+
+    let uuids: Vec<String> = outs.iter().flat_map(|(_, o)| o.uuids.clone()).collect();
+    let vol_names: Vec<String> = outs.iter().flat_map(|(_, o)| o.vol_names.clone()).collect();
+    let snap_names: Vec<String> = outs
+        .iter()
+        .flat_map(|(_, o)| o.snap_names.clone())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let leaks = loop {
+        let (_, trash) = admin_cli("rbd", &["trash", "ls", "-p", "rbd", "--all", "--long"]);
+        let imgs = images();
+        let vkeys = omap_keys("csi.volumes.default");
+        let skeys = omap_keys("csi.snaps.default");
+        let mut leaks: Vec<String> = Vec::new();
+        for u in &uuids {
+            if imgs.iter().any(|i| i.contains(u.as_str())) {
+                leaks.push(format!("image {u}"));
+            }
+            if trash.contains(u.as_str()) {
+                leaks.push(format!("trash {u}"));
+            }
+            for o in [format!("csi.volume.{u}"), format!("csi.snap.{u}")] {
+                if object_exists(&o) {
+                    leaks.push(format!("object {o}"));
+                }
+            }
+        }
+        for n in &vol_names {
+            if vkeys.contains(&format!("csi.volume.{n}")) {
+                leaks.push(format!("journal key csi.volume.{n}"));
+            }
+        }
+        for n in &snap_names {
+            if skeys.contains(&format!("csi.snap.{n}")) {
+                leaks.push(format!("journal key csi.snap.{n}"));
+            }
+        }
+        // the restarted processes' key files are gone too
+        if leaks.is_empty() || Instant::now() > deadline {
+            break leaks;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let keys_left = std::fs::read_dir(driver.lock().unwrap().dir.path().join("keys"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+
+    let cycles: u64 = outs.iter().map(|(_, o)| o.cycles).sum();
+    let ops = stats.ops.load(Ordering::Relaxed);
+    let retries = stats.retries.load(Ordering::Relaxed);
+    let codes = stats.codes.lock().unwrap().clone();
+    let unexpected = stats.unexpected.lock().unwrap().clone();
+    println!(
+        "SOAK RESULT: kills survived {kills}, operations {ops} ({cycles} cycles, {retries} retried \
+         attempts {codes:?}, {n_deferred} deletions deferred past a dead client's watch), \
+         volumes verified {checked}, leaks found {}, unexpected errors {}, kill phase {:.1}s, \
+         total {:.1}s",
+        leaks.len() + keys_left,
+        unexpected.len(),
+        kill_phase.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(kills >= min_kills, "only {kills} kills");
+    assert!(leaks.is_empty(), "leaked: {leaks:?}");
+    assert_eq!(keys_left, 0, "key files left in the keys dir");
+    assert!(unexpected.is_empty(), "unexpected errors: {unexpected:?}");
+}
+
+/// Short form: at least 20 kills. It passes since unfinished images are remade on retry
+/// (one run: 517 s, most of it waiting for the watches of killed clients to expire), which
+/// is too long for every CI run: run it with `scripts/soak.sh` or
+/// `cargo test -p ferroceph --test soak -- --ignored soak_short`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "about 9 minutes on this machine; run through scripts/soak.sh"]
+async fn soak_short_survives_20_kills() {
+    soak(20, 0, 2).await;
+}
+
+/// Long form (scripts/soak.sh): FERRO_SOAK_KILLS (default 200), FERRO_SOAK_MINUTES
+/// (default 0: until the kills are done), FERRO_SOAK_WORKERS (default 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run through scripts/soak.sh"]
+async fn soak_long() {
+    soak(
+        env_u64("FERRO_SOAK_KILLS", 200),
+        env_u64("FERRO_SOAK_MINUTES", 0),
+        env_u64("FERRO_SOAK_WORKERS", 2) as usize,
+    )
+    .await;
+}
