@@ -1,6 +1,7 @@
 //! Shapes shared by the RBD and CephFS controllers: pagination tokens, timestamps,
 //! capability lists, and `<prefix><uuid>` names.
 
+use crate::volid::CsiId;
 use csi::v1 as pb;
 use pb::controller_service_capability::rpc::Type as CapType;
 use tonic::Status;
@@ -52,6 +53,35 @@ pub fn page<T: Clone>(items: &[T], token: &str, max: i32) -> Result<(Vec<T>, Str
         String::new()
     };
     Ok((items[start..end].to_vec(), next))
+}
+
+/// What a ListSnapshots request narrows the listing to.
+pub struct SnapshotFilter {
+    /// The (clusterID, pool id or fscid) its ids name; None: every place the driver knows.
+    pub target: Option<(String, i64)>,
+    pub snapshot_uuid: Option<String>,
+    pub source: Option<CsiId>,
+}
+
+/// The filter of a ListSnapshots request; None when an id does not decode, since then
+/// nothing can match and the answer is an empty list.
+pub fn snapshot_filter(req: &pb::ListSnapshotsRequest) -> Option<SnapshotFilter> {
+    let decode = |id: &str| (!id.is_empty()).then(|| CsiId::decode(id).ok());
+    let snapshot = decode(&req.snapshot_id);
+    let source = decode(&req.source_volume_id);
+    if matches!(snapshot, Some(None)) || matches!(source, Some(None)) {
+        return None;
+    }
+    let (snapshot, source) = (snapshot.flatten(), source.flatten());
+    let target = snapshot
+        .as_ref()
+        .or(source.as_ref())
+        .map(|id| (id.cluster_id.clone(), id.location));
+    Some(SnapshotFilter {
+        target,
+        snapshot_uuid: snapshot.map(|id| id.uuid),
+        source,
+    })
 }
 
 pub fn controller_capabilities(caps: &[CapType]) -> pb::ControllerGetCapabilitiesResponse {

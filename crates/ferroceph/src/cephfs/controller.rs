@@ -7,7 +7,9 @@ use crate::cephfs::params::{
 use crate::cephfs::subvolume::{self, CreateSpec, FsPlace, Source};
 use crate::config::{ClusterInfo, ClusterMap, ConfigError};
 use crate::journal;
-use crate::listing::{controller_capabilities, invalid, page, timestamp, uuid_tail};
+use crate::listing::{
+    controller_capabilities, invalid, page, snapshot_filter, timestamp, uuid_tail,
+};
 use crate::locks::OpLocks;
 use crate::rbd::params::Credentials;
 use crate::validate::{self, CEPHFS_MODES};
@@ -597,27 +599,15 @@ impl Controller for CephFsController {
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
         let req = request.into_inner();
         // Where to look: (cluster, fscid or -1, fs name if known).
-        let mut targets: Vec<(String, i64, Option<String>)> = Vec::new();
-        let filter_id = if !req.snapshot_id.is_empty() {
-            let Ok(id) = CsiId::decode(&req.snapshot_id) else {
-                return Ok(Response::new(pb::ListSnapshotsResponse::default()));
-            };
-            targets.push((id.cluster_id.clone(), id.location, None));
-            Some(id.uuid)
-        } else {
-            None
+        let Some(filter) = snapshot_filter(&req) else {
+            return Ok(Response::new(pb::ListSnapshotsResponse::default()));
         };
-        let filter_source = if !req.source_volume_id.is_empty() {
-            let Ok(id) = CsiId::decode(&req.source_volume_id) else {
-                return Ok(Response::new(pb::ListSnapshotsResponse::default()));
-            };
-            if targets.is_empty() {
-                targets.push((id.cluster_id.clone(), id.location, None));
-            }
-            Some(id)
-        } else {
-            None
-        };
+        let mut targets: Vec<(String, i64, Option<String>)> = filter
+            .target
+            .into_iter()
+            .map(|(c, l)| (c, l, None))
+            .collect();
+        let (filter_id, filter_source) = (filter.snapshot_uuid, filter.source);
         let known = self.known();
         if targets.is_empty() {
             for (cid, k) in &known {
