@@ -397,15 +397,6 @@ fn fs_req(name: &str) -> pb::CreateVolumeRequest {
 #[tokio::test]
 #[ignore = "stops the shared cluster's MDS: run alone (scripts/test.sh does)"]
 async fn mds_outage_during_cephfs_create() {
-    // As of this writing the driver process dies ("double free or corruption") soon after a
-    // mgr command times out, which is exactly what this outage causes: opt in until fixed.
-    if std::env::var_os("FERRO_OUTAGE_MDS").is_none() {
-        eprintln!(
-            "mds_outage_during_cephfs_create SKIPPED: set FERRO_OUTAGE_MDS=1 to run it (the \
-             driver currently crashes after a timed-out mgr command)"
-        );
-        return;
-    }
     let ct = format!("--cephtimeout={}s", CEPH_TIMEOUT.as_secs());
     let rt = format!("--rpctimeout={}s", RPC_TIMEOUT.as_secs());
     let d = Driver::start(&["--type=cephfs", "--controllerserver=true", &ct, &rt], &[]);

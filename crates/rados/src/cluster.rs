@@ -157,6 +157,7 @@ impl fmt::Debug for ConnectConfig {
 /// [`IoCtx`]/[`crate::rbd::Image`] created from it have been dropped.
 pub struct Cluster {
     pub(crate) handle: Arc<sys::Rados>,
+    pub(crate) mgr: Arc<crate::command::MgrLane>,
     monitors: String,
     user: String,
 }
@@ -173,8 +174,20 @@ impl fmt::Debug for Cluster {
 /// Options handed to librados. `(name, value, required)`: failing to set a
 /// required one aborts the connect; the others are best effort (they may not
 /// exist in every Ceph release).
-fn options(cfg: &ConnectConfig, mon_host: &str) -> Vec<(&'static str, String, bool)> {
+///
+/// `mon_op_timeout` false leaves `rados_mon_op_timeout` at 0 (wait forever): the handle for
+/// manager commands, whose deadline is enforced from outside (see `command.rs`).
+fn options(
+    cfg: &ConnectConfig,
+    mon_host: &str,
+    mon_op_timeout: bool,
+) -> Vec<(&'static str, String, bool)> {
     let t = cfg.timeout_secs().to_string();
+    let mon_t = if mon_op_timeout {
+        t.clone()
+    } else {
+        "0".into()
+    };
     vec![
         // Quiet: nothing on stderr, no log file, no admin socket.
         ("log_to_stderr", "false".into(), true),
@@ -192,7 +205,7 @@ fn options(cfg: &ConnectConfig, mon_host: &str) -> Vec<(&'static str, String, bo
         ("key", cfg.key.trim().to_string(), true),
         // Timeouts.
         ("client_mount_timeout", t.clone(), true),
-        ("rados_mon_op_timeout", t.clone(), true),
+        ("rados_mon_op_timeout", mon_t, true),
         ("rados_osd_op_timeout", t, true),
     ]
 }
@@ -200,46 +213,12 @@ fn options(cfg: &ConnectConfig, mon_host: &str) -> Vec<(&'static str, String, bo
 impl Cluster {
     /// Connects and authenticates; blocks for at most about `cfg.timeout`.
     pub fn connect(cfg: &ConnectConfig) -> Result<Cluster> {
-        let user = cfg.user_id().to_string();
-        let mon_host = cfg.mon_host();
-        let who = format!("to monitors {mon_host} as client.{user}");
-        if mon_host.is_empty() {
-            return Err(Error::invalid("connect", format!("as client.{user}"))
-                .with_detail("no monitors given"));
-        }
-        if user.is_empty() {
-            return Err(Error::invalid("connect", format!("to monitors {mon_host}"))
-                .with_detail("no user given"));
-        }
-        if let Err(why) = check_key(&cfg.key) {
-            return Err(Error::invalid("connect", who)
-                .with_detail(format!("the key for client.{user} {why}")));
-        }
-
-        let mut h = sys::Rados::create(&user)
-            .map_err(|e| Error::new("rados create", e, format!("for client.{user}")))?;
-        for (name, value, required) in options(cfg, &mon_host) {
-            if let Err(e) = h.conf_set(name, &value) {
-                if required {
-                    // Never include the value: it may be the key.
-                    return Err(Error::new("set config option", e, name));
-                }
-                tracing::debug!(option = name, errno = e, "optional librados option not set");
-            }
-        }
-
-        let secs = cfg.timeout_secs();
-        let started = Instant::now();
-        if let Err(e) = h.connect() {
-            let elapsed = started.elapsed();
-            tracing::debug!(%mon_host, %user, errno = e, ?elapsed, "rados connect failed");
-            return Err(connect_error(e, &mon_host, &user, secs));
-        }
-        tracing::debug!(%mon_host, %user, elapsed = ?started.elapsed(), "connected to ceph");
+        let handle = connect_handle(cfg, true)?;
         Ok(Cluster {
-            handle: Arc::new(h),
-            monitors: mon_host,
-            user,
+            handle: Arc::new(handle),
+            mgr: Arc::new(crate::command::MgrLane::new(cfg.clone())),
+            monitors: cfg.mon_host(),
+            user: cfg.user_id().to_string(),
         })
     }
 
@@ -302,6 +281,50 @@ impl Cluster {
             .unwrap_or_else(|_| format!("#{id}"));
         Ok(IoCtx::new(raw, name, namespace.to_string()))
     }
+}
+
+/// Creates, configures and connects one librados handle; blocks for at most about
+/// `cfg.timeout`. See [`options`] for `mon_op_timeout`.
+pub(crate) fn connect_handle(cfg: &ConnectConfig, mon_op_timeout: bool) -> Result<sys::Rados> {
+    let user = cfg.user_id().to_string();
+    let mon_host = cfg.mon_host();
+    let who = format!("to monitors {mon_host} as client.{user}");
+    if mon_host.is_empty() {
+        return Err(
+            Error::invalid("connect", format!("as client.{user}")).with_detail("no monitors given")
+        );
+    }
+    if user.is_empty() {
+        return Err(Error::invalid("connect", format!("to monitors {mon_host}"))
+            .with_detail("no user given"));
+    }
+    if let Err(why) = check_key(&cfg.key) {
+        return Err(
+            Error::invalid("connect", who).with_detail(format!("the key for client.{user} {why}"))
+        );
+    }
+
+    let mut h = sys::Rados::create(&user)
+        .map_err(|e| Error::new("rados create", e, format!("for client.{user}")))?;
+    for (name, value, required) in options(cfg, &mon_host, mon_op_timeout) {
+        if let Err(e) = h.conf_set(name, &value) {
+            if required {
+                // Never include the value: it may be the key.
+                return Err(Error::new("set config option", e, name));
+            }
+            tracing::debug!(option = name, errno = e, "optional librados option not set");
+        }
+    }
+
+    let secs = cfg.timeout_secs();
+    let started = Instant::now();
+    if let Err(e) = h.connect() {
+        let elapsed = started.elapsed();
+        tracing::debug!(%mon_host, %user, errno = e, ?elapsed, "rados connect failed");
+        return Err(connect_error(e, &mon_host, &user, secs));
+    }
+    tracing::debug!(%mon_host, %user, elapsed = ?started.elapsed(), "connected to ceph");
+    Ok(h)
 }
 
 /// Checks that `key` is a cephx key librados can decode: base64 (standard
@@ -449,7 +472,7 @@ mod tests {
     #[test]
     fn options_are_complete_and_errors_never_show_key() {
         let c = cfg();
-        let opts = options(&c, "127.0.0.1:1");
+        let opts = options(&c, "127.0.0.1:1", true);
         let get = |n: &str| opts.iter().find(|o| o.0 == n).map(|o| o.1.clone());
         assert_eq!(get("keyring").as_deref(), Some(""));
         assert_eq!(get("admin_socket").as_deref(), Some(""));
