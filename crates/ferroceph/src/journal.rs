@@ -58,6 +58,16 @@ pub enum Lookup {
     Found(Entry),
 }
 
+/// Outcome of [`Journal::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Claimed,
+    /// The name already has a directory key: look it up.
+    Taken,
+    /// The directory object does not exist yet (first entry of this pool).
+    NoDirectory,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub uuid: String,
@@ -161,6 +171,26 @@ impl<'a> Journal<'a> {
         let key = self.dir_key(name);
         self.io
             .omap_set(&self.dir, &[(key.as_str(), uuid.as_bytes())])?;
+        self.write_entry(name, uuid, attrs)
+    }
+
+    /// The first step of a reservation for a name that is probably new, in one round trip
+    /// and without a lookup first: the directory key is set to `uuid` only if the name has
+    /// none yet. Finish with [`Journal::write_entry`].
+    pub fn claim(&self, name: &str, uuid: &str) -> Result<Claim, JournalError> {
+        match self
+            .io
+            .omap_set_if_absent(&self.dir, &self.dir_key(name), uuid.as_bytes())
+        {
+            Ok(true) => Ok(Claim::Claimed),
+            Ok(false) => Ok(Claim::Taken),
+            Err(e) if e.kind() == rados::ErrorKind::NotFound => Ok(Claim::NoDirectory),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The second step of a reservation: the per-entry object with all its keys at once.
+    pub fn write_entry(&self, name: &str, uuid: &str, attrs: &Attrs) -> Result<(), JournalError> {
         let mut all: Vec<(&str, &[u8])> = attrs
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_bytes()))

@@ -657,6 +657,71 @@ async fn takes_over_a_ceph_csi_volume() {
     assert!(!object_exists(&format!("csi.volume.{uuid}")));
 }
 
+/// A create crashes after making the image, and some other client (a stuck or dead driver
+/// instance whose watch Ceph keeps) still has that never-handed-out image open: the retry
+/// fences that client, remakes the image and leaves exactly one.
+#[tokio::test]
+async fn unfinished_image_held_open_by_another_client_is_fenced() {
+    let name = unique("pvc-fence");
+    let mut req = create_req(&name, 8 * MIB);
+    req.parameters
+        .insert("imageFeatures".into(), "layering".into());
+    let mut d = Driver::start(
+        &["--type=rbd", "--controllerserver=true"],
+        &[("FERROCEPH_TEST_CRASH_AT", "create.image")],
+    );
+    let mut ctl = d.controller().await;
+    assert!(ctl.create_volume(req.clone()).await.is_err());
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some());
+    // the stuck client: its own connection, holding the unfinished image open read-write
+    let holder = admin();
+    let holder_id = holder.instance_id();
+    let io = holder.ioctx("rbd", "").unwrap();
+    let key = format!("csi.volume.{name}");
+    let got = io.omap_get("csi.volumes.default", &[key.as_str()]).unwrap();
+    let uuid = String::from_utf8(got.get(&key).expect("directory key left").clone()).unwrap();
+    let held = Image::open(&io, &format!("csi-vol-{uuid}")).expect("open the unfinished image");
+    let holder_addr = held
+        .watchers()
+        .unwrap()
+        .into_iter()
+        .find(|w| w.id as u64 == holder_id)
+        .expect("the holder watches the image")
+        .addr;
+
+    d.envs.clear();
+    d.spawn();
+    let mut ctl = d.controller().await;
+    let v = ctl
+        .create_volume(req.clone())
+        .await
+        .expect("the retry fences the holder and finishes")
+        .into_inner()
+        .volume
+        .unwrap();
+    let mine: Vec<String> = images()
+        .into_iter()
+        .filter(|i| i.contains(&uuid_of(&v.volume_id)))
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert!(
+        log.contains(&format!("client={holder_id}")) && log.contains("fenced"),
+        "the log names the fenced client: {log}"
+    );
+    let (_, list) = admin_cli("ceph", &["osd", "blocklist", "ls"]);
+    assert!(list.contains(&holder_addr), "{holder_addr} not in {list}");
+    let _ = admin_cli("ceph", &["osd", "blocklist", "rm", &holder_addr]);
+    drop(held);
+    drop(holder);
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: v.volume_id,
+        secrets: cluster().rbd_secrets(),
+    })
+    .await
+    .expect("delete");
+}
+
 /// Kills the driver at each step of each flow, restarts it and retries: the retry must
 /// finish the work and leave exactly the intended objects.
 #[tokio::test]
@@ -672,7 +737,12 @@ async fn crash_at_every_step_converges() {
     let mut extra: Vec<String> = Vec::new();
     let mut v: Option<pb::Volume> = None;
     let mut name = String::new();
-    for point in ["create.reserved", "create.image", "create.recorded"] {
+    for point in [
+        "create.claimed",
+        "create.image_made",
+        "create.image",
+        "create.recorded",
+    ] {
         name = unique("pvc-crash");
         let mut d = Driver::start(
             &["--type=rbd", "--controllerserver=true"],

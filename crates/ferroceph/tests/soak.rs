@@ -52,6 +52,17 @@ struct Stats {
     retries: AtomicU64,
     codes: Mutex<BTreeMap<String, u64>>,
     unexpected: Mutex<Vec<String>>,
+    /// The slowest operations: (time until success, what, attempts, last error).
+    slowest: Mutex<Vec<(Duration, String)>>,
+}
+
+impl Stats {
+    fn note_time(&self, took: Duration, what: String) {
+        let mut s = self.slowest.lock().unwrap();
+        s.push((took, what));
+        s.sort_by(|a, b| b.0.cmp(&a.0));
+        s.truncate(8);
+    }
 }
 
 /// Errors a CO retries after a driver crash: the connection broke (Unavailable, Unknown,
@@ -95,8 +106,10 @@ impl Ctx {
         F: FnMut(Ctl) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let deadline = Instant::now() + OP_DEADLINE;
+        let started = Instant::now();
+        let deadline = started + OP_DEADLINE;
         let mut last = String::from("no attempt");
+        let mut attempts = 0u32;
         loop {
             assert!(
                 Instant::now() < deadline,
@@ -111,8 +124,13 @@ impl Ctx {
                     continue;
                 }
             };
+            attempts += 1;
             match f(Ctl::new(ch)).await {
                 Ok(r) => {
+                    self.stats.note_time(
+                        started.elapsed(),
+                        format!("{what} after {attempts} attempts (last error: {last})"),
+                    );
                     self.stats.ops.fetch_add(1, Ordering::Relaxed);
                     self.stats.worker_ops[self.worker].fetch_add(1, Ordering::Relaxed);
                     return Some(r.into_inner());
@@ -127,6 +145,8 @@ impl Ctx {
                         .entry(format!("{:?}", e.code()))
                         .or_default() += 1;
                     if defer_busy && is_busy(&e) {
+                        self.stats
+                            .note_time(started.elapsed(), format!("{what} (deferred)"));
                         return None;
                     }
                     if !retryable(&e) {
@@ -433,9 +453,41 @@ fn env_u64(k: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Sets the OSDs' watch timeout for the life of the guard: how long a killed driver's
+/// watches keep pinning its images (30 s by default, which would dominate the run). Clients
+/// ping their watches every 5 s, so 10 s stays safe for the live ones.
+struct WatchTimeout;
+
+impl WatchTimeout {
+    fn set(secs: u64) -> WatchTimeout {
+        let (ok, out) = admin_cli(
+            "ceph",
+            &[
+                "config",
+                "set",
+                "osd",
+                "osd_client_watch_timeout",
+                &secs.to_string(),
+            ],
+        );
+        assert!(ok, "cannot set osd_client_watch_timeout: {out}");
+        WatchTimeout
+    }
+}
+
+impl Drop for WatchTimeout {
+    fn drop(&mut self) {
+        let (ok, out) = admin_cli("ceph", &["config", "rm", "osd", "osd_client_watch_timeout"]);
+        if !ok {
+            eprintln!("soak: cannot reset osd_client_watch_timeout: {out}");
+        }
+    }
+}
+
 async fn soak(min_kills: u64, minutes: u64, workers: usize) {
     let t0 = Instant::now();
     let c = cluster();
+    let _watch_timeout = WatchTimeout::set(env_u64("FERRO_SOAK_WATCH_TIMEOUT", 10));
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -507,6 +559,7 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
         let left = delete(ctx, d, false).await;
         assert!(left.is_none());
     }
+    eprintln!("soak: deferred deletions done after {:?}", t0.elapsed());
     let mut checked = 0;
     for (_, o) in &outs {
         for k in &o.kept {
@@ -528,6 +581,10 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
         assert!(delete(ctx, Deletion::Volume(id), false).await.is_none());
     }
 
+    eprintln!(
+        "soak: kept volumes checked and deleted after {:?}",
+        t0.elapsed()
+    );
     let uuids: Vec<String> = outs.iter().flat_map(|(_, o)| o.uuids.clone()).collect();
     let vol_names: Vec<String> = outs.iter().flat_map(|(_, o)| o.vol_names.clone()).collect();
     let snap_names: Vec<String> = outs
@@ -570,6 +627,7 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
+    eprintln!("soak: leak check done after {:?}", t0.elapsed());
     let keys_left = std::fs::read_dir(driver.lock().unwrap().dir.path().join("keys"))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -589,6 +647,9 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
         kill_phase.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
+    for (took, what) in stats.slowest.lock().unwrap().iter() {
+        println!("soak: slow: {:.1}s {what}", took.as_secs_f64());
+    }
     assert!(kills >= min_kills, "only {kills} kills");
     assert!(leaks.is_empty(), "leaked: {leaks:?}");
     assert_eq!(keys_left, 0, "key files left in the keys dir");

@@ -304,6 +304,9 @@ pub(crate) fn connect_handle(cfg: &ConnectConfig, mon_op_timeout: bool) -> Resul
         );
     }
 
+    sys::load().map_err(|why| {
+        Error::new("load the Ceph client libraries", libc::ELIBACC, "").with_detail(why)
+    })?;
     let mut h = sys::Rados::create(&user)
         .map_err(|e| Error::new("rados create", e, format!("for client.{user}")))?;
     for (name, value, required) in options(cfg, &mon_host, mon_op_timeout) {

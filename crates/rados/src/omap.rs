@@ -35,6 +35,24 @@ impl IoCtx {
             .map_err(|e| Error::new("omap set", e, self.ctx(obj)))
     }
 
+    /// Sets omap key `key` of the existing object `obj` to `value` unless the key already
+    /// holds a non-empty value, atomically and in one round trip. `Ok(false)`: the key was
+    /// taken, nothing changed. `NotFound` if the object does not exist.
+    pub fn omap_set_if_absent(&self, obj: &str, key: &str, value: &[u8]) -> Result<bool> {
+        let pair = [(key.as_bytes(), value)];
+        match self.raw().write_op(
+            obj,
+            &[
+                WriteAction::OmapCmpEq(key, b""),
+                WriteAction::OmapSet(&pair),
+            ],
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e == libc::ECANCELED => Ok(false),
+            Err(e) => Err(Error::new("omap set if absent", e, self.ctx(obj))),
+        }
+    }
+
     /// Creates `obj` exclusively and sets omap keys on it, atomically and in
     /// one round trip. If the object already exists this fails with
     /// [`crate::ErrorKind::AlreadyExists`] and changes nothing.

@@ -115,14 +115,108 @@ struct rbd_image_watcher_t {
 // Image option names (enum in librbd.h).
 pub(crate) const RBD_IMAGE_OPTION_FORMAT: c_int = 0;
 pub(crate) const RBD_IMAGE_OPTION_FEATURES: c_int = 1;
+const RBD_SNAP_CREATE_SKIP_QUIESCE: u32 = 1;
+const LIBRADOS_CMPXATTR_OP_EQ: u8 = 1;
 pub(crate) const RBD_IMAGE_OPTION_ORDER: c_int = 2;
 pub(crate) const RBD_IMAGE_OPTION_STRIPE_UNIT: c_int = 3;
 pub(crate) const RBD_IMAGE_OPTION_STRIPE_COUNT: c_int = 4;
 pub(crate) const RBD_IMAGE_OPTION_DATA_POOL: c_int = 10;
 pub(crate) const RBD_IMAGE_OPTION_CLONE_FORMAT: c_int = 12;
 
-#[link(name = "rados")]
-extern "C" {
+// The libraries are opened on first use (`dlopen`), not linked: a process that never talks
+// to Ceph — an idle node plugin, the `client` subcommand — then never maps librados, librbd
+// and libceph-common, whose pages are most of a linked binary's resident memory.
+macro_rules! ceph_api {
+    ($(
+        lib $lib:ident = $soname:literal;
+        $( fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?; )*
+    )*) => {
+        /// Entry points resolved from the Ceph client libraries.
+        struct Api {
+            $($( $name: unsafe extern "C" fn($($ty),*) $(-> $ret)?, )*)*
+        }
+
+        fn load_api() -> Result<Api, String> {
+            $(
+                let $lib = open_library($soname)?;
+            )*
+            // SAFETY: each symbol is looked up in the library that defines it and cast to
+            // the signature declared for it above (checked against the installed headers).
+            unsafe {
+                Ok(Api {
+                    $($( $name: std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($ty),*) $(-> $ret)?>(
+                        symbol($lib, $soname, concat!(stringify!($name), "\0"))?,
+                    ), )*)*
+                })
+            }
+        }
+
+        $($(
+            unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+                (api().$name)($($arg),*)
+            }
+        )*)*
+    };
+}
+
+static API: std::sync::OnceLock<Result<Api, String>> = std::sync::OnceLock::new();
+
+/// Opens librados and librbd once; the error says which library or symbol is missing.
+pub(crate) fn load() -> Result<(), String> {
+    match API.get_or_init(load_api) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+fn api() -> &'static Api {
+    match API.get_or_init(load_api) {
+        Ok(api) => api,
+        // Unreachable in practice: every handle starts from `Rados::create`, which calls
+        // `load` and fails cleanly when the libraries are missing.
+        Err(e) => panic!("Ceph client libraries unavailable: {e}"),
+    }
+}
+
+fn open_library(soname: &str) -> Result<*mut c_void, String> {
+    let name = cstr(soname).map_err(|_| format!("bad library name {soname}"))?;
+    // SAFETY: a valid C string; the handle is never closed (librados does not support
+    // being unloaded), so symbols stay valid for the life of the process.
+    let h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if h.is_null() {
+        return Err(format!(
+            "cannot load {soname} ({}); install the Ceph client libraries (Debian: librados2, librbd1)",
+            dl_error()
+        ));
+    }
+    Ok(h)
+}
+
+/// # Safety
+/// `lib` is a handle from `open_library`; `name` ends with a NUL byte.
+unsafe fn symbol(lib: *mut c_void, soname: &str, name: &str) -> Result<*mut c_void, String> {
+    let p = libc::dlsym(lib, name.as_ptr().cast());
+    if p.is_null() {
+        return Err(format!(
+            "{soname} has no symbol {} (Ceph 16 or newer is needed)",
+            name.trim_end_matches('\0')
+        ));
+    }
+    Ok(p)
+}
+
+fn dl_error() -> String {
+    // SAFETY: dlerror returns NULL or a valid C string owned by libc.
+    let e = unsafe { libc::dlerror() };
+    if e.is_null() {
+        "unknown error".into()
+    } else {
+        copy_cstr(e)
+    }
+}
+
+ceph_api! {
+    lib rados = "librados.so.2";
     fn rados_create(cluster: *mut rados_t, id: *const c_char) -> c_int;
     fn rados_conf_set(cluster: rados_t, option: *const c_char, value: *const c_char) -> c_int;
     fn rados_connect(cluster: rados_t) -> c_int;
@@ -196,6 +290,14 @@ extern "C" {
         val_lens: *const size_t,
         num: size_t,
     );
+    fn rados_write_op_omap_cmp(
+        write_op: rados_write_op_t,
+        key: *const c_char,
+        comparison_operator: u8,
+        val: *const c_char,
+        val_len: size_t,
+        prval: *mut c_int,
+    );
     fn rados_write_op_omap_rm_keys2(
         write_op: rados_write_op_t,
         keys: *const *const c_char,
@@ -235,10 +337,8 @@ extern "C" {
         oid: *const c_char,
         flags: c_int,
     ) -> c_int;
-}
 
-#[link(name = "rbd")]
-extern "C" {
+    lib rbd = "librbd.so.1";
     fn rbd_image_options_create(opts: *mut rbd_image_options_t);
     fn rbd_image_options_destroy(opts: rbd_image_options_t);
     fn rbd_image_options_set_string(
@@ -329,7 +429,13 @@ extern "C" {
         max_snaps: *mut c_int,
     ) -> c_int;
     fn rbd_snap_list_end(snaps: *mut rbd_snap_info_t);
-    fn rbd_snap_create(image: rbd_image_t, snapname: *const c_char) -> c_int;
+    fn rbd_snap_create2(
+        image: rbd_image_t,
+        snapname: *const c_char,
+        flags: u32,
+        cb: Option<unsafe extern "C" fn(u64, u64, *mut c_void) -> c_int>,
+        cbdata: *mut c_void,
+    ) -> c_int;
     fn rbd_snap_remove(image: rbd_image_t, snapname: *const c_char) -> c_int;
     fn rbd_snap_protect(image: rbd_image_t, snap_name: *const c_char) -> c_int;
     fn rbd_snap_unprotect(image: rbd_image_t, snap_name: *const c_char) -> c_int;
@@ -662,7 +768,10 @@ impl Ioctx {
     pub(crate) fn write_op(&self, oid: &str, actions: &[WriteAction<'_>]) -> SysResult<()> {
         let o = cstr(oid)?;
         let op = WriteOp::new()?;
-        for a in actions {
+        // Written by librados during `operate`; declared before use, never resized.
+        let mut prvals: Vec<c_int> = vec![0; actions.len()];
+        let mut keys_kept: Vec<CString> = Vec::new();
+        for (i, a) in actions.iter().enumerate() {
             match a {
                 WriteAction::Create { exclusive } => {
                     // SAFETY: valid op; category is ignored and may be NULL.
@@ -691,6 +800,22 @@ impl Ioctx {
                             pairs.len(),
                         )
                     }
+                }
+                WriteAction::OmapCmpEq(key, val) => {
+                    let k = cstr(key)?;
+                    // SAFETY: valid op and C string; `val` is valid for its length and
+                    // copied into the op; `prvals[i]` outlives `operate` below.
+                    unsafe {
+                        rados_write_op_omap_cmp(
+                            op.0,
+                            k.as_ptr(),
+                            LIBRADOS_CMPXATTR_OP_EQ,
+                            val.as_ptr().cast(),
+                            val.len(),
+                            &mut prvals[i],
+                        )
+                    }
+                    keys_kept.push(k);
                 }
                 WriteAction::OmapRmKeys(ks) => {
                     if ks.is_empty() {
@@ -788,9 +913,14 @@ impl Drop for Ioctx {
 
 /// One step of a compound write operation.
 pub(crate) enum WriteAction<'a> {
-    Create { exclusive: bool },
+    Create {
+        exclusive: bool,
+    },
     OmapSet(&'a [(&'a [u8], &'a [u8])]),
     OmapRmKeys(&'a [&'a [u8]]),
+    /// Fails the whole op with `ECANCELED` unless omap key `.0` holds `.1`; a missing key
+    /// compares as empty.
+    OmapCmpEq(&'a str, &'a [u8]),
 }
 
 struct WriteOp(rados_write_op_t);
@@ -1219,10 +1349,22 @@ impl Image {
         rc(unsafe { rbd_metadata_remove(self.ptr, k.as_ptr()) }).map(drop)
     }
 
+    /// Creates a snapshot without asking the image's clients to quiesce first: quiesce
+    /// hooks are an rbd-nbd opt-in this project never enables, and a client that died
+    /// with the image open would make every request wait until Ceph drops its watch.
     pub(crate) fn snap_create(&self, name: &str) -> SysResult<()> {
         let n = cstr(name)?;
-        // SAFETY: valid image and C string.
-        rc(unsafe { rbd_snap_create(self.ptr, n.as_ptr()) }).map(drop)
+        // SAFETY: valid image and C string; no progress callback.
+        rc(unsafe {
+            rbd_snap_create2(
+                self.ptr,
+                n.as_ptr(),
+                RBD_SNAP_CREATE_SKIP_QUIESCE,
+                None,
+                ptr::null_mut(),
+            )
+        })
+        .map(drop)
     }
 
     pub(crate) fn snap_remove(&self, name: &str) -> SysResult<()> {

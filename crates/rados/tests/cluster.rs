@@ -473,6 +473,25 @@ fn omap_round_trip() {
 }
 
 #[test]
+fn omap_set_if_absent_claims_a_key_once() {
+    let io = admin_ioctx();
+    let g = ObjGuard {
+        io: &io,
+        name: unique("omap-claim"),
+    };
+    let obj = g.name.as_str();
+    // no object yet: NotFound, and nothing is created
+    fails!(io.omap_set_if_absent(obj, "k", b"1"), ErrorKind::NotFound);
+    fails!(io.omap_get(obj, &["k"]), ErrorKind::NotFound);
+    t!(io.omap_set(obj, &[("other", b"o")]));
+    assert!(t!(io.omap_set_if_absent(obj, "k", b"1")));
+    assert!(!t!(io.omap_set_if_absent(obj, "k", b"2")));
+    let got = t!(io.omap_get(obj, &["k", "other"]));
+    assert_eq!(got.get("k").map(Vec::as_slice), Some(b"1".as_slice()));
+    assert_eq!(got.get("other").map(Vec::as_slice), Some(b"o".as_slice()));
+}
+
+#[test]
 fn create_with_omap_is_atomic() {
     let io = admin_ioctx();
     let g = ObjGuard {

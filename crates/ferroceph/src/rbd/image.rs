@@ -4,7 +4,7 @@
 //! and never leaves an image or omap key behind.
 
 use crate::ceph::{crash_point, status};
-use crate::journal::{self, Attrs, Entry, Journal, JournalError, Kind, Lookup};
+use crate::journal::{self, Attrs, Claim, Entry, Journal, JournalError, Kind, Lookup};
 use crate::listing::uuid_tail;
 use crate::rbd::params::RbdParams;
 use crate::validate;
@@ -203,6 +203,33 @@ fn find(journal: &Journal<'_>, name: &str) -> Result<Option<Entry>, Status> {
     }
 }
 
+/// Like [`find`], but a directory key whose entry object is missing is adopted rather than
+/// dropped: [`create_blank_fresh`] writes the entry and the image at the same time, so the
+/// image of a crashed attempt may exist under that uuid; adopting the entry makes the
+/// retry remove and remake it instead of leaking it.
+fn find_volume(journal: &Journal<'_>, spec: &CreateSpec<'_>) -> Result<Option<Entry>, Status> {
+    match journal
+        .lookup(spec.name)
+        .map_err(|e| jerr("journal lookup", e))?
+    {
+        Lookup::Found(entry) => Ok(Some(entry)),
+        Lookup::Dangling { uuid } => {
+            let attrs = new_volume_attrs(spec, &uuid);
+            match journal.write_entry(spec.name, &uuid, &attrs) {
+                Ok(()) => Ok(Some(Entry {
+                    uuid,
+                    pool_id: None,
+                    attrs,
+                })),
+                // the entry object belongs to another name: the key was dropped
+                Err(JournalError::UuidClash(_)) => Ok(None),
+                Err(e) => Err(jerr("journal reserve", e)),
+            }
+        }
+        Lookup::Absent => Ok(None),
+    }
+}
+
 /// Reserves `name` under a fresh uuid with `attrs` (plus the image name).
 fn reserve_new(
     journal: &Journal<'_>,
@@ -246,14 +273,70 @@ fn discard_unfinished(place: &Place<'_>, image: &str) -> Result<(), Status> {
             )?;
         }
     }
-    match rbd::remove(&place.io, image) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) if e.kind() == ErrorKind::Busy => Err(Status::aborted(format!(
-            "image {image} from an interrupted attempt is still open by its (dead) client; Ceph drops it within 30 s, retry then: {e}"
-        ))),
-        Err(e) => Err(status("remove an unfinished image", &e)),
+    let mut fenced = 0;
+    for attempt in 0..8 {
+        match rbd::remove(&place.io, image) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Busy && attempt == 0 => {
+                fenced = fence_watchers(place, image)?;
+                if fenced == 0 {
+                    return Err(still_open(image, &e));
+                }
+            }
+            // the OSDs drop a fenced client's watch once they see the new OSD map
+            Err(e) if e.kind() == ErrorKind::Busy && attempt < 7 => {
+                tracing::debug!(image, fenced, "waiting for the fenced watch to go: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            Err(e) if e.kind() == ErrorKind::Busy => return Err(still_open(image, &e)),
+            Err(e) => return Err(status("remove an unfinished image", &e)),
+        }
     }
+    Ok(())
+}
+
+fn still_open(image: &str, e: &rados::Error) -> Status {
+    Status::aborted(format!(
+        "image {image} from an interrupted attempt is still open by another client; retry: {e}"
+    ))
+}
+
+/// Blocklists the clients other than this process that still watch `image`, an image of
+/// an unfinished journal entry: it was never handed out, so only a driver instance that
+/// was making it can have it open, and that instance is dead or stuck. Ceph normally drops
+/// a dead client's watch after 30 s, but keeps it for good when the client died while
+/// registering it; fencing drops it at once. Returns how many clients were fenced.
+fn fence_watchers(place: &Place<'_>, image: &str) -> Result<usize, Status> {
+    let Some(img) = place.open_read_only(image)? else {
+        return Ok(0);
+    };
+    let watchers = img
+        .watchers()
+        .map_err(|e| status("list the clients of an unfinished image", &e))?;
+    drop(img);
+    let me = i64::try_from(place.cluster.instance_id()).unwrap_or(-1);
+    let mut fenced = 0;
+    for w in watchers.iter().filter(|w| w.id != me) {
+        let cmd = serde_json::json!({
+            "prefix": "osd blocklist",
+            "blocklistop": "add",
+            "addr": w.addr,
+            "expire": 3600.0,
+        });
+        place
+            .cluster
+            .mon_command(&cmd.to_string(), &[])
+            .map_err(|e| status(&format!("fence client.{} ({})", w.id, w.addr), &e))?;
+        tracing::warn!(
+            image,
+            client = w.id,
+            addr = %w.addr,
+            "fenced (blocklisted for 1 h) a client that still had an unfinished image open"
+        );
+        fenced += 1;
+    }
+    Ok(fenced)
 }
 
 /// Best-effort undo of a creation that failed (not crashed): whatever this name got so
@@ -266,6 +349,18 @@ fn rollback(
     images: &[&str],
     temp_snap: Option<(&str, &str)>,
 ) {
+    rollback_images(place, images);
+    if let Some((src, snap)) = temp_snap {
+        if let Ok(Some(img)) = place.open(src) {
+            let _ = img.snap_remove(snap);
+        }
+    }
+    if let Err(e) = journal.release(&entry.uuid, Some(name)) {
+        tracing::warn!(name, "rollback could not release the journal entry: {e}");
+    }
+}
+
+fn rollback_images(place: &Place<'_>, images: &[&str]) {
     for image in images {
         if let Ok(Some(img)) = place.open(image) {
             let _ = img.snap_remove(image);
@@ -280,14 +375,6 @@ fn rollback(
                 }
             }
         }
-    }
-    if let Some((src, snap)) = temp_snap {
-        if let Ok(Some(img)) = place.open(src) {
-            let _ = img.snap_remove(snap);
-        }
-    }
-    if let Err(e) = journal.release(&entry.uuid, Some(name)) {
-        tracing::warn!(name, "rollback could not release the journal entry: {e}");
     }
 }
 
@@ -358,9 +445,117 @@ fn image_spec(io: &IoCtx, image: &str) -> String {
     }
 }
 
+/// The journal keys a new volume entry starts with (the name key is added by the journal).
+fn new_volume_attrs(spec: &CreateSpec<'_>, uuid: &str) -> Attrs {
+    let mut attrs = Attrs::new();
+    if let Some(ns) = &spec.params.pvc_namespace {
+        attrs.insert(journal::OWNER.to_string(), ns.clone());
+    }
+    if !spec.source_id.is_empty() {
+        attrs.insert(SOURCE_KEY.to_string(), spec.source_id.to_string());
+    }
+    attrs.insert(
+        journal::IMAGE_NAME.to_string(),
+        format!("{}{uuid}", spec.params.vol_prefix),
+    );
+    attrs
+}
+
+/// The common case of a blank volume under a name never seen before, in as few sequential
+/// round trips as the Ceph work allows: the name is claimed without a lookup first (one
+/// guarded write), then the journal entry and the image are written at the same time. Both
+/// are trusted only once the image id lands in the entry, so a crash in between leaves an
+/// unfinished entry the next call finds and remakes. None: the name is known already (or
+/// this pool has no journal yet), take the general path.
+fn create_blank_fresh(
+    place: &Place<'_>,
+    journal: &Journal<'_>,
+    spec: &CreateSpec<'_>,
+) -> Result<Option<Created>, Status> {
+    let opts = image_options(spec.params, spec.size)?;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    match journal
+        .claim(spec.name, &uuid)
+        .map_err(|e| jerr("journal reserve", e))?
+    {
+        Claim::Claimed => {}
+        Claim::Taken | Claim::NoDirectory => return Ok(None),
+    }
+    crash_point("create.claimed");
+    let attrs = new_volume_attrs(spec, &uuid);
+    let entry = Entry {
+        uuid,
+        pool_id: None,
+        attrs,
+    };
+    let image = entry_image(&entry, &spec.params.vol_prefix);
+    // An io context serves one thread at a time: the image gets its own.
+    let image_io = place
+        .cluster
+        .ioctx_by_id(place.pool_id, place.io.namespace())
+        .map_err(|e| status("open pool", &e))?;
+    let (entry_written, image_made) = std::thread::scope(|s| {
+        let (name, opts) = (&image, &opts);
+        let making = s.spawn(move || {
+            let made = rbd::create(&image_io, name, opts);
+            // the entry may or may not be written yet when a crash comes here
+            crash_point("create.image_made");
+            made
+        });
+        let written = journal.write_entry(spec.name, &entry.uuid, &entry.attrs);
+        (written, making.join())
+    });
+    let image_made: Result<(), (ErrorKind, Status)> = match image_made {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err((e.kind(), fresh_image_error(&image, &e))),
+        Err(_) => Err((
+            ErrorKind::Other,
+            Status::internal("the thread creating the image panicked"),
+        )),
+    };
+    let ours: &[&str] = match &image_made {
+        // someone else's image under this name (a uuid collision): never touch it
+        Err((ErrorKind::AlreadyExists, _)) => &[],
+        _ => &[image.as_str()],
+    };
+    match entry_written {
+        Ok(()) => {}
+        Err(JournalError::UuidClash(_)) => {
+            // The uuid belongs to another entry; the journal already dropped our claim.
+            rollback_images(place, ours);
+            return Ok(None);
+        }
+        Err(e) => {
+            rollback(place, journal, &entry, spec.name, ours, None);
+            return Err(jerr("journal reserve", e));
+        }
+    }
+    if let Err((_, e)) = image_made {
+        rollback(place, journal, &entry, spec.name, ours, None);
+        return Err(e);
+    }
+    crash_point("create.image");
+    match finish_volume(place, journal, &entry, &image, spec) {
+        Ok(size) => Ok(Some(Created {
+            uuid: entry.uuid,
+            image,
+            size,
+        })),
+        Err(e) => {
+            rollback(place, journal, &entry, spec.name, &[&image], None);
+            Err(e)
+        }
+    }
+}
+
 pub fn create_volume(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Created, Status> {
     let journal = place.volumes();
-    let found = find(&journal, spec.name)?;
+    if spec.source == Source::Blank {
+        if let Some(created) = create_blank_fresh(place, &journal, spec)? {
+            return Ok(created);
+        }
+    }
+    let found = find_volume(&journal, spec)?;
     if let Some(entry) = &found {
         let recorded_source = entry.attr(SOURCE_KEY).unwrap_or("");
         if recorded_source != spec.source_id {
@@ -393,13 +588,8 @@ pub fn create_volume(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Created
     let entry = match found {
         Some(entry) => entry,
         None => {
-            let mut attrs = Attrs::new();
-            if let Some(ns) = &spec.params.pvc_namespace {
-                attrs.insert(journal::OWNER.to_string(), ns.clone());
-            }
-            if !spec.source_id.is_empty() {
-                attrs.insert(SOURCE_KEY.to_string(), spec.source_id.to_string());
-            }
+            let mut attrs = new_volume_attrs(spec, "");
+            attrs.remove(journal::IMAGE_NAME);
             reserve_new(&journal, spec.name, &spec.params.vol_prefix, attrs)?
         }
     };
