@@ -152,6 +152,7 @@ macro_rules! ceph_api {
         }
 
         $($(
+            #[allow(clippy::too_many_arguments)]
             unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
                 (api().$name)($($arg),*)
             }
