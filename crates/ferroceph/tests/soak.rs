@@ -60,7 +60,7 @@ impl Stats {
     fn note_time(&self, took: Duration, what: String) {
         let mut s = self.slowest.lock().unwrap();
         s.push((took, what));
-        s.sort_by(|a, b| b.0.cmp(&a.0));
+        s.sort_by_key(|e| std::cmp::Reverse(e.0));
         s.truncate(8);
     }
 }
