@@ -16,6 +16,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 rm -rf target/tmp/ferroceph-logs
 cargo test --workspace --locked
 cargo test --locked -p ferroceph --test outage -- --ignored --test-threads=1
+# Crash soak, short form: >= 20 SIGKILLs under a mixed workload, then no leaks.
+soak_log=$(mktemp /tmp/ferroceph-soak.XXXXXX)
+if ! cargo test --locked -p ferroceph --test soak -- --ignored --nocapture soak_short >"$soak_log" 2>&1; then
+    tail -n 80 "$soak_log"
+    rm -f "$soak_log"
+    exit 1
+fi
+grep -E '^(soak:|SOAK RESULT)' "$soak_log" || true
+rm -f "$soak_log"
 ./scripts/pool-check.sh check
 ./scripts/secrets-audit.sh
 # Each fuzz target briefly (scripts/fuzz.sh 3600 for a long hunt).
