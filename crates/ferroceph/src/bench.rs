@@ -31,6 +31,15 @@ pub struct BenchArgs {
     /// RBD pool to use.
     #[arg(long, default_value = "rbd")]
     pub pool: String,
+    /// Node rounds (fresh volume, stage+publish, unpublish+unstage) through the FUSE
+    /// attachments, for RBD and for CephFS.
+    #[arg(long, default_value_t = 5)]
+    pub node_rounds: usize,
+    /// KEY=VALUE file with the cluster coordinates, used when FERRO_MONITORS is not in the
+    /// environment (default: the dev cluster's `$FERROCEPH_CLUSTER_DIR/env`, i.e.
+    /// /var/tmp/ferroceph-cluster/env). Keeps the keys out of every process environment.
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
 }
 
 struct Env {
@@ -42,11 +51,33 @@ struct Env {
     key: String,
 }
 
-fn env() -> anyhow::Result<Env> {
+fn env(file: Option<&Path>) -> anyhow::Result<Env> {
+    let from_file: HashMap<String, String> = if std::env::var_os("FERRO_MONITORS").is_some() {
+        HashMap::new()
+    } else {
+        let path = file.map(Path::to_path_buf).unwrap_or_else(|| {
+            let dir = std::env::var_os("FERROCEPH_CLUSTER_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/tmp/ferroceph-cluster"));
+            dir.join("env")
+        });
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the cluster coordinates from {}: {e} (start the dev cluster with \
+                 `scripts/dev-cluster.sh up`, or pass --env-file)",
+                path.display()
+            )
+        })?;
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
+    };
     let get = |k: &str| {
-        std::env::var(k).map_err(|_| {
-            anyhow::anyhow!("{k} is not set: run `eval \"$(scripts/dev-cluster.sh env)\"` first")
-        })
+        std::env::var(k)
+            .ok()
+            .or_else(|| from_file.get(k).cloned())
+            .ok_or_else(|| anyhow::anyhow!("{k} is not set in the environment or the env file"))
     };
     let cephfs = match (
         get("FERRO_CEPHFS_USER"),
@@ -108,7 +139,29 @@ fn spawn_driver(e: &Env) -> anyhow::Result<(DriverProc, Instant)> {
     spawn_typed(e, "rbd")
 }
 
+/// Flags of a driver process that serves both the controller and the node service.
+const CONTROLLER_AND_NODE: &[&str] = &[
+    "--controllerserver=true",
+    "--nodeserver=true",
+    "--nodeid=bench",
+];
+
+/// Flags of a node plugin alone, as it runs on every node of a cluster.
+const NODE_ONLY: &[&str] = &["--nodeserver=true", "--nodeid=bench-node"];
+
 fn spawn_typed(e: &Env, driver_type: &str) -> anyhow::Result<(DriverProc, Instant)> {
+    spawn_with(e, driver_type, CONTROLLER_AND_NODE)
+}
+
+fn spawn_node(e: &Env, driver_type: &str) -> anyhow::Result<(DriverProc, Instant)> {
+    spawn_with(e, driver_type, NODE_ONLY)
+}
+
+fn spawn_with(
+    e: &Env,
+    driver_type: &str,
+    services: &[&str],
+) -> anyhow::Result<(DriverProc, Instant)> {
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("csi.sock");
     let config = dir.path().join("config.json");
@@ -119,17 +172,17 @@ fn spawn_typed(e: &Env, driver_type: &str) -> anyhow::Result<(DriverProc, Instan
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let child = std::process::Command::new(exe)
-        .args([
-            &format!("--type={driver_type}"),
-            "--controllerserver=true",
-            "--nodeserver=true",
-            "--nodeid=bench",
-            "--metricsport=0",
-        ])
+        .arg(format!("--type={driver_type}"))
+        .args(services)
+        .arg("--metricsport=0")
         .arg(format!("--endpoint=unix://{}", socket.display()))
         .arg(format!("--configpath={}", config.display()))
         .arg(format!("--keysdir={}", dir.path().join("keys").display()))
         .env("FERROCEPH_LOG", "warn")
+        // the driver gets keys only with requests, never from its environment
+        .env_remove("FERRO_ADMIN_KEY")
+        .env_remove("FERRO_RBD_KEY")
+        .env_remove("FERRO_CEPHFS_KEY")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
@@ -158,6 +211,18 @@ async fn wait_probe(socket: &Path) -> anyhow::Result<Channel> {
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
+}
+
+/// The anonymous part of a process's RSS (heap, stacks), KiB: the rest is file-backed pages
+/// of the binary and the shared libraries it maps.
+fn anon_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> (u64, u64) {
@@ -377,34 +442,507 @@ fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(Stats, S
     Ok((seq_c, seq_d, create_rate, delete_rate))
 }
 
-/// CephFS CreateVolume / DeleteVolume, sequential, after one warm-up create.
-async fn cephfs_bench(e: &Env, n: usize) -> anyhow::Result<Option<(Stats, Stats)>> {
+type Ctl = pb::controller_client::ControllerClient<Channel>;
+type Node = pb::node_client::NodeClient<Channel>;
+
+/// A mount capability with an access mode and a filesystem type ("" = the driver's).
+fn mount_cap(
+    mode: pb::volume_capability::access_mode::Mode,
+    fs_type: &str,
+) -> pb::VolumeCapability {
+    pb::VolumeCapability {
+        access_type: Some(pb::volume_capability::AccessType::Mount(
+            pb::volume_capability::MountVolume {
+                fs_type: fs_type.to_string(),
+                ..Default::default()
+            },
+        )),
+        access_mode: Some(pb::volume_capability::AccessMode { mode: mode as i32 }),
+    }
+}
+
+/// Median, p90 and max of a figure, for the JSON line.
+fn summary(s: &Stats) -> serde_json::Value {
+    json!({"median": s.median(), "p90": s.pct(0.9), "max": s.max()})
+}
+
+/// Staging and target paths of node rounds, under one temporary directory. `cleanup`
+/// runs after the rounds, also after a failed one: it detaches whatever is still mounted
+/// there, with its loop devices, RBD FUSE exporters and ceph-fuse processes, and removes
+/// the directory only once nothing is mounted under it.
+struct NodeScratch {
+    root: PathBuf,
+    staged: Vec<PathBuf>,
+}
+
+impl NodeScratch {
+    fn new(tag: &str) -> anyhow::Result<NodeScratch> {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("ferroceph-bench-{tag}-"))
+            .tempdir()?
+            .keep();
+        Ok(NodeScratch {
+            root,
+            staged: Vec::new(),
+        })
+    }
+
+    /// Fresh (staging, target) paths for round `i`.
+    fn paths(&mut self, i: usize) -> (PathBuf, PathBuf) {
+        let base = self.root.join(format!("round-{i}"));
+        let staging = base.join("globalmount");
+        self.staged.push(staging.clone());
+        (staging, base.join("pod/mount"))
+    }
+
+    /// Mount points under the directory, deepest first.
+    fn mounts(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = crate::node::mount::mounts()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(&self.root))
+            .collect();
+        v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        v.dedup();
+        v
+    }
+
+    /// Loop devices whose backing file lies under the directory.
+    fn loops(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir("/sys/block") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
+            .filter(|dev| {
+                crate::rbd::attach::fuse::loop_backing(dev)
+                    .is_some_and(|b| b.starts_with(&self.root))
+            })
+            .collect()
+    }
+
+    async fn cleanup(self) {
+        let t = Duration::from_secs(30);
+        let loops = self.loops();
+        for m in self.mounts() {
+            eprintln!("bench: cleanup: unmounting {}", m.display());
+            if let Err(e) = crate::cephfs::mounter::lazy_unmount(&m, t).await {
+                eprintln!("bench: cleanup: {}", e.message());
+            }
+        }
+        for dev in loops {
+            eprintln!("bench: cleanup: detaching {dev}");
+            let _ = crate::node::exec::output("losetup", &["-d", &dev], &[], t).await;
+        }
+        for staging in &self.staged {
+            let fuse_dir = crate::node::record::paths(staging).fuse_dir;
+            for (pid, start) in crate::rbd::attach::fuse::find_exporters(&fuse_dir) {
+                eprintln!("bench: cleanup: stopping the FUSE exporter {pid}");
+                crate::rbd::attach::stop_process(pid, start, Duration::from_secs(10)).await;
+            }
+            if let Some(p) = crate::cephfs::mounter::find_fuse(staging) {
+                eprintln!("bench: cleanup: stopping ceph-fuse {}", p.pid);
+                crate::cephfs::mounter::stop_fuse(p, Duration::from_secs(5)).await;
+            }
+        }
+        // what the exporters held until they stopped
+        for m in self.mounts() {
+            let _ = crate::cephfs::mounter::lazy_unmount(&m, t).await;
+        }
+        if self.mounts().is_empty() {
+            if let Err(e) = std::fs::remove_dir_all(&self.root) {
+                eprintln!("bench: cleanup: cannot remove {}: {e}", self.root.display());
+            }
+        } else {
+            eprintln!(
+                "bench: cleanup: {} is left behind: something is still mounted under it",
+                self.root.display()
+            );
+        }
+    }
+}
+
+/// What the node rounds of one driver type ask for: the CreateVolume request (its name
+/// is set per round), the capability to stage and publish with, the secrets (for the
+/// controller's DeleteVolume and the node's NodeStageVolume), and volume_context entries
+/// to add on the node side; `staged_by` reads which mounter staged a staging path (from
+/// the plugin's record), to make sure the rounds measure the path they claim to.
+struct NodeKind {
+    driver_type: &'static str,
+    staged_by: fn(&Path) -> Option<String>,
+    create: pb::CreateVolumeRequest,
+    cap: pb::VolumeCapability,
+    secrets: HashMap<String, String>,
+    context: HashMap<String, String>,
+}
+
+/// The node plugin's figures: memory (RSS KiB, threads) right after its first Probe and
+/// after the rounds, and the latencies of the rounds.
+struct NodeFigures {
+    idle: (u64, u64),
+    after: (u64, u64),
+    stage_publish: Stats,
+    unpublish_unstage: Stats,
+}
+
+/// The first NodeStageVolume+NodePublishVolume failed: the attachment does not work on
+/// this machine (as opposed to a failure after it worked once).
+#[derive(Debug)]
+struct FirstStageFailed(String);
+
+impl std::fmt::Display for FirstStageFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the first NodeStage+NodePublish failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for FirstStageFailed {}
+
+/// A provisioned volume as the node requests name it.
+struct NodeVol<'a> {
+    id: String,
+    context: HashMap<String, String>,
+    kind: &'a NodeKind,
+}
+
+async fn stage_publish(
+    node: &mut Node,
+    v: &NodeVol<'_>,
+    staging: &Path,
+    target: &Path,
+) -> anyhow::Result<()> {
+    node.node_stage_volume(pb::NodeStageVolumeRequest {
+        volume_id: v.id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(v.kind.cap.clone()),
+        secrets: v.kind.secrets.clone(),
+        volume_context: v.context.clone(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("NodeStageVolume: {}: {}", s.code(), s.message()))?;
+    node.node_publish_volume(pb::NodePublishVolumeRequest {
+        volume_id: v.id.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(v.kind.cap.clone()),
+        volume_context: v.context.clone(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("NodePublishVolume: {}: {}", s.code(), s.message()))?;
+    Ok(())
+}
+
+async fn unpublish_unstage(
+    node: &mut Node,
+    v: &NodeVol<'_>,
+    staging: &Path,
+    target: &Path,
+) -> anyhow::Result<()> {
+    node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+        volume_id: v.id.clone(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("NodeUnpublishVolume: {}: {}", s.code(), s.message()))?;
+    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+        volume_id: v.id.clone(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("NodeUnstageVolume: {}: {}", s.code(), s.message()))?;
+    Ok(())
+}
+
+/// One round on a provisioned volume: (stage+publish, unpublish+unstage). After a
+/// failure the volume is unpublished and unstaged as far as the plugin manages.
+async fn node_round(
+    node: &mut Node,
+    v: &NodeVol<'_>,
+    staging: &Path,
+    target: &Path,
+    first: bool,
+) -> anyhow::Result<(Duration, Duration)> {
+    let t = Instant::now();
+    let up = stage_publish(node, v, staging, target).await;
+    let up_t = t.elapsed();
+    let up = up.and_then(|()| match (v.kind.staged_by)(staging) {
+        Some(m) if m == "fuse" => Ok(()),
+        other => Err(anyhow::anyhow!(
+            "staged through {}, not the FUSE path",
+            other.as_deref().unwrap_or("an unknown mounter (no record)")
+        )),
+    });
+    if let Err(e) = up {
+        let _ = unpublish_unstage(node, v, staging, target).await;
+        return Err(if first {
+            FirstStageFailed(format!("{e:#}")).into()
+        } else {
+            e
+        });
+    }
+    let t = Instant::now();
+    let down = unpublish_unstage(node, v, staging, target).await;
+    let down_t = t.elapsed();
+    if let Err(e) = down {
+        let _ = unpublish_unstage(node, v, staging, target).await;
+        return Err(e);
+    }
+    Ok((up_t, down_t))
+}
+
+async fn delete_volume(
+    ctl: &mut Ctl,
+    id: &str,
+    secrets: &HashMap<String, String>,
+) -> anyhow::Result<()> {
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: id.to_string(),
+        secrets: secrets.clone(),
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("DeleteVolume {id}: {}: {}", s.code(), s.message()))?;
+    Ok(())
+}
+
+/// The rounds: per round the controller creates a fresh volume (not timed), the node
+/// stages+publishes it and unpublishes+unstages it (timed), and the controller deletes
+/// it. `live` holds the volumes not deleted yet, for the cleanup after a failure.
+async fn node_rounds(
+    ctl: &mut Ctl,
+    node: &mut Node,
+    kind: &NodeKind,
+    prefix: &str,
+    rounds: usize,
+    scratch: &mut NodeScratch,
+    live: &mut Vec<String>,
+) -> anyhow::Result<(Stats, Stats)> {
+    let (mut up, mut down) = (Stats::default(), Stats::default());
+    for i in 0..rounds {
+        let mut req = kind.create.clone();
+        req.name = format!("{prefix}-{i}");
+        let vol = ctl
+            .create_volume(req)
+            .await
+            .map_err(|s| anyhow::anyhow!("CreateVolume: {}: {}", s.code(), s.message()))?
+            .into_inner()
+            .volume
+            .ok_or_else(|| anyhow::anyhow!("CreateVolume answered no volume"))?;
+        live.push(vol.volume_id.clone());
+        let mut context = vol.volume_context;
+        context.extend(kind.context.clone());
+        let v = NodeVol {
+            id: vol.volume_id,
+            context,
+            kind,
+        };
+        let (staging, target) = scratch.paths(i);
+        let (u, d) = node_round(node, &v, &staging, &target, i == 0).await?;
+        up.push(u);
+        down.push(d);
+        delete_volume(ctl, &v.id, &kind.secrets).await?;
+        live.retain(|id| id != &v.id);
+    }
+    Ok((up, down))
+}
+
+/// A node plugin of its own (node service only), its memory idle and after `rounds`
+/// node rounds through `ctl_ch`'s controller. Whatever a failed round leaves behind is
+/// unmounted, stopped and deleted before the error is returned.
+async fn node_bench(
+    ctl_ch: &Channel,
+    e: &Env,
+    kind: &NodeKind,
+    prefix: &str,
+    rounds: usize,
+) -> anyhow::Result<NodeFigures> {
+    let (d, _) = spawn_node(e, kind.driver_type)?;
+    let node_ch = wait_probe(&d.socket).await?;
+    let pid = d.child.id();
+    let idle = rss_kib(pid);
+    let mut ctl = pb::controller_client::ControllerClient::new(ctl_ch.clone());
+    let mut node = pb::node_client::NodeClient::new(node_ch);
+    let mut scratch = NodeScratch::new(kind.driver_type)?;
+    let mut live = Vec::new();
+    let r = node_rounds(
+        &mut ctl,
+        &mut node,
+        kind,
+        prefix,
+        rounds,
+        &mut scratch,
+        &mut live,
+    )
+    .await;
+    let after = rss_kib(pid);
+    scratch.cleanup().await;
+    drop(d);
+    for id in &live {
+        if let Err(err) = delete_volume(&mut ctl, id, &kind.secrets).await {
+            eprintln!("bench: cleanup: {err:#}");
+        }
+    }
+    let (stage_publish, unpublish_unstage) = r?;
+    Ok(NodeFigures {
+        idle,
+        after,
+        stage_publish,
+        unpublish_unstage,
+    })
+}
+
+/// RBD through the FUSE attachment (`mounter=fuse`), ext4 as in the node tests.
+fn rbd_node_kind(e: &Env, pool: &str) -> NodeKind {
+    use pb::volume_capability::access_mode::Mode;
+    NodeKind {
+        driver_type: "rbd",
+        staged_by: |staging| {
+            crate::node::record::read(staging)
+                .ok()
+                .flatten()
+                .map(|r| r.mounter)
+        },
+        create: create_req(e, pool, ""),
+        cap: mount_cap(Mode::SingleNodeWriter, "ext4"),
+        secrets: secrets(e),
+        context: HashMap::from([("mounter".to_string(), "fuse".to_string())]),
+    }
+}
+
+/// The CephFS figures: CreateVolume/DeleteVolume, CreateSnapshot/DeleteSnapshot, and the
+/// node rounds through ceph-fuse (Err: why they were skipped).
+struct FsFigures {
+    create: Stats,
+    delete: Stats,
+    snap_create: Stats,
+    snap_delete: Stats,
+    node: Result<NodeFigures, String>,
+}
+
+fn cephfs_create_req(
+    e: &Env,
+    fs: &str,
+    secrets: &HashMap<String, String>,
+    name: String,
+) -> pb::CreateVolumeRequest {
+    pb::CreateVolumeRequest {
+        name,
+        capacity_range: Some(pb::CapacityRange {
+            required_bytes: 1 << 30,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![mount_cap(
+            pb::volume_capability::access_mode::Mode::MultiNodeMultiWriter,
+            "",
+        )],
+        parameters: HashMap::from([
+            ("clusterID".to_string(), e.fsid.clone()),
+            ("fsName".to_string(), fs.to_string()),
+        ]),
+        secrets: secrets.clone(),
+        ..Default::default()
+    }
+}
+
+/// Why ceph-fuse cannot mount here, if that is visible without trying.
+fn ceph_fuse_unavailable() -> Option<String> {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("ceph-fuse").is_file()));
+    if !on_path {
+        return Some("ceph-fuse is not installed (not on PATH)".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse does not exist".into());
+    }
+    None
+}
+
+/// CreateSnapshot and DeleteSnapshot, `rounds` times, on one CephFS volume.
+async fn cephfs_snapshots(
+    ctl: &mut Ctl,
+    req: pb::CreateVolumeRequest,
+    secrets: &HashMap<String, String>,
+    prefix: &str,
+    rounds: usize,
+) -> anyhow::Result<(Stats, Stats)> {
+    let vol = ctl
+        .create_volume(req)
+        .await?
+        .into_inner()
+        .volume
+        .ok_or_else(|| anyhow::anyhow!("no volume"))?;
+    let mut left = None;
+    let r = cephfs_snapshot_rounds(ctl, &vol.volume_id, secrets, prefix, rounds, &mut left).await;
+    if let Some(id) = left {
+        let _ = ctl
+            .delete_snapshot(pb::DeleteSnapshotRequest {
+                snapshot_id: id,
+                secrets: secrets.clone(),
+            })
+            .await;
+    }
+    let del = delete_volume(ctl, &vol.volume_id, secrets).await;
+    let stats = r?;
+    del?;
+    Ok(stats)
+}
+
+/// The rounds of [`cephfs_snapshots`]; `left` names a snapshot made and not deleted.
+async fn cephfs_snapshot_rounds(
+    ctl: &mut Ctl,
+    volume_id: &str,
+    secrets: &HashMap<String, String>,
+    prefix: &str,
+    rounds: usize,
+    left: &mut Option<String>,
+) -> anyhow::Result<(Stats, Stats)> {
+    let (mut c, mut d) = (Stats::default(), Stats::default());
+    for i in 0..rounds {
+        let t = Instant::now();
+        let snap = ctl
+            .create_snapshot(pb::CreateSnapshotRequest {
+                name: format!("{prefix}-{i}"),
+                source_volume_id: volume_id.to_string(),
+                secrets: secrets.clone(),
+                parameters: Default::default(),
+            })
+            .await?
+            .into_inner()
+            .snapshot
+            .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
+        c.push(t.elapsed());
+        *left = Some(snap.snapshot_id.clone());
+        let t = Instant::now();
+        ctl.delete_snapshot(pb::DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id,
+            secrets: secrets.clone(),
+        })
+        .await?;
+        d.push(t.elapsed());
+        *left = None;
+    }
+    Ok((c, d))
+}
+
+/// CephFS CreateVolume / DeleteVolume, sequential, after one warm-up create; then
+/// snapshots, then node rounds through ceph-fuse with a node plugin of its own.
+async fn cephfs_bench(
+    e: &Env,
+    n: usize,
+    snapshots: usize,
+    node_rounds: usize,
+) -> anyhow::Result<Option<FsFigures>> {
     let Some((user, key, fs)) = e.cephfs.clone() else {
         return Ok(None);
     };
     let (d, _) = spawn_typed(e, "cephfs")?;
     let ch = wait_probe(&d.socket).await?;
     let secrets = HashMap::from([("adminID".to_string(), user), ("adminKey".to_string(), key)]);
-    let req = |name: String| pb::CreateVolumeRequest {
-        name,
-        capacity_range: Some(pb::CapacityRange {
-            required_bytes: 1 << 30,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![pb::VolumeCapability {
-            access_type: Some(pb::volume_capability::AccessType::Mount(Default::default())),
-            access_mode: Some(pb::volume_capability::AccessMode {
-                mode: pb::volume_capability::access_mode::Mode::MultiNodeMultiWriter as i32,
-            }),
-        }],
-        parameters: HashMap::from([
-            ("clusterID".to_string(), e.fsid.clone()),
-            ("fsName".to_string(), fs.clone()),
-        ]),
-        secrets: secrets.clone(),
-        ..Default::default()
-    };
-    let mut ctl = pb::controller_client::ControllerClient::new(ch);
+    let req = |name: String| cephfs_create_req(e, &fs, &secrets, name);
+    let mut ctl = pb::controller_client::ControllerClient::new(ch.clone());
     let run_id = &uuid::Uuid::new_v4().to_string()[..8];
     let warm = ctl
         .create_volume(req(format!("bench-{run_id}-fswarm")))
@@ -439,7 +977,65 @@ async fn cephfs_bench(e: &Env, n: usize) -> anyhow::Result<Option<(Stats, Stats)
         .await?;
         dl.push(t.elapsed());
     }
-    Ok(Some((c, dl)))
+
+    eprintln!("bench: CephFS snapshots x{snapshots}");
+    let (snap_create, snap_delete) = cephfs_snapshots(
+        &mut ctl,
+        req(format!("bench-{run_id}-fssnapsrc")),
+        &secrets,
+        &format!("bench-{run_id}-fssnap"),
+        snapshots,
+    )
+    .await?;
+
+    eprintln!("bench: CephFS node plugin, ceph-fuse stage/publish x{node_rounds}");
+    let node = match ceph_fuse_unavailable() {
+        Some(why) => Err(why),
+        None => {
+            let mut create = req(String::new());
+            create
+                .parameters
+                .insert("mounter".to_string(), "fuse".to_string());
+            let kind = NodeKind {
+                driver_type: "cephfs",
+                staged_by: |staging| {
+                    crate::cephfs::mounter::read_record(staging).map(|r| r.mounter)
+                },
+                create,
+                cap: mount_cap(
+                    pb::volume_capability::access_mode::Mode::MultiNodeMultiWriter,
+                    "",
+                ),
+                secrets: secrets.clone(),
+                context: HashMap::from([("mounter".to_string(), "fuse".to_string())]),
+            };
+            match node_bench(
+                &ch,
+                e,
+                &kind,
+                &format!("bench-{run_id}-fsnode"),
+                node_rounds,
+            )
+            .await
+            {
+                Ok(f) => Ok(f),
+                Err(err) => match err.downcast_ref::<FirstStageFailed>() {
+                    Some(first) => Err(first.to_string()),
+                    None => return Err(err),
+                },
+            }
+        }
+    };
+    if let Err(why) = &node {
+        eprintln!("bench: CephFS node rounds skipped: {why}");
+    }
+    Ok(Some(FsFigures {
+        create: c,
+        delete: dl,
+        snap_create,
+        snap_delete,
+        node,
+    }))
 }
 
 pub async fn run(args: BenchArgs) -> i32 {
@@ -453,7 +1049,7 @@ pub async fn run(args: BenchArgs) -> i32 {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let e = Arc::new(env()?);
+    let e = Arc::new(env(args.env_file.as_deref())?);
     let pool = args.pool.clone();
     eprintln!("bench: start-up time");
     let mut startup = Stats::default();
@@ -564,12 +1160,26 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     let (rss_after, threads_after) = rss_kib(pid);
+    let anon_after = anon_kib(pid);
     delete_many(&ch, &e, &ids, args.concurrency).await?;
     let (rss_end, _) = rss_kib(pid);
+
+    eprintln!(
+        "bench: RBD node plugin, FUSE stage/publish x{}",
+        args.node_rounds
+    );
+    let node = node_bench(
+        &ch,
+        &e,
+        &rbd_node_kind(&e, &pool),
+        &format!("bench-{run_id}-node"),
+        args.node_rounds,
+    )
+    .await?;
     drop(d);
 
     eprintln!("bench: CephFS create/delete x{}", args.n.min(20));
-    let fs = cephfs_bench(&e, args.n.min(20)).await?;
+    let fs = cephfs_bench(&e, args.n.min(20), args.snapshots, args.node_rounds).await?;
 
     eprintln!("bench: floor");
     let (f_seq_c, f_seq_d, f_con_c, f_con_d) = {
@@ -623,9 +1233,36 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     row("CreateSnapshot", &snap_t, None);
     row("CreateVolume from snapshot", &restore_t, None);
     row("exec -> first Probe answered", &startup, None);
-    if let Some((c, d)) = &fs {
-        row("CephFS CreateVolume, sequential", c, None);
-        row("CephFS DeleteVolume, sequential", d, None);
+    row(
+        "RBD NodeStage+NodePublish (FUSE)",
+        &node.stage_publish,
+        None,
+    );
+    row(
+        "RBD NodeUnpublish+NodeUnstage (FUSE)",
+        &node.unpublish_unstage,
+        None,
+    );
+    if let Some(f) = &fs {
+        row("CephFS CreateVolume, sequential", &f.create, None);
+        row("CephFS DeleteVolume, sequential", &f.delete, None);
+        row("CephFS CreateSnapshot", &f.snap_create, None);
+        row("CephFS DeleteSnapshot", &f.snap_delete, None);
+        let names = [
+            "CephFS NodeStage+NodePublish (ceph-fuse)",
+            "CephFS NodeUnpublish+NodeUnstage (ceph-fuse)",
+        ];
+        match &f.node {
+            Ok(n) => {
+                row(names[0], &n.stage_publish, None);
+                row(names[1], &n.unpublish_unstage, None);
+            }
+            Err(why) => {
+                for name in names {
+                    println!("{name:<44} skipped: {why}");
+                }
+            }
+        }
     }
     println!(
         "{:<44} {:>10.0}/s {:>21} {:>8.0}/s {:>7.2}x",
@@ -650,14 +1287,24 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         ratio(con_delete_rate, f_con_d)
     );
     println!(
-        "driver RSS: idle {:.1} MiB ({} threads), after {} creates {:.1} MiB ({} threads), after deleting them {:.1} MiB",
+        "controller RSS: idle {:.1} MiB ({} threads), after {} creates {:.1} MiB ({} threads; {:.1} MiB of it anonymous, the rest mapped code of the binary and the Ceph client libraries), after deleting them {:.1} MiB",
         rss_idle as f64 / 1024.0,
         threads_idle,
         args.rss_creates,
         rss_after as f64 / 1024.0,
         threads_after,
+        anon_after as f64 / 1024.0,
         rss_end as f64 / 1024.0
     );
+    println!(
+        "node plugin RSS: idle {:.1} MiB ({} threads), after {} FUSE stage/publish rounds {:.1} MiB ({} threads)",
+        node.idle.0 as f64 / 1024.0,
+        node.idle.1,
+        args.node_rounds,
+        node.after.0 as f64 / 1024.0,
+        node.after.1
+    );
+    let fs_node = fs.as_ref().and_then(|f| f.node.as_ref().ok());
     let out = json!({
         "n": args.n, "concurrency": args.concurrency,
         "create_seq_ms": {"median": seq_create.median(), "p90": seq_create.pct(0.9), "max": seq_create.max()},
@@ -669,10 +1316,20 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "delete_concurrent_per_s": con_delete_rate, "floor_delete_concurrent_per_s": f_con_d,
         "snapshot_ms": snap_t.median(), "restore_ms": restore_t.median(),
         "startup_ms": startup.median(),
-        "cephfs_create_seq_ms": fs.as_ref().map(|(c, _)| c.median()),
-        "cephfs_delete_seq_ms": fs.as_ref().map(|(_, d)| d.median()),
-        "rss_idle_kib": rss_idle, "rss_after_creates_kib": rss_after, "rss_after_deletes_kib": rss_end,
+        "cephfs_create_seq_ms": fs.as_ref().map(|f| f.create.median()),
+        "cephfs_delete_seq_ms": fs.as_ref().map(|f| f.delete.median()),
+        "cephfs_snapshot_ms": fs.as_ref().map(|f| summary(&f.snap_create)),
+        "cephfs_delete_snapshot_ms": fs.as_ref().map(|f| summary(&f.snap_delete)),
+        "cephfs_stage_publish_ms": fs_node.map(|n| summary(&n.stage_publish)),
+        "cephfs_unpublish_unstage_ms": fs_node.map(|n| summary(&n.unpublish_unstage)),
+        "cephfs_node_skipped": fs.as_ref().and_then(|f| f.node.as_ref().err()),
+        "rss_idle_kib": rss_idle, "rss_after_creates_kib": rss_after, "rss_anon_after_creates_kib": anon_after, "rss_after_deletes_kib": rss_end,
         "threads_idle": threads_idle, "threads_after": threads_after,
+        "node_rounds": args.node_rounds,
+        "node_stage_publish_ms": summary(&node.stage_publish),
+        "node_unpublish_unstage_ms": summary(&node.unpublish_unstage),
+        "node_rss_idle_kib": node.idle.0, "node_rss_after_kib": node.after.0,
+        "node_threads_idle": node.idle.1, "node_threads_after": node.after.1,
     });
     println!("{out}");
     Ok(())

@@ -474,6 +474,7 @@ fn create_blank_fresh(
 ) -> Result<Option<Created>, Status> {
     let opts = image_options(spec.params, spec.size)?;
     let uuid = uuid::Uuid::new_v4().to_string();
+    let t0 = std::time::Instant::now();
     match journal
         .claim(spec.name, &uuid)
         .map_err(|e| jerr("journal reserve", e))?
@@ -535,7 +536,15 @@ fn create_blank_fresh(
         return Err(e);
     }
     crash_point("create.image");
-    match finish_volume(place, journal, &entry, &image, spec) {
+    let t_made = t0.elapsed();
+    let finished = finish_volume(place, journal, &entry, &image, spec);
+    tracing::debug!(
+        image,
+        claimed_and_made_ms = t_made.as_secs_f64() * 1e3,
+        total_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "blank volume created"
+    );
+    match finished {
         Ok(size) => Ok(Some(Created {
             uuid: entry.uuid,
             image,
