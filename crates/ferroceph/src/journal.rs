@@ -92,6 +92,38 @@ pub enum JournalError {
     Corrupt(String, String),
 }
 
+/// A per-entry object being written; see [`Journal::start_entry`].
+pub struct PendingEntry<'j, 'a> {
+    journal: &'j Journal<'a>,
+    write: rados::PendingWrite<'a>,
+    name: String,
+    uuid: String,
+}
+
+impl PendingEntry<'_, '_> {
+    /// Waits for the write. An entry object that exists already is fine when it holds this
+    /// name (a retry); under another name the uuid clashes and the name's directory key is
+    /// dropped again.
+    pub fn finish(self) -> Result<(), JournalError> {
+        let (j, name, uuid) = (self.journal, self.name, self.uuid);
+        match self.write.wait() {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == rados::ErrorKind::AlreadyExists => match j.get(&uuid)? {
+                Some(existing)
+                    if existing.get(j.kind.name_key()).map(String::as_str) == Some(&name) =>
+                {
+                    Ok(())
+                }
+                _ => {
+                    j.remove_dir_key(&name, &uuid)?;
+                    Err(JournalError::UuidClash(uuid))
+                }
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 pub struct Journal<'a> {
     io: &'a IoCtx,
     kind: Kind,
@@ -191,26 +223,31 @@ impl<'a> Journal<'a> {
 
     /// The second step of a reservation: the per-entry object with all its keys at once.
     pub fn write_entry(&self, name: &str, uuid: &str, attrs: &Attrs) -> Result<(), JournalError> {
+        self.start_entry(name, uuid, attrs)?.finish()
+    }
+
+    /// [`Journal::write_entry`] sent without waiting, so the caller can do other work while
+    /// it is in flight; [`PendingEntry::finish`] waits and resolves a clash.
+    pub fn start_entry(
+        &self,
+        name: &str,
+        uuid: &str,
+        attrs: &Attrs,
+    ) -> Result<PendingEntry<'_, 'a>, JournalError> {
         let mut all: Vec<(&str, &[u8])> = attrs
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_bytes()))
             .collect();
         all.push((self.kind.name_key(), name.as_bytes()));
-        match self.io.create_with_omap(&self.entry_object(uuid), &all) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == rados::ErrorKind::AlreadyExists => match self.get(uuid)? {
-                Some(existing)
-                    if existing.get(self.kind.name_key()).map(String::as_str) == Some(name) =>
-                {
-                    Ok(())
-                }
-                _ => {
-                    self.remove_dir_key(name, uuid)?;
-                    Err(JournalError::UuidClash(uuid.to_string()))
-                }
-            },
-            Err(e) => Err(e.into()),
-        }
+        let write = self
+            .io
+            .start_create_with_omap(&self.entry_object(uuid), &all)?;
+        Ok(PendingEntry {
+            journal: self,
+            write,
+            name: name.to_string(),
+            uuid: uuid.to_string(),
+        })
     }
 
     pub fn set_attrs(&self, uuid: &str, attrs: &[(&str, &str)]) -> Result<(), JournalError> {

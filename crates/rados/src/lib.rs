@@ -27,7 +27,7 @@ pub use cluster::{Cluster, ConnectConfig, DEFAULT_TIMEOUT};
 pub use command::CommandOutput;
 pub use error::{Error, ErrorKind, Result};
 pub use ioctx::{IoCtx, ObjectStat};
-pub use omap::OmapPage;
+pub use omap::{OmapPage, PendingWrite};
 pub use pool::{ClusterPool, DEFAULT_IDLE_TTL};
 pub use rbd::{Image, ImageInfo, ImageOptions};
 

@@ -69,6 +69,31 @@ impl IoCtx {
             .map_err(|e| Error::new("create object with omap", e, self.ctx(obj)))
     }
 
+    /// [`IoCtx::create_with_omap`] without waiting: the operation is sent at once and its
+    /// result comes from [`PendingWrite::wait`], so other calls (on this io context too)
+    /// can run meanwhile. Dropping the handle waits as well.
+    pub fn start_create_with_omap(
+        &self,
+        obj: &str,
+        pairs: &[(&str, &[u8])],
+    ) -> Result<PendingWrite<'_>> {
+        let raw: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (k.as_bytes(), *v)).collect();
+        let inner = self
+            .raw()
+            .aio_write_op(
+                obj,
+                &[
+                    WriteAction::Create { exclusive: true },
+                    WriteAction::OmapSet(&raw),
+                ],
+            )
+            .map_err(|e| Error::new("create object with omap", e, self.ctx(obj)))?;
+        Ok(PendingWrite {
+            inner,
+            context: self.ctx(obj),
+        })
+    }
+
     /// The values of those `keys` that exist (missing keys are absent from
     /// the map). `NotFound` if the object does not exist.
     pub fn omap_get(&self, obj: &str, keys: &[&str]) -> Result<BTreeMap<String, Vec<u8>>> {
@@ -177,5 +202,21 @@ impl IoCtx {
                 ],
             )
             .map_err(|e| Error::new("omap update", e, self.ctx(obj)))
+    }
+}
+
+/// A write started by [`IoCtx::start_create_with_omap`].
+pub struct PendingWrite<'a> {
+    inner: sys::AioWrite<'a>,
+    context: String,
+}
+
+impl PendingWrite<'_> {
+    /// Waits for the write (bounded by the connection's OSD timeout) and returns its result.
+    pub fn wait(self) -> Result<()> {
+        let context = self.context;
+        self.inner
+            .wait()
+            .map_err(|e| Error::new("create object with omap", e, context))
     }
 }

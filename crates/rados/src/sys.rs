@@ -41,6 +41,7 @@ type rados_ioctx_t = *mut c_void;
 type rados_omap_iter_t = *mut c_void;
 type rados_write_op_t = *mut c_void;
 type rados_read_op_t = *mut c_void;
+type rados_completion_t = *mut c_void;
 type rbd_image_t = *mut c_void;
 type rbd_image_options_t = *mut c_void;
 
@@ -312,6 +313,23 @@ ceph_api! {
         mtime: *mut time_t,
         flags: c_int,
     ) -> c_int;
+
+    fn rados_aio_create_completion2(
+        cb_arg: *mut c_void,
+        cb_complete: Option<unsafe extern "C" fn(rados_completion_t, *mut c_void)>,
+        pc: *mut rados_completion_t,
+    ) -> c_int;
+    fn rados_aio_write_op_operate(
+        write_op: rados_write_op_t,
+        io: rados_ioctx_t,
+        completion: rados_completion_t,
+        oid: *const c_char,
+        mtime: *mut time_t,
+        flags: c_int,
+    ) -> c_int;
+    fn rados_aio_wait_for_complete(c: rados_completion_t) -> c_int;
+    fn rados_aio_get_return_value(c: rados_completion_t) -> c_int;
+    fn rados_aio_release(c: rados_completion_t);
 
     fn rados_create_read_op() -> rados_read_op_t;
     fn rados_release_read_op(read_op: rados_read_op_t);
@@ -771,69 +789,52 @@ impl Ioctx {
         let op = WriteOp::new()?;
         // Written by librados during `operate`; declared before use, never resized.
         let mut prvals: Vec<c_int> = vec![0; actions.len()];
-        let mut keys_kept: Vec<CString> = Vec::new();
-        for (i, a) in actions.iter().enumerate() {
-            match a {
-                WriteAction::Create { exclusive } => {
-                    // SAFETY: valid op; category is ignored and may be NULL.
-                    unsafe { rados_write_op_create(op.0, c_int::from(*exclusive), ptr::null()) }
-                }
-                WriteAction::OmapSet(pairs) => {
-                    if pairs.is_empty() {
-                        continue;
-                    }
-                    let keys: Vec<*const c_char> =
-                        pairs.iter().map(|(k, _)| k.as_ptr().cast()).collect();
-                    let vals: Vec<*const c_char> =
-                        pairs.iter().map(|(_, v)| v.as_ptr().cast()).collect();
-                    let klen: Vec<size_t> = pairs.iter().map(|(k, _)| k.len()).collect();
-                    let vlen: Vec<size_t> = pairs.iter().map(|(_, v)| v.len()).collect();
-                    // SAFETY: four arrays of `pairs.len()` entries; each key
-                    // and value pointer is valid for its length. librados
-                    // copies everything into the op before returning.
-                    unsafe {
-                        rados_write_op_omap_set2(
-                            op.0,
-                            keys.as_ptr(),
-                            vals.as_ptr(),
-                            klen.as_ptr(),
-                            vlen.as_ptr(),
-                            pairs.len(),
-                        )
-                    }
-                }
-                WriteAction::OmapCmpEq(key, val) => {
-                    let k = cstr(key)?;
-                    // SAFETY: valid op and C string; `val` is valid for its length and
-                    // copied into the op; `prvals[i]` outlives `operate` below.
-                    unsafe {
-                        rados_write_op_omap_cmp(
-                            op.0,
-                            k.as_ptr(),
-                            LIBRADOS_CMPXATTR_OP_EQ,
-                            val.as_ptr().cast(),
-                            val.len(),
-                            &mut prvals[i],
-                        )
-                    }
-                    keys_kept.push(k);
-                }
-                WriteAction::OmapRmKeys(ks) => {
-                    if ks.is_empty() {
-                        continue;
-                    }
-                    let keys: Vec<*const c_char> = ks.iter().map(|k| k.as_ptr().cast()).collect();
-                    let klen: Vec<size_t> = ks.iter().map(|k| k.len()).collect();
-                    // SAFETY: as above; librados copies the keys.
-                    unsafe {
-                        rados_write_op_omap_rm_keys2(op.0, keys.as_ptr(), klen.as_ptr(), ks.len())
-                    }
-                }
-            }
-        }
+        fill_write_op(&op, actions, &mut prvals)?;
         // SAFETY: valid op, io context and C string; mtime NULL = now.
         rc(unsafe { rados_write_op_operate(op.0, self.ptr, o.as_ptr(), ptr::null_mut(), 0) })
             .map(drop)
+    }
+
+    /// Starts one compound write operation on `oid` without waiting for it; the result
+    /// comes from [`AioWrite::wait`]. Comparisons ([`WriteAction::OmapCmpEq`]) are not
+    /// supported here (`EINVAL`).
+    pub(crate) fn aio_write_op(
+        &self,
+        oid: &str,
+        actions: &[WriteAction<'_>],
+    ) -> SysResult<AioWrite<'_>> {
+        if actions
+            .iter()
+            .any(|a| matches!(a, WriteAction::OmapCmpEq(..)))
+        {
+            return Err(libc::EINVAL);
+        }
+        let o = cstr(oid)?;
+        let op = WriteOp::new()?;
+        fill_write_op(&op, actions, &mut [])?;
+        let mut comp: rados_completion_t = ptr::null_mut();
+        // SAFETY: out-pointer valid; no callback.
+        rc(unsafe { rados_aio_create_completion2(ptr::null_mut(), None, &mut comp) })?;
+        let mut pending = AioWrite {
+            comp,
+            op,
+            started: false,
+            _io: std::marker::PhantomData,
+        };
+        // SAFETY: valid op, io context, completion and C string (copied by librados); the
+        // op and completion live in `pending` until the operation completed.
+        rc(unsafe {
+            rados_aio_write_op_operate(
+                pending.op.0,
+                self.ptr,
+                pending.comp,
+                o.as_ptr(),
+                ptr::null_mut(),
+                0,
+            )
+        })?;
+        pending.started = true;
+        Ok(pending)
     }
 
     /// One page of omap entries: `(entries, more)`.
@@ -922,6 +923,103 @@ pub(crate) enum WriteAction<'a> {
     /// Fails the whole op with `ECANCELED` unless omap key `.0` holds `.1`; a missing key
     /// compares as empty.
     OmapCmpEq(&'a str, &'a [u8]),
+}
+
+/// Adds `actions` to `op`. `prvals` has one slot per action for those that report a
+/// result of their own (comparisons); it must outlive the operation.
+fn fill_write_op(op: &WriteOp, actions: &[WriteAction<'_>], prvals: &mut [c_int]) -> SysResult<()> {
+    for (i, a) in actions.iter().enumerate() {
+        match a {
+            WriteAction::Create { exclusive } => {
+                // SAFETY: valid op; category is ignored and may be NULL.
+                unsafe { rados_write_op_create(op.0, c_int::from(*exclusive), ptr::null()) }
+            }
+            WriteAction::OmapSet(pairs) => {
+                if pairs.is_empty() {
+                    continue;
+                }
+                let keys: Vec<*const c_char> =
+                    pairs.iter().map(|(k, _)| k.as_ptr().cast()).collect();
+                let vals: Vec<*const c_char> =
+                    pairs.iter().map(|(_, v)| v.as_ptr().cast()).collect();
+                let klen: Vec<size_t> = pairs.iter().map(|(k, _)| k.len()).collect();
+                let vlen: Vec<size_t> = pairs.iter().map(|(_, v)| v.len()).collect();
+                // SAFETY: four arrays of `pairs.len()` entries; each key
+                // and value pointer is valid for its length. librados
+                // copies everything into the op before returning.
+                unsafe {
+                    rados_write_op_omap_set2(
+                        op.0,
+                        keys.as_ptr(),
+                        vals.as_ptr(),
+                        klen.as_ptr(),
+                        vlen.as_ptr(),
+                        pairs.len(),
+                    )
+                }
+            }
+            WriteAction::OmapCmpEq(key, val) => {
+                let k = cstr(key)?;
+                // SAFETY: valid op and C string; `val` is valid for its length and
+                // copied into the op; `prvals[i]` outlives `operate` below.
+                unsafe {
+                    rados_write_op_omap_cmp(
+                        op.0,
+                        k.as_ptr(),
+                        LIBRADOS_CMPXATTR_OP_EQ,
+                        val.as_ptr().cast(),
+                        val.len(),
+                        prvals.get_mut(i).ok_or(libc::EINVAL)?,
+                    )
+                }
+            }
+            WriteAction::OmapRmKeys(ks) => {
+                if ks.is_empty() {
+                    continue;
+                }
+                let keys: Vec<*const c_char> = ks.iter().map(|k| k.as_ptr().cast()).collect();
+                let klen: Vec<size_t> = ks.iter().map(|k| k.len()).collect();
+                // SAFETY: as above; librados copies the keys.
+                unsafe {
+                    rados_write_op_omap_rm_keys2(op.0, keys.as_ptr(), klen.as_ptr(), ks.len())
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A write operation in flight. Waiting for it, or dropping it, blocks until librados is
+/// done with it (bounded by the OSD op timeout of the connection).
+pub(crate) struct AioWrite<'a> {
+    comp: rados_completion_t,
+    op: WriteOp,
+    started: bool,
+    _io: std::marker::PhantomData<&'a Ioctx>,
+}
+
+impl AioWrite<'_> {
+    pub(crate) fn wait(self) -> SysResult<()> {
+        // SAFETY: a valid completion of a submitted operation.
+        let r = unsafe {
+            rados_aio_wait_for_complete(self.comp);
+            rados_aio_get_return_value(self.comp)
+        };
+        rc(r).map(drop)
+    }
+}
+
+impl Drop for AioWrite<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the completion is ours; librados must be done with it (and with the op,
+        // dropped right after) before it is released.
+        unsafe {
+            if self.started {
+                rados_aio_wait_for_complete(self.comp);
+            }
+            rados_aio_release(self.comp);
+        }
+    }
 }
 
 struct WriteOp(rados_write_op_t);

@@ -490,30 +490,23 @@ fn create_blank_fresh(
         attrs,
     };
     let image = entry_image(&entry, &spec.params.vol_prefix);
-    // An io context serves one thread at a time: the image gets its own.
-    let image_io = place
-        .cluster
-        .ioctx_by_id(place.pool_id, place.io.namespace())
-        .map_err(|e| status("open pool", &e))?;
-    let (entry_written, image_made) = std::thread::scope(|s| {
-        let (name, opts) = (&image, &opts);
-        let making = s.spawn(move || {
-            let made = rbd::create(&image_io, name, opts);
+    let entry_written = journal
+        .start_entry(spec.name, &entry.uuid, &entry.attrs)
+        .map(|pending| {
+            let made = rbd::create(&place.io, &image, &opts);
             // the entry may or may not be written yet when a crash comes here
             crash_point("create.image_made");
-            made
+            (pending, made)
         });
-        let written = journal.write_entry(spec.name, &entry.uuid, &entry.attrs);
-        (written, making.join())
-    });
-    let image_made: Result<(), (ErrorKind, Status)> = match image_made {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err((e.kind(), fresh_image_error(&image, &e))),
-        Err(_) => Err((
-            ErrorKind::Other,
-            Status::internal("the thread creating the image panicked"),
-        )),
+    let (entry_written, image_made) = match entry_written {
+        Ok((pending, made)) => (pending.finish(), made),
+        Err(e) => {
+            rollback(place, journal, &entry, spec.name, &[], None);
+            return Err(jerr("journal reserve", e));
+        }
     };
+    let image_made: Result<(), (ErrorKind, Status)> =
+        image_made.map_err(|e| (e.kind(), fresh_image_error(&image, &e)));
     let ours: &[&str] = match &image_made {
         // someone else's image under this name (a uuid collision): never touch it
         Err((ErrorKind::AlreadyExists, _)) => &[],
