@@ -492,6 +492,28 @@ fn omap_set_if_absent_claims_a_key_once() {
 }
 
 #[test]
+fn create_with_omap_in_the_background() {
+    let io = admin_ioctx();
+    let g = ObjGuard {
+        io: &io,
+        name: unique("omap-aio"),
+    };
+    let obj = g.name.as_str();
+    let pending = t!(io.start_create_with_omap(obj, &[("k", b"v")]));
+    // other calls on the same io context while the write is in flight
+    let _ = io.stat("some-other-object");
+    t!(pending.wait());
+    let got = t!(io.omap_get(obj, &["k"]));
+    assert_eq!(got.get("k").map(Vec::as_slice), Some(b"v".as_slice()));
+    // exclusive: the second one fails, and a handle dropped unwaited is harmless
+    let again = t!(io.start_create_with_omap(obj, &[("k", b"w")]));
+    fails!(again.wait(), ErrorKind::AlreadyExists);
+    drop(t!(io.start_create_with_omap(obj, &[("k", b"x")])));
+    let got = t!(io.omap_get(obj, &["k"]));
+    assert_eq!(got.get("k").map(Vec::as_slice), Some(b"v".as_slice()));
+}
+
+#[test]
 fn create_with_omap_is_atomic() {
     let io = admin_ioctx();
     let g = ObjGuard {
