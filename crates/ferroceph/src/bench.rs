@@ -1091,6 +1091,16 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let con_create_rate = args.n as f64 / con_c_wall.as_secs_f64();
     let con_delete_rate = args.n as f64 / con_d_wall.as_secs_f64();
 
+    // Right after the driver's runs, before anything leaves deletions for the OSD to chew
+    // on in the background, so both sides see the same cluster.
+    eprintln!("bench: floor");
+    let (f_seq_c, f_seq_d, f_con_c, f_con_d) = {
+        let e = e.clone();
+        let pool = pool.clone();
+        let (n, c) = (args.n, args.concurrency);
+        tokio::task::spawn_blocking(move || floor(&e, &pool, n, c)).await??
+    };
+
     eprintln!("bench: snapshot and restore x{}", args.snapshots);
     let mut snap_t = Stats::default();
     let mut restore_t = Stats::default();
@@ -1181,13 +1191,6 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("bench: CephFS create/delete x{}", args.n.min(20));
     let fs = cephfs_bench(&e, args.n.min(20), args.snapshots, args.node_rounds).await?;
 
-    eprintln!("bench: floor");
-    let (f_seq_c, f_seq_d, f_con_c, f_con_d) = {
-        let e = e.clone();
-        let pool = pool.clone();
-        let (n, c) = (args.n, args.concurrency);
-        tokio::task::spawn_blocking(move || floor(&e, &pool, n, c)).await??
-    };
 
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     println!(
