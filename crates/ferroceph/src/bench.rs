@@ -372,7 +372,84 @@ fn floor_delete(io: &rados::IoCtx, name: &str, uuid: &str) -> anyhow::Result<()>
 /// (request name, uuid) of the volumes one floor thread made.
 type Made = Vec<(String, String)>;
 
-fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(Stats, Stats, f64, f64)> {
+/// Sequential creates and deletes, driver and floor taking turns one volume at a time, so
+/// both meet the same cluster (a single-node cluster's speed drifts while it digests
+/// earlier work). Returns (driver create, driver delete, floor create, floor delete).
+async fn paired_sequential(
+    ch: &Channel,
+    e: &Arc<Env>,
+    pool: &str,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<(Stats, Stats, Stats, Stats)> {
+    let io = {
+        let (e, pool) = (e.clone(), pool.to_string());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<rados::IoCtx> {
+            let cfg =
+                rados::ConnectConfig::new([e.monitors.clone()], e.user.clone(), e.key.clone());
+            let cluster = rados::Cluster::connect(&cfg)?;
+            Ok(cluster.ioctx(&pool, "")?)
+        })
+        .await??
+    };
+    let io = Arc::new(std::sync::Mutex::new(io));
+    let floor_op = |name: String, uuid: Option<String>| {
+        let io = io.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(String, Duration)> {
+            let io = io
+                .lock()
+                .map_err(|_| anyhow::anyhow!("floor io context poisoned"))?;
+            let t = Instant::now();
+            let u = match uuid {
+                None => floor_create(&io, &name)?,
+                Some(u) => {
+                    floor_delete(&io, &name, &u)?;
+                    u
+                }
+            };
+            Ok((u, t.elapsed()))
+        })
+    };
+    let (mut dc, mut dd, mut fc, mut fd) = (
+        Stats::default(),
+        Stats::default(),
+        Stats::default(),
+        Stats::default(),
+    );
+    let (mut ids, mut made) = (Vec::new(), Vec::new());
+    for i in 0..n.max(1) {
+        let (id, t) = create_one(ch, e, pool, &format!("{prefix}-{i}")).await?;
+        dc.push(t);
+        ids.push(id);
+        let name = format!("seq-{i}");
+        let (u, t) = floor_op(name.clone(), None).await??;
+        fc.push(t);
+        made.push((name, u));
+    }
+    for (id, (name, u)) in ids.iter().zip(made) {
+        let (s, _) = delete_many(ch, e, std::slice::from_ref(id), 1).await?;
+        dd.samples.extend_from_slice(&s.samples);
+        let (_, t) = floor_op(name, Some(u)).await??;
+        fd.push(t);
+    }
+    Ok((dc, dd, fc, fd))
+}
+
+async fn create_one(
+    ch: &Channel,
+    e: &Arc<Env>,
+    pool: &str,
+    name: &str,
+) -> anyhow::Result<(String, Duration)> {
+    let mut ctl = pb::controller_client::ControllerClient::new(ch.clone());
+    let req = create_req(e, pool, name);
+    let t = Instant::now();
+    let v = ctl.create_volume(req).await?.into_inner().volume;
+    Ok((v.map(|v| v.volume_id).unwrap_or_default(), t.elapsed()))
+}
+
+/// The concurrent floor: creates/s and deletes/s.
+fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(f64, f64)> {
     let cfg = rados::ConnectConfig::new([e.monitors.clone()], e.user.clone(), e.key.clone());
     let cluster = Arc::new(rados::Cluster::connect(&cfg)?);
     let io = cluster.ioctx(pool, "")?;
@@ -380,20 +457,6 @@ fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(Stats, S
     for i in 0..3 {
         let u = floor_create(&io, &format!("warm-{i}"))?;
         floor_delete(&io, &format!("warm-{i}"), &u)?;
-    }
-    let mut seq_c = Stats::default();
-    let mut seq_d = Stats::default();
-    let mut made = Vec::new();
-    for i in 0..n {
-        let name = format!("seq-{i}");
-        let t = Instant::now();
-        made.push((name.clone(), floor_create(&io, &name)?));
-        seq_c.push(t.elapsed());
-    }
-    for (name, u) in &made {
-        let t = Instant::now();
-        floor_delete(&io, name, u)?;
-        seq_d.push(t.elapsed());
     }
     // concurrent: `conc` threads, each with its own io context, sharing one connection
     let per = n.div_ceil(conc.max(1));
@@ -439,7 +502,7 @@ fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(Stats, S
     let (create_rate, made) = run(None)?;
     let (delete_rate, _) = run(Some(made))?;
     let _ = io.remove_object("floor.volumes");
-    Ok((seq_c, seq_d, create_rate, delete_rate))
+    Ok((create_rate, delete_rate))
 }
 
 type Ctl = pb::controller_client::ControllerClient<Channel>;
@@ -1069,10 +1132,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (w, _, _) = create_many(&ch, &e, &pool, &format!("bench-{run_id}-warm"), 3, 1).await?;
     delete_many(&ch, &e, &w, 1).await?;
 
-    eprintln!("bench: sequential create/delete x{}", args.n);
-    let (ids, seq_create, _) =
-        create_many(&ch, &e, &pool, &format!("bench-{run_id}-seq"), args.n, 1).await?;
-    let (seq_delete, _) = delete_many(&ch, &e, &ids, 1).await?;
+    eprintln!(
+        "bench: sequential create/delete x{}, driver and floor in turn",
+        args.n
+    );
+    let (seq_create, seq_delete, f_seq_c, f_seq_d) =
+        paired_sequential(&ch, &e, &pool, &format!("bench-{run_id}-seq"), args.n).await?;
 
     eprintln!(
         "bench: concurrent create/delete x{} ({} in flight)",
@@ -1094,7 +1159,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     // Right after the driver's runs, before anything leaves deletions for the OSD to chew
     // on in the background, so both sides see the same cluster.
     eprintln!("bench: floor");
-    let (f_seq_c, f_seq_d, f_con_c, f_con_d) = {
+    let (f_con_c, f_con_d) = {
         let e = e.clone();
         let pool = pool.clone();
         let (n, c) = (args.n, args.concurrency);
@@ -1190,7 +1255,6 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     eprintln!("bench: CephFS create/delete x{}", args.n.min(20));
     let fs = cephfs_bench(&e, args.n.min(20), args.snapshots, args.node_rounds).await?;
-
 
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     println!(
