@@ -660,6 +660,9 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
     for (took, what) in stats.slowest.lock().unwrap().iter() {
         println!("soak: slow: {:.1}s {what}", took.as_secs_f64());
     }
+    for l in &leaks {
+        println!("soak: leaked {l}");
+    }
     assert!(kills >= min_kills, "only {kills} kills");
     assert!(leaks.is_empty(), "leaked: {leaks:?}");
     assert_eq!(keys_left, 0, "key files left in the keys dir");

@@ -487,6 +487,42 @@ pub fn trash_remove(io: &IoCtx, id: &str, force: bool) -> Result<()> {
         .map_err(|e| Error::new("rbd trash remove", e, io.ctx(&format!("image id {id}"))))
 }
 
+/// Finishes a move to the trash that was interrupted (the process died inside
+/// `rbd_trash_move`): librbd leaves such an entry in a "moving" state that it refuses to
+/// remove (`EUCLEAN`) and may leave the name in the pool directory. This drops the
+/// directory entry of `name` → `id` if it is still there and marks the trash entry as
+/// fully moved (only if it is still "moving"), after which [`trash_remove`] works.
+pub fn trash_finish_move(io: &IoCtx, id: &str, name: &str) -> Result<()> {
+    let ctx = || io.ctx(&format!("{name} (id {id})"));
+    let mut dir = Vec::new();
+    encode_str(&mut dir, name);
+    encode_str(&mut dir, id);
+    match io
+        .raw()
+        .exec("rbd_directory", "rbd", "dir_remove_image", &dir)
+    {
+        Ok(()) => {}
+        Err(e) if e == libc::ENOENT => {}
+        Err(e) => return Err(Error::new("rbd directory remove", e, ctx())),
+    }
+    let mut state = Vec::new();
+    encode_str(&mut state, id);
+    state.push(TRASH_STATE_NORMAL);
+    state.push(TRASH_STATE_MOVING);
+    io.raw()
+        .exec("rbd_trash", "rbd", "trash_state_set", &state)
+        .map_err(|e| Error::new("rbd trash state set", e, ctx()))
+}
+
+const TRASH_STATE_NORMAL: u8 = 0;
+const TRASH_STATE_MOVING: u8 = 1;
+
+/// Ceph's encoding of a string: little-endian u32 length, then the bytes.
+fn encode_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
 // ---------------------------------------------------------------------------
 // Image handle
 // ---------------------------------------------------------------------------

@@ -264,6 +264,16 @@ ceph_api! {
         outslen: *mut size_t,
     ) -> c_int;
     fn rados_buffer_free(buf: *mut c_char);
+    fn rados_exec(
+        io: rados_ioctx_t,
+        oid: *const c_char,
+        cls: *const c_char,
+        method: *const c_char,
+        in_buf: *const c_char,
+        in_len: size_t,
+        buf: *mut c_char,
+        out_len: size_t,
+    ) -> c_int;
     fn rados_remove(io: rados_ioctx_t, oid: *const c_char) -> c_int;
     fn rados_stat(
         io: rados_ioctx_t,
@@ -771,6 +781,26 @@ impl Ioctx {
     }
 
     /// Returns (size, mtime as seconds since the epoch).
+    /// Calls OSD class method `cls.method` on `oid` with `input` (no output wanted).
+    pub(crate) fn exec(&self, oid: &str, cls: &str, method: &str, input: &[u8]) -> SysResult<()> {
+        let (o, c, m) = (cstr(oid)?, cstr(cls)?, cstr(method)?);
+        // SAFETY: valid io context and C strings; `input` is valid for its length; no
+        // output buffer (length 0).
+        rc(unsafe {
+            rados_exec(
+                self.ptr,
+                o.as_ptr(),
+                c.as_ptr(),
+                m.as_ptr(),
+                input.as_ptr().cast(),
+                input.len(),
+                ptr::null_mut(),
+                0,
+            )
+        })
+        .map(drop)
+    }
+
     pub(crate) fn stat(&self, oid: &str) -> SysResult<(u64, i64)> {
         let o = cstr(oid)?;
         let mut size: u64 = 0;

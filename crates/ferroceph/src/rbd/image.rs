@@ -1036,6 +1036,9 @@ fn purge_parent(place: &Place<'_>, mut parent: Option<rbd::ParentInfo>) {
     }
 }
 
+/// How old an interrupted trash move must be before the reaper finishes it.
+const STALE_TRASH_MOVE_SECS: i64 = 30;
+
 /// Removes expired images of ours (named `<prefix><uuid>`, trashed by a user) from the
 /// trash: images that could not be removed when they were deleted because clones still
 /// depended on them or a dead client's watch still lingered. Children go before parents,
@@ -1070,7 +1073,18 @@ pub fn reap_trash(io: &IoCtx, extra_prefixes: &[&str]) -> usize {
             .filter(|e| e.source == 0 && e.deferment_end_time <= now && ours(&e.name))
             .take(2000)
         {
-            match rbd::trash_remove(io, &e.id, false) {
+            let mut removed_now = rbd::trash_remove(io, &e.id, false);
+            // A delete killed inside librbd's trash move leaves the entry "moving", which
+            // librbd never removes; an old one is finished here (the image was being
+            // deleted anyway, so finishing a move still in flight does no harm either).
+            if matches!(&removed_now, Err(err) if err.errno == libc::EUCLEAN)
+                && now - e.deletion_time >= STALE_TRASH_MOVE_SECS
+            {
+                tracing::warn!(image = %e.name, "finishing an interrupted move to the trash");
+                removed_now = rbd::trash_finish_move(io, &e.id, &e.name)
+                    .and_then(|()| rbd::trash_remove(io, &e.id, false));
+            }
+            match removed_now {
                 Ok(()) => {
                     tracing::info!(image = %e.name, "removed a deleted image from the trash");
                     removed += 1;
