@@ -1139,32 +1139,48 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (seq_create, seq_delete, f_seq_c, f_seq_d) =
         paired_sequential(&ch, &e, &pool, &format!("bench-{run_id}-seq"), args.n).await?;
 
+    // Concurrent runs in the order driver, floor, floor, driver: the cluster's speed drifts
+    // over a run, and this order cancels a steady drift out of the ratio.
     eprintln!(
-        "bench: concurrent create/delete x{} ({} in flight)",
+        "bench: concurrent create/delete 2x{} ({} in flight), driver and floor in ABBA order",
         args.n, args.concurrency
     );
-    let (ids, con_create, con_c_wall) = create_many(
-        &ch,
-        &e,
-        &pool,
-        &format!("bench-{run_id}-con"),
-        args.n,
-        args.concurrency,
-    )
-    .await?;
-    let (con_delete, con_d_wall) = delete_many(&ch, &e, &ids, args.concurrency).await?;
-    let con_create_rate = args.n as f64 / con_c_wall.as_secs_f64();
-    let con_delete_rate = args.n as f64 / con_d_wall.as_secs_f64();
-
-    // Right after the driver's runs, before anything leaves deletions for the OSD to chew
-    // on in the background, so both sides see the same cluster.
-    eprintln!("bench: floor");
-    let (f_con_c, f_con_d) = {
-        let e = e.clone();
-        let pool = pool.clone();
-        let (n, c) = (args.n, args.concurrency);
-        tokio::task::spawn_blocking(move || floor(&e, &pool, n, c)).await??
+    let (mut con_create, mut con_delete) = (Stats::default(), Stats::default());
+    let (mut drv_c_secs, mut drv_d_secs, mut flr_c_secs, mut flr_d_secs) = (0.0, 0.0, 0.0, 0.0);
+    for (round, driver_side) in [true, false, false, true].into_iter().enumerate() {
+        if driver_side {
+            let (ids, c, c_wall) = create_many(
+                &ch,
+                &e,
+                &pool,
+                &format!("bench-{run_id}-con{round}"),
+                args.n,
+                args.concurrency,
+            )
+            .await?;
+            let (d, d_wall) = delete_many(&ch, &e, &ids, args.concurrency).await?;
+            con_create.samples.extend_from_slice(&c.samples);
+            con_delete.samples.extend_from_slice(&d.samples);
+            drv_c_secs += c_wall.as_secs_f64();
+            drv_d_secs += d_wall.as_secs_f64();
+        } else {
+            let (e, pool) = (e.clone(), pool.clone());
+            let (n, c) = (args.n, args.concurrency);
+            let (c_rate, d_rate) =
+                tokio::task::spawn_blocking(move || floor(&e, &pool, n, c)).await??;
+            flr_c_secs += n as f64 / c_rate;
+            flr_d_secs += n as f64 / d_rate;
+        }
+    }
+    let per_s = |secs: f64| {
+        if secs > 0.0 {
+            (2 * args.n) as f64 / secs
+        } else {
+            0.0
+        }
     };
+    let (con_create_rate, con_delete_rate) = (per_s(drv_c_secs), per_s(drv_d_secs));
+    let (f_con_c, f_con_d) = (per_s(flr_c_secs), per_s(flr_d_secs));
 
     eprintln!("bench: snapshot and restore x{}", args.snapshots);
     let mut snap_t = Stats::default();
