@@ -289,7 +289,18 @@ fn discard_unfinished(place: &Place<'_>, image: &str) -> Result<(), Status> {
                 tracing::debug!(image, fenced, "waiting for the fenced watch to go: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(250));
             }
-            Err(e) if e.kind() == ErrorKind::Busy => return Err(still_open(image, &e)),
+            Err(e) if e.kind() == ErrorKind::Busy => {
+                // The OSD can keep a watch of a killed client that no blocklist or timeout
+                // clears until the placement group re-peers. Move the image aside to free
+                // its name; the trash reaper removes it once the watch is gone.
+                tracing::warn!(
+                    image,
+                    "an unfinished image keeps a watch after its client was fenced (a stale \
+                     OSD watch, cleared when the PG re-peers); moving it to the trash: {e}"
+                );
+                return rbd::trash_move(&place.io, image, 0)
+                    .map_err(|e| status("move an unfinished image aside", &e));
+            }
             Err(e) => return Err(status("remove an unfinished image", &e)),
         }
     }
