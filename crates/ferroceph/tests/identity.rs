@@ -210,3 +210,38 @@ async fn json_logs_carry_method_request_volume_and_code() {
     );
     assert!(!log.contains("AQBnotakey=="));
 }
+
+/// The Ceph client libraries are opened on first use: a plugin that has not talked to Ceph
+/// (an idle node plugin) does not map them; after one controller call it does.
+#[tokio::test]
+async fn ceph_libraries_are_loaded_on_first_use() {
+    let d = Driver::start(&["--type=rbd", "--controllerserver=true"], &[]);
+    let mut id = d.identity().await;
+    id.probe(pb::ProbeRequest {}).await.unwrap();
+    let pid = d.child.as_ref().expect("driver process").id();
+    let maps = || std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let m = maps();
+    assert!(
+        !m.contains("librados.so") && !m.contains("librbd.so"),
+        "an idle driver maps the Ceph libraries"
+    );
+    let mut ctl = d.controller().await;
+    let name = unique("lazy-libs");
+    let v = ctl
+        .create_volume(create_req(&name, 1 << 20))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .unwrap();
+    assert!(
+        maps().contains("librados.so"),
+        "librados not loaded after a create"
+    );
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: v.volume_id,
+        secrets: cluster().rbd_secrets(),
+    })
+    .await
+    .expect("delete");
+}
