@@ -81,6 +81,42 @@ impl RbdController {
         }
     }
 
+    /// DeleteVolume and DeleteSnapshot: idempotent, under the handle's lock; a handle that
+    /// is not ours (a static volume) is a no-op success. `remove` does the Ceph side.
+    async fn delete_by_handle(
+        &self,
+        kind: &'static str,
+        handle: &str,
+        secrets: &HashMap<String, String>,
+        remove: fn(&Place<'_>, &str) -> Result<(), Status>,
+    ) -> Result<(), Status> {
+        let creds = self.creds(secrets)?;
+        let Some((id, monitors, namespace)) = self.locate(handle)? else {
+            tracing::info!(id = %handle, "not a ferroceph {kind} handle (static or unknown); nothing to delete");
+            return Ok(());
+        };
+        let guard = self.locks.acquire(kind, [format!("id:{handle}")])?;
+        let cfg = self.ceph.connect_config(&monitors, &creds.user, &creds.key);
+        let instance = self.instance.clone();
+        let ns = namespace.clone();
+        let cluster_id = id.cluster_id.clone();
+        let pool = self
+            .ceph
+            .run(cfg, move |cluster| {
+                let _guard = guard;
+                match Place::by_id(cluster, id.location, &ns, &instance)? {
+                    None => Ok(None),
+                    Some(place) => {
+                        remove(&place, &id.uuid)?;
+                        Ok(Some(place.io.pool_name().to_string()))
+                    }
+                }
+            })
+            .await?;
+        self.remember(&cluster_id, &monitors, &namespace, &creds, pool.as_deref());
+        Ok(())
+    }
+
     fn remember(
         &self,
         cluster_id: &str,
@@ -301,32 +337,8 @@ impl Controller for RbdController {
         crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
-        let creds = self.creds(&req.secrets)?;
-        let Some((id, monitors, namespace)) = self.locate(&req.volume_id)? else {
-            tracing::info!(volume = %req.volume_id, "not a ferroceph handle (static volume or unknown); nothing to delete");
-            return Ok(Response::new(pb::DeleteVolumeResponse {}));
-        };
-        let guard = self
-            .locks
-            .acquire("volume", [format!("id:{}", req.volume_id)])?;
-        let cfg = self.ceph.connect_config(&monitors, &creds.user, &creds.key);
-        let instance = self.instance.clone();
-        let ns = namespace.clone();
-        let cluster_id = id.cluster_id.clone();
-        let pool = self
-            .ceph
-            .run(cfg, move |cluster| {
-                let _guard = guard;
-                match Place::by_id(cluster, id.location, &ns, &instance)? {
-                    None => Ok(None),
-                    Some(place) => {
-                        image::delete_volume(&place, &id.uuid)?;
-                        Ok(Some(place.io.pool_name().to_string()))
-                    }
-                }
-            })
+        self.delete_by_handle("volume", &req.volume_id, &req.secrets, image::delete_volume)
             .await?;
-        self.remember(&cluster_id, &monitors, &namespace, &creds, pool.as_deref());
         Ok(Response::new(pb::DeleteVolumeResponse {}))
     }
 
@@ -603,31 +615,13 @@ impl Controller for RbdController {
         crate::server::note_volume(&request.get_ref().snapshot_id);
         let req = request.into_inner();
         validate::id(&req.snapshot_id, "snapshot_id")?;
-        let creds = self.creds(&req.secrets)?;
-        let Some((id, monitors, namespace)) = self.locate(&req.snapshot_id)? else {
-            return Ok(Response::new(pb::DeleteSnapshotResponse {}));
-        };
-        let guard = self
-            .locks
-            .acquire("snapshot", [format!("id:{}", req.snapshot_id)])?;
-        let cfg = self.ceph.connect_config(&monitors, &creds.user, &creds.key);
-        let instance = self.instance.clone();
-        let ns = namespace.clone();
-        let cluster_id = id.cluster_id.clone();
-        let pool = self
-            .ceph
-            .run(cfg, move |cluster| {
-                let _guard = guard;
-                match Place::by_id(cluster, id.location, &ns, &instance)? {
-                    None => Ok(None),
-                    Some(place) => {
-                        image::delete_snapshot(&place, &id.uuid)?;
-                        Ok(Some(place.io.pool_name().to_string()))
-                    }
-                }
-            })
-            .await?;
-        self.remember(&cluster_id, &monitors, &namespace, &creds, pool.as_deref());
+        self.delete_by_handle(
+            "snapshot",
+            &req.snapshot_id,
+            &req.secrets,
+            image::delete_snapshot,
+        )
+        .await?;
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 
