@@ -25,7 +25,9 @@ FERRO_SOAK_MINUTES=$minutes FERRO_SOAK_KILLS=${FERRO_SOAK_KILLS:-200} \
     2>&1 | tee "$log" | grep -E '^(soak:|SOAK RESULT|thread .* panicked|test result)' || rc=1
 grep -q '^test result: ok' "$log" || rc=1
 if ((rc)); then
-    echo "soak FAILED; the end of its output:" >&2
+    echo "soak FAILED; why:" >&2
+    grep -A3 'panicked at' "$log" | grep -v '^\s*[0-9]*: \|^\s*at ' >&2 || true
+    echo "the end of its output:" >&2
     tail -n 40 "$log" >&2
 fi
 exit "$rc"
