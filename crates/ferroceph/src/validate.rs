@@ -96,6 +96,56 @@ pub fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64, Status> {
 }
 
 /// Checks a size that already exists against a request's range.
+/// A CreateVolume content source, decoded.
+pub struct ContentSource {
+    pub id: crate::volid::CsiId,
+    /// The id as the CO gave it.
+    pub raw: String,
+    pub is_snapshot: bool,
+}
+
+/// The request's content source, None for a blank volume. An id that does not decode is
+/// NotFound (no such source); a source in another cluster than `cluster_id` is
+/// InvalidArgument.
+pub fn content_source(
+    req: &pb::CreateVolumeRequest,
+    cluster_id: &str,
+) -> Result<Option<ContentSource>, Status> {
+    use pb::volume_content_source::Type;
+    let (raw, what, is_snapshot) = match req
+        .volume_content_source
+        .as_ref()
+        .and_then(|s| s.r#type.as_ref())
+    {
+        None => return Ok(None),
+        Some(Type::Snapshot(s)) => (&s.snapshot_id, "snapshot", true),
+        Some(Type::Volume(v)) => (&v.volume_id, "volume", false),
+    };
+    let id = crate::volid::CsiId::decode(raw)
+        .map_err(|_| Status::not_found(format!("{what} {raw:?} does not exist")))?;
+    if id.cluster_id != cluster_id {
+        return Err(Status::invalid_argument(format!(
+            "content source {raw} is in cluster {:?}, not {cluster_id:?}",
+            id.cluster_id
+        )));
+    }
+    Ok(Some(ContentSource {
+        id,
+        raw: raw.clone(),
+        is_snapshot,
+    }))
+}
+
+/// The locks a CreateVolume holds: its name, and its content source (so the source cannot
+/// be deleted under the clone).
+pub fn create_lock_keys(name: &str, source: Option<&ContentSource>) -> Vec<String> {
+    let mut keys = vec![format!("create:{name}")];
+    if let Some(s) = source {
+        keys.push(format!("id:{}", s.raw));
+    }
+    keys
+}
+
 pub fn size_fits(size: u64, range: Option<&pb::CapacityRange>) -> bool {
     let Some(r) = range else { return true };
     (r.required_bytes <= 0 || size >= r.required_bytes as u64)

@@ -166,45 +166,12 @@ impl Controller for CephFsController {
         let creds = admin_credentials(&req.secrets).map_err(invalid)?;
         let info = cluster_info(&self.clusters, &params.cluster_id)?;
 
-        let (source, source_id) = match req
-            .volume_content_source
-            .as_ref()
-            .and_then(|s| s.r#type.as_ref())
-        {
-            None => (None, String::new()),
-            Some(pb::volume_content_source::Type::Snapshot(s)) => {
-                let id = CsiId::decode(&s.snapshot_id).map_err(|_| {
-                    Status::not_found(format!("snapshot {:?} does not exist", s.snapshot_id))
-                })?;
-                (
-                    Some((id.clone(), Source::Snapshot(id.uuid))),
-                    s.snapshot_id.clone(),
-                )
-            }
-            Some(pb::volume_content_source::Type::Volume(v)) => {
-                let id = CsiId::decode(&v.volume_id).map_err(|_| {
-                    Status::not_found(format!("volume {:?} does not exist", v.volume_id))
-                })?;
-                (
-                    Some((id.clone(), Source::Volume(id.uuid))),
-                    v.volume_id.clone(),
-                )
-            }
-        };
-        if let Some((sid, _)) = &source {
-            if sid.cluster_id != params.cluster_id {
-                return Err(Status::invalid_argument(format!(
-                    "content source {source_id} is in cluster {:?}, not {:?}",
-                    sid.cluster_id, params.cluster_id
-                )));
-            }
-        }
-
-        let mut lock_keys = vec![format!("create:{}", req.name)];
-        if !source_id.is_empty() {
-            lock_keys.push(format!("id:{source_id}"));
-        }
-        let guard = self.locks.acquire("volume", lock_keys)?;
+        let source = validate::content_source(&req, &params.cluster_id)?;
+        let source_id = source.as_ref().map(|s| s.raw.clone()).unwrap_or_default();
+        let guard = self.locks.acquire(
+            "volume",
+            validate::create_lock_keys(&req.name, source.as_ref()),
+        )?;
         let cfg = self
             .ceph
             .connect_config(&info.monitors, &creds.user, &creds.key);
@@ -222,14 +189,18 @@ impl Controller for CephFsController {
                 let place = FsPlace::by_name(cluster, &p.fs_name, &ns, &instance, &group)?;
                 let source = match source {
                     None => Source::Blank,
-                    Some((sid, src)) => {
-                        if sid.location != place.fs.fscid {
+                    Some(src) => {
+                        if src.id.location != place.fs.fscid {
                             return Err(Status::invalid_argument(format!(
                                 "content source {src_id} lives in filesystem id {}, but the volume goes to {:?} (id {}); cloning across filesystems is not supported",
-                                sid.location, p.fs_name, place.fs.fscid
+                                src.id.location, p.fs_name, place.fs.fscid
                             )));
                         }
-                        src
+                        if src.is_snapshot {
+                            Source::Snapshot(src.id.uuid)
+                        } else {
+                            Source::Volume(src.id.uuid)
+                        }
                     }
                 };
                 let spec = CreateSpec {
