@@ -3,7 +3,10 @@
 //! so an image the kernel cannot map fails with FailedPrecondition naming each feature and
 //! the fix, instead of the kernel's "feature set mismatch" (ceph/ceph-csi#1507).
 
-use super::{options_for, AttachEnv, AttachRequest, Attached, Attacher, Health, Mounter};
+use super::{
+    options_for, rbd_map_args, rbd_unmap_args, AttachEnv, AttachRequest, Attached, Attacher,
+    Health, Mounter,
+};
 use crate::node::exec;
 use crate::node::keyfile::KeyFile;
 use crate::node::record::{ImageLocation, Record};
@@ -18,44 +21,17 @@ pub struct Krbd {
     pub env: AttachEnv,
 }
 
-/// `rbd map` arguments.
-pub fn map_args(
+fn map_args(
     loc: &ImageLocation,
     keyfile: &Path,
     options: Option<&str>,
     read_only: bool,
 ) -> Vec<String> {
-    let mut a = vec![
-        "map".to_string(),
-        loc.spec(),
-        "--device-type".into(),
-        "krbd".into(),
-        "--id".into(),
-        loc.user.clone(),
-        "-m".into(),
-        loc.monitors.join(","),
-        "--keyfile".into(),
-        keyfile.display().to_string(),
-    ];
-    if let Some(o) = options {
-        a.push("--options".into());
-        a.push(o.to_string());
-    }
-    if read_only {
-        a.push("--read-only".into());
-    }
-    a
+    rbd_map_args("krbd", loc, keyfile, options, read_only)
 }
 
-/// `rbd unmap` arguments.
-pub fn unmap_args(device: &str, options: Option<&str>) -> Vec<String> {
-    let mut a = vec!["unmap".to_string(), "--device-type".into(), "krbd".into()];
-    if let Some(o) = options {
-        a.push("--options".into());
-        a.push(o.to_string());
-    }
-    a.push(device.to_string());
-    a
+fn unmap_args(device: &str, options: Option<&str>) -> Vec<String> {
+    rbd_unmap_args("krbd", device, options)
 }
 
 /// Parses `/sys/bus/rbd/supported_features` (`0x3d`).

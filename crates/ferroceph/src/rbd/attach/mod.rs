@@ -176,6 +176,51 @@ pub trait Attacher: Send + Sync {
     async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64, Status>;
 }
 
+/// `rbd map --device-type <device_type>` arguments (krbd and rbd-nbd differ only there).
+pub fn rbd_map_args(
+    device_type: &str,
+    loc: &ImageLocation,
+    keyfile: &Path,
+    options: Option<&str>,
+    read_only: bool,
+) -> Vec<String> {
+    let mut a = vec![
+        "map".to_string(),
+        loc.spec(),
+        "--device-type".into(),
+        device_type.into(),
+        "--id".into(),
+        loc.user.clone(),
+        "-m".into(),
+        loc.monitors.join(","),
+        "--keyfile".into(),
+        keyfile.display().to_string(),
+    ];
+    if let Some(o) = options {
+        a.push("--options".into());
+        a.push(o.to_string());
+    }
+    if read_only {
+        a.push("--read-only".into());
+    }
+    a
+}
+
+/// `rbd unmap --device-type <device_type>` arguments.
+pub fn rbd_unmap_args(device_type: &str, device: &str, options: Option<&str>) -> Vec<String> {
+    let mut a = vec![
+        "unmap".to_string(),
+        "--device-type".into(),
+        device_type.into(),
+    ];
+    if let Some(o) = options {
+        a.push("--options".into());
+        a.push(o.to_string());
+    }
+    a.push(device.to_string());
+    a
+}
+
 pub fn attacher(m: Mounter, env: &AttachEnv) -> Box<dyn Attacher> {
     match m {
         Mounter::Krbd => Box::new(krbd::Krbd { env: env.clone() }),

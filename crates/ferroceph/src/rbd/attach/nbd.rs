@@ -4,7 +4,10 @@
 //! then, ceph/ceph-csi#2204); its pid is recorded. The key file is removed as soon as the map
 //! returns: the daemon has authenticated by then (rbd map waits for the device).
 
-use super::{options_for, AttachEnv, AttachRequest, Attached, Attacher, Health, Mounter};
+use super::{
+    options_for, rbd_map_args, rbd_unmap_args, AttachEnv, AttachRequest, Attached, Attacher,
+    Health, Mounter,
+};
 use crate::node::exec;
 use crate::node::keyfile::KeyFile;
 use crate::node::record::{ImageLocation, Record};
@@ -16,42 +19,17 @@ pub struct Nbd {
     pub env: AttachEnv,
 }
 
-pub fn map_args(
+fn map_args(
     loc: &ImageLocation,
     keyfile: &Path,
     options: Option<&str>,
     read_only: bool,
 ) -> Vec<String> {
-    let mut a = vec![
-        "map".to_string(),
-        loc.spec(),
-        "--device-type".into(),
-        "nbd".into(),
-        "--id".into(),
-        loc.user.clone(),
-        "-m".into(),
-        loc.monitors.join(","),
-        "--keyfile".into(),
-        keyfile.display().to_string(),
-    ];
-    if let Some(o) = options {
-        a.push("--options".into());
-        a.push(o.to_string());
-    }
-    if read_only {
-        a.push("--read-only".into());
-    }
-    a
+    rbd_map_args("nbd", loc, keyfile, options, read_only)
 }
 
-pub fn unmap_args(device: &str, options: Option<&str>) -> Vec<String> {
-    let mut a = vec!["unmap".to_string(), "--device-type".into(), "nbd".into()];
-    if let Some(o) = options {
-        a.push("--options".into());
-        a.push(o.to_string());
-    }
-    a.push(device.to_string());
-    a
+fn unmap_args(device: &str, options: Option<&str>) -> Vec<String> {
+    rbd_unmap_args("nbd", device, options)
 }
 
 /// `/dev/nbd3` → `nbd3`.
