@@ -213,29 +213,29 @@ async fn wait_probe(socket: &Path) -> anyhow::Result<Channel> {
     }
 }
 
-/// The anonymous part of a process's RSS (heap, stacks), KiB: the rest is file-backed pages
-/// of the binary and the shared libraries it maps.
-fn anon_kib(pid: u32) -> u64 {
+/// One numeric field of /proc/<pid>/status (kB for the memory ones), 0 when unreadable.
+fn proc_status_field(pid: u32, name: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("RssAnon:"))
+        .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(':')))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
+/// The anonymous part of a process's RSS (heap, stacks), KiB: the rest is file-backed pages
+/// of the binary and the shared libraries it maps.
+fn anon_kib(pid: u32) -> u64 {
+    proc_status_field(pid, "RssAnon")
+}
+
+/// (RSS KiB, threads).
 fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("Threads:"))
+    (
+        proc_status_field(pid, "VmRSS"),
+        proc_status_field(pid, "Threads"),
+    )
 }
 
 fn create_req(e: &Env, pool: &str, name: &str) -> pb::CreateVolumeRequest {
