@@ -261,10 +261,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ferroceph_build_info"), "{text}");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        serve("127.0.0.1", port, "/metrics").await.unwrap();
+        // A free port may be taken by another process between the probe and serve(): try
+        // a few.
+        let mut port = 0;
+        for attempt in 0..10 {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            port = listener.local_addr().unwrap().port();
+            drop(listener);
+            match serve("127.0.0.1", port, "/metrics").await {
+                Ok(()) => break,
+                Err(e) if attempt < 9 => eprintln!("port {port}: {e}; another one"),
+                Err(e) => panic!("cannot serve metrics: {e}"),
+            }
+        }
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
