@@ -13,7 +13,7 @@ mod common;
 use common::*;
 use csi::v1 as pb;
 use rados::rbd::Image;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -497,6 +497,10 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
         &["--type=rbd", "--controllerserver=true", "--reapinterval=2s"],
         &[],
     );
+    // The soak has the cluster to itself: whatever appears in the pool from now on and is
+    // still there at the end is its leak, even under a uuid no response ever carried (an
+    // attempt rolled back after its reply was lost).
+    let before = PoolState::now();
     let endpoint = driver.endpoint();
     let driver = Arc::new(Mutex::new(driver));
     let stats = Arc::new(Stats {
@@ -601,6 +605,7 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let admin_io = ctx.admin.ioctx("rbd", "").expect("admin io context");
     let mut repeered = false;
+    let mut waited = false;
     let leaks = loop {
         let (_, trash) = admin_cli("rbd", &["trash", "ls", "-p", "rbd", "--all", "--long"]);
         let imgs = images();
@@ -632,9 +637,24 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
                 leaks.push(format!("journal key csi.snap.{n}"));
             }
         }
+        let now = PoolState::now();
+        for i in now.images.difference(&before.images) {
+            if !uuids.iter().any(|u| i.contains(u.as_str())) {
+                leaks.push(format!("image {i} (no reply named it)"));
+            }
+        }
+        for (id, name) in &now.trash {
+            if !before.trash.contains_key(id) && !uuids.iter().any(|u| name.contains(u.as_str())) {
+                leaks.push(format!("trash {name} (id {id}, no reply named it)"));
+            }
+        }
         // the restarted processes' key files are gone too
         if leaks.is_empty() || Instant::now() > deadline {
             break leaks;
+        }
+        if !waited {
+            println!("soak: waiting for the reaper: {leaks:?}");
+            waited = true;
         }
         // Images in the trash that still fail to go after 30 s are held by a stale OSD
         // watch of a killed client (the driver fenced the client; Ceph drops such a watch
@@ -683,6 +703,34 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
     assert!(leaks.is_empty(), "leaked: {leaks:?}");
     assert_eq!(keys_left, 0, "key files left in the keys dir");
     assert!(unexpected.is_empty(), "unexpected errors: {unexpected:?}");
+}
+
+/// The images and trash entries of the rbd pool.
+struct PoolState {
+    images: BTreeSet<String>,
+    /// id -> name
+    trash: BTreeMap<String, String>,
+}
+
+impl PoolState {
+    fn now() -> PoolState {
+        let (ok, out) = admin_cli(
+            "rbd",
+            &["trash", "ls", "-p", "rbd", "--all", "--format", "json"],
+        );
+        assert!(ok, "rbd trash ls: {out}");
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+        PoolState {
+            images: images().into_iter().collect(),
+            trash: entries
+                .iter()
+                .map(|e| {
+                    let field = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                    (field("id"), field("name"))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Short form, run by scripts/test.sh on its own (it kills drivers and changes the OSDs'
