@@ -14,6 +14,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `start` with a port that was free a moment ago; another process can take it
+/// before the started one binds it, so a start that fails (returns None or panics) is
+/// tried again with another port.
+fn on_free_port<T>(start: impl Fn(u16) -> Option<T>) -> (T, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        if let Ok(Some(t)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start(port)))
+        {
+            return (t, port);
+        }
+    }
+    panic!("no free port could be bound in 5 attempts");
+}
+
 fn scrape(port: u16) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -42,15 +56,17 @@ fn wait_for(port: u16, needle: &str) -> String {
 
 #[tokio::test]
 async fn rpc_metrics_and_liveness() {
-    let port = free_port();
-    let d = Driver::start(
-        &[
-            "--type=rbd",
-            "--controllerserver=true",
-            &format!("--metricsport={port}"),
-        ],
-        &[],
-    );
+    // the driver exits at once when it cannot bind its metrics port
+    let (d, port) = on_free_port(|port| {
+        Some(Driver::start(
+            &[
+                "--type=rbd",
+                "--controllerserver=true",
+                &format!("--metricsport={port}"),
+            ],
+            &[],
+        ))
+    });
     let mut ctl = d.controller().await;
     let v = ctl
         .create_volume(create_req(&unique("pvc-metrics"), 4 * MIB))
@@ -85,19 +101,26 @@ async fn rpc_metrics_and_liveness() {
     }
 
     // the liveness sidecar probes the socket and exports csi_liveness
-    let lport = free_port();
-    let mut live = Command::new(bin())
-        .args([
-            "--type=liveness",
-            &format!("--endpoint={}", d.endpoint()),
-            &format!("--metricsport={lport}"),
-            "--polltime=200ms",
-            "--timeout=2s",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut live, lport) = on_free_port(|lport| {
+        let mut live = Command::new(bin())
+            .args([
+                "--type=liveness",
+                &format!("--endpoint={}", d.endpoint()),
+                &format!("--metricsport={lport}"),
+                "--polltime=200ms",
+                "--timeout=2s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // a sidecar that could not bind its port has exited within this time
+        std::thread::sleep(Duration::from_millis(300));
+        match live.try_wait() {
+            Ok(None) => Some(live),
+            _ => None,
+        }
+    });
     wait_for(lport, "csi_liveness 1");
     drop(d); // the driver goes away: the probe fails
     wait_for(lport, "csi_liveness 0");
