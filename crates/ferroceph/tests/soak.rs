@@ -1,6 +1,6 @@
-//! Crash soak: a mixed RBD controller workload (create, write, snapshot, restore, clone,
-//! expand, delete) runs against a driver that a killer thread SIGKILLs at random moments
-//! and restarts. Every operation is retried, as a CO does, until it succeeds. At the end
+//! Crash soak: a mixed RBD workload (create, write, snapshot, restore, clone, expand,
+//! stage/publish through the FUSE attachment, unpublish/unstage, delete) runs against a
+//! controller+node driver that a killer thread SIGKILLs at random moments and restarts. Every operation is retried, as a CO does, until it succeeds. At the end
 //! every volume that should exist exists with its size and data, everything else is gone,
 //! and no image, trash entry or journal key of the test is left.
 //!
@@ -20,6 +20,24 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 
 type Ctl = pb::controller_client::ControllerClient<tonic::transport::Channel>;
+type Node = pb::node_client::NodeClient<tonic::transport::Channel>;
+
+/// The CSI clients an operation can run on.
+trait Client {
+    fn on(ch: tonic::transport::Channel) -> Self;
+}
+
+impl Client for Ctl {
+    fn on(ch: tonic::transport::Channel) -> Self {
+        Ctl::new(ch)
+    }
+}
+
+impl Client for Node {
+    fn on(ch: tonic::transport::Channel) -> Self {
+        Node::new(ch)
+    }
+}
 
 /// How long one operation may take to converge through kills and lingering watches.
 const OP_DEADLINE: Duration = Duration::from_secs(150);
@@ -51,6 +69,8 @@ struct Stats {
     worker_done: Vec<AtomicBool>,
     retries: AtomicU64,
     codes: Mutex<BTreeMap<String, u64>>,
+    /// Failed attempts per operation.
+    retried_ops: Mutex<BTreeMap<String, u64>>,
     unexpected: Mutex<Vec<String>>,
     /// The slowest operations: (time until success, what, attempts, last error).
     slowest: Mutex<Vec<(Duration, String)>>,
@@ -96,14 +116,35 @@ struct Ctx {
     endpoint: String,
     stats: Arc<Stats>,
     admin: rados::Cluster,
+    /// Where this worker's staging and target paths live.
+    node_dir: std::path::PathBuf,
 }
 
 impl Ctx {
     /// Runs `f` on a fresh connection until it succeeds; with `defer_busy`, an image still
     /// in use (a killed driver's watch) returns None so the caller can come back later.
-    async fn op<T, F, Fut>(&self, what: &str, defer_busy: bool, mut f: F) -> Option<T>
+    async fn op<T, F, Fut>(&self, what: &str, defer_busy: bool, f: F) -> Option<T>
     where
         F: FnMut(Ctl) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.op_on(what, defer_busy, f).await
+    }
+
+    /// A node operation, retried like [`Ctx::op`].
+    async fn node_op<T, F, Fut>(&self, what: &str, f: F) -> T
+    where
+        F: FnMut(Node) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.op_on(what, false, f)
+            .await
+            .unwrap_or_else(|| panic!("{what} was deferred"))
+    }
+
+    async fn op_on<C: Client, T, F, Fut>(&self, what: &str, defer_busy: bool, mut f: F) -> Option<T>
+    where
+        F: FnMut(C) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
@@ -125,7 +166,7 @@ impl Ctx {
                 }
             };
             attempts += 1;
-            match f(Ctl::new(ch)).await {
+            match f(C::on(ch)).await {
                 Ok(r) => {
                     self.stats.note_time(
                         started.elapsed(),
@@ -143,6 +184,13 @@ impl Ctx {
                         .lock()
                         .unwrap()
                         .entry(format!("{:?}", e.code()))
+                        .or_default() += 1;
+                    *self
+                        .stats
+                        .retried_ops
+                        .lock()
+                        .unwrap()
+                        .entry(what.to_string())
                         .or_default() += 1;
                     if defer_busy && is_busy(&e) {
                         self.stats
@@ -377,7 +425,90 @@ async fn cycle(ctx: &Ctx, w: usize, i: u64, out: &mut WorkerOut) {
             out.deferred.push(d);
         }
     }
+    node_cycle(ctx, i, seed, out).await;
     out.cycles += 1;
+}
+
+/// The node half of a cycle, through the FUSE attachment: a new volume F is staged
+/// (formatted) and published, a pod writes a file, F is unpublished and unstaged, then
+/// staged and published at another node's paths (the pod moved), the file is read back,
+/// and F is unpublished, unstaged and deleted.
+async fn node_cycle(ctx: &Ctx, i: u64, seed: u64, out: &mut WorkerOut) {
+    let fname = unique("soak-f");
+    out.vol_names.push(fname.clone());
+    let f = ctx
+        .op("CreateVolume for a pod", false, |mut c| {
+            let r = vol_req(&fname, 16 * MIB, None);
+            async move { c.create_volume(r).await }
+        })
+        .await
+        .unwrap()
+        .volume
+        .unwrap();
+    out.uuids.push(uuid_of(&f.volume_id));
+    let data = pattern(seed ^ 0xf11e, 4096);
+    for (k, node) in ["node-a", "node-b"].iter().enumerate() {
+        let staging = ctx.node_dir.join(format!("{i}/{node}/globalmount"));
+        let target = ctx.node_dir.join(format!("{i}/{node}/pod/mount"));
+        let (staging, target) = (staging.display().to_string(), target.display().to_string());
+        ctx.node_op("NodeStageVolume", |mut c| {
+            let r = pb::NodeStageVolumeRequest {
+                volume_id: f.volume_id.clone(),
+                publish_context: Default::default(),
+                staging_target_path: staging.clone(),
+                volume_capability: Some(rwo()),
+                secrets: cluster().rbd_secrets(),
+                volume_context: f.volume_context.clone(),
+            };
+            async move { c.node_stage_volume(r).await }
+        })
+        .await;
+        ctx.node_op("NodePublishVolume", |mut c| {
+            let r = pb::NodePublishVolumeRequest {
+                volume_id: f.volume_id.clone(),
+                publish_context: Default::default(),
+                staging_target_path: staging.clone(),
+                target_path: target.clone(),
+                volume_capability: Some(rwo()),
+                readonly: false,
+                secrets: Default::default(),
+                volume_context: f.volume_context.clone(),
+            };
+            async move { c.node_publish_volume(r).await }
+        })
+        .await;
+        let file = std::path::Path::new(&target).join("data");
+        if k == 0 {
+            let mut fh = std::fs::File::create(&file).expect("create a file on the volume");
+            std::io::Write::write_all(&mut fh, &data).expect("write the file");
+            fh.sync_all().expect("sync the file");
+        } else {
+            let got = std::fs::read(&file).expect("read the file after the pod moved");
+            assert!(
+                got == data,
+                "volume {fname} lost its file when the pod moved"
+            );
+        }
+        ctx.node_op("NodeUnpublishVolume", |mut c| {
+            let r = pb::NodeUnpublishVolumeRequest {
+                volume_id: f.volume_id.clone(),
+                target_path: target.clone(),
+            };
+            async move { c.node_unpublish_volume(r).await }
+        })
+        .await;
+        ctx.node_op("NodeUnstageVolume", |mut c| {
+            let r = pb::NodeUnstageVolumeRequest {
+                volume_id: f.volume_id.clone(),
+                staging_target_path: staging.clone(),
+            };
+            async move { c.node_unstage_volume(r).await }
+        })
+        .await;
+    }
+    if let Some(d) = delete(ctx, Deletion::Volume(f.volume_id.clone()), true).await {
+        out.deferred.push(d);
+    }
 }
 
 struct Killer {
@@ -494,13 +625,22 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
         .as_nanos() as u64;
     eprintln!("soak: seed {seed}, at least {min_kills} kills, {minutes} min, {workers} workers");
     let driver = Driver::start(
-        &["--type=rbd", "--controllerserver=true", "--reapinterval=2s"],
+        &[
+            "--type=rbd",
+            "--controllerserver=true",
+            "--nodeserver=true",
+            "--nodeid=soak-node",
+            "--reapinterval=2s",
+        ],
         &[],
     );
     // The soak has the cluster to itself: whatever appears in the pool from now on and is
     // still there at the end is its leak, even under a uuid no response ever carried (an
     // attempt rolled back after its reply was lost).
     let before = PoolState::now();
+    // Staging and target paths of every worker; whatever a failed run leaves attached
+    // there is undone when this is dropped.
+    let scratch = Scratch::new();
     let endpoint = driver.endpoint();
     let driver = Arc::new(Mutex::new(driver));
     let stats = Arc::new(Stats {
@@ -524,6 +664,7 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
                 c.get("FERRO_ADMIN_KEY"),
             ))
             .expect("admin connection"),
+            node_dir: scratch.path(&format!("w{w}")),
         };
         let kills = killer.kills.clone();
         let done = done.clone();
@@ -550,6 +691,8 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
     let kills = killer.kills.load(Ordering::Relaxed);
     let kill_phase = t0.elapsed();
     eprintln!("soak: kill phase over after {kill_phase:?}, {kills} kills");
+    // every node operation has converged: nothing may stay attached or recorded
+    let node_left = node_leftovers(&scratch);
 
     // The driver runs undisturbed now: finish the deferred deletions (the dead clients'
     // watches expire within 30 s), check what must exist, delete it, look for leaks.
@@ -688,21 +831,60 @@ async fn soak(min_kills: u64, minutes: u64, workers: usize) {
          attempts {codes:?}, {n_deferred} deletions deferred past a dead client's watch), \
          volumes verified {checked}, leaks found {}, unexpected errors {}, kill phase {:.1}s, \
          total {:.1}s",
-        leaks.len() + keys_left,
+        leaks.len() + keys_left + node_left.len(),
         unexpected.len(),
         kill_phase.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
+    println!(
+        "soak: failed attempts per operation: {:?}",
+        stats.retried_ops.lock().unwrap()
+    );
     for (took, what) in stats.slowest.lock().unwrap().iter() {
         println!("soak: slow: {:.1}s {what}", took.as_secs_f64());
     }
-    for l in &leaks {
+    for l in leaks.iter().chain(&node_left) {
         println!("soak: leaked {l}");
     }
     assert!(kills >= min_kills, "only {kills} kills");
     assert!(leaks.is_empty(), "leaked: {leaks:?}");
+    assert!(node_left.is_empty(), "left on the node: {node_left:?}");
     assert_eq!(keys_left, 0, "key files left in the keys dir");
     assert!(unexpected.is_empty(), "unexpected errors: {unexpected:?}");
+}
+
+/// Mounts, loop devices, FUSE exporters and staging records (`.ferroceph-*`) left under
+/// the soak's staging and target paths.
+fn node_leftovers(scratch: &Scratch) -> Vec<String> {
+    let mut left: Vec<String> = scratch
+        .mounts_under()
+        .iter()
+        .map(|m| format!("mount {}", m.display()))
+        .collect();
+    left.extend(
+        scratch
+            .loops_under()
+            .iter()
+            .map(|l| format!("loop device {l}")),
+    );
+    left.extend(
+        scratch
+            .exporters_under()
+            .iter()
+            .map(|p| format!("exporter pid {p}")),
+    );
+    let mut dirs = vec![scratch.dir.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if e.file_name().to_string_lossy().starts_with(".ferroceph-") {
+                left.push(format!("staging state {}", path.display()));
+            } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(path);
+            }
+        }
+    }
+    left
 }
 
 /// The images and trash entries of the rbd pool.

@@ -11,6 +11,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+mod scratch;
+#[allow(unused_imports)] // not every test binary uses it
+pub use scratch::{alive, Scratch};
+
 pub struct ClusterEnv {
     pub vars: HashMap<String, String>,
 }
