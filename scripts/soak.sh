@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Long crash soak: a mixed RBD controller workload (create, write, snapshot, restore,
-# clone, expand, delete) against a driver that is SIGKILLed at random moments and
-# restarted; every operation is retried until it succeeds; at the end the kept volumes
-# must hold their data and nothing of the test may be left in the pool.
+# Long crash soak: a mixed RBD workload (create, write, snapshot, restore, clone, expand,
+# stage/publish through the FUSE attachment, unpublish/unstage, delete) against a
+# controller+node driver that is SIGKILLed at random moments and restarted; every
+# operation is retried until it succeeds; at the end the kept volumes must hold their
+# data, pods' files must have survived a move, and nothing of the test may be left in
+# the pool or on the node.
 #
 #   scripts/soak.sh [MINUTES]     default 10; at least FERRO_SOAK_KILLS kills (default 200)
 #

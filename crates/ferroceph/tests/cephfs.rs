@@ -207,14 +207,13 @@ fn del_snap(id: &str) -> pb::DeleteSnapshotRequest {
 }
 
 fn stage_req(v: &pb::Volume, staging: &Path, mode: Mode) -> pb::NodeStageVolumeRequest {
-    pb::NodeStageVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: Some(mount_cap(mode)),
-        secrets: fs_secrets(),
-        volume_context: v.volume_context.clone(),
-        ..Default::default()
-    }
+    common::stage_req(
+        &v.volume_id,
+        &v.volume_context,
+        staging,
+        mount_cap(mode),
+        fs_secrets(),
+    )
 }
 
 fn publish_req(
@@ -223,28 +222,14 @@ fn publish_req(
     target: &Path,
     mode: Mode,
 ) -> pb::NodePublishVolumeRequest {
-    pb::NodePublishVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(mount_cap(mode)),
-        volume_context: v.volume_context.clone(),
-        ..Default::default()
-    }
-}
-
-fn unpublish_req(v: &pb::Volume, target: &Path) -> pb::NodeUnpublishVolumeRequest {
-    pb::NodeUnpublishVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        target_path: target.display().to_string(),
-    }
-}
-
-fn unstage_req(v: &pb::Volume, staging: &Path) -> pb::NodeUnstageVolumeRequest {
-    pb::NodeUnstageVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-    }
+    common::publish_req(
+        &v.volume_id,
+        &v.volume_context,
+        staging,
+        target,
+        mount_cap(mode),
+        false,
+    )
 }
 
 fn stats_req(v: &pb::Volume, path: &Path) -> pb::NodeGetVolumeStatsRequest {
@@ -625,16 +610,16 @@ async fn rwx_on_two_nodes_quota_expansion_and_stats() {
 
     // teardown, twice (idempotent); ceph-fuse exits
     for _ in 0..2 {
-        na.node_unpublish_volume(unpublish_req(&vol, &ta))
+        na.node_unpublish_volume(unpublish_req(&vol.volume_id, &ta))
             .await
             .unwrap();
-        nb.node_unpublish_volume(unpublish_req(&vol, &tb))
+        nb.node_unpublish_volume(unpublish_req(&vol.volume_id, &tb))
             .await
             .unwrap();
-        na.node_unstage_volume(unstage_req(&vol, &sa))
+        na.node_unstage_volume(unstage_req(&vol.volume_id, &sa))
             .await
             .unwrap();
-        nb.node_unstage_volume(unstage_req(&vol, &sb))
+        nb.node_unstage_volume(unstage_req(&vol.volume_id, &sb))
             .await
             .unwrap();
     }
@@ -823,15 +808,17 @@ async fn snapshots_clones_and_deleting_a_volume_with_snapshots() {
             Some(libc::EROFS),
             "reader modes mount read-only"
         );
-        node.node_unpublish_volume(unpublish_req(v, &t))
+        node.node_unpublish_volume(unpublish_req(&v.volume_id, &t))
             .await
             .unwrap();
-        node.node_unstage_volume(unstage_req(v, &s)).await.unwrap();
+        node.node_unstage_volume(unstage_req(&v.volume_id, &s))
+            .await
+            .unwrap();
     }
-    node.node_unpublish_volume(unpublish_req(&src, &t0p))
+    node.node_unpublish_volume(unpublish_req(&src.volume_id, &t0p))
         .await
         .unwrap();
-    node.node_unstage_volume(unstage_req(&src, &s0))
+    node.node_unstage_volume(unstage_req(&src.volume_id, &s0))
         .await
         .unwrap();
 
@@ -948,10 +935,10 @@ async fn a_static_volume_mounts_and_is_never_touched() {
         .into_inner();
     assert!(v.confirmed.is_some());
 
-    node.node_unpublish_volume(unpublish_req(&vol, &t))
+    node.node_unpublish_volume(unpublish_req(&vol.volume_id, &t))
         .await
         .unwrap();
-    node.node_unstage_volume(unstage_req(&vol, &s))
+    node.node_unstage_volume(unstage_req(&vol.volume_id, &s))
         .await
         .unwrap();
     assert!(mounts_under(&scratch.root).is_empty());
@@ -1395,10 +1382,12 @@ async fn node_plugin_restart_keeps_or_heals_a_staged_fuse_volume() {
     d.kill();
     d.spawn();
     let mut node = d.node().await;
-    node.node_unpublish_volume(unpublish_req(&v, &t))
+    node.node_unpublish_volume(unpublish_req(&v.volume_id, &t))
         .await
         .unwrap();
-    node.node_unstage_volume(unstage_req(&v, &s)).await.unwrap();
+    node.node_unstage_volume(unstage_req(&v.volume_id, &s))
+        .await
+        .unwrap();
     assert!(mounts_under(&scratch.root).is_empty());
     assert!(is_zombie(new_pid), "ceph-fuse exited");
     let mut ctl = d.controller().await;

@@ -262,11 +262,6 @@ async fn snapshot_and_expand_idempotency_rules() {
     .await
     .unwrap();
     for v in [a, b] {
-        ctl.delete_volume(pb::DeleteVolumeRequest {
-            volume_id: v.volume_id,
-            secrets: secrets(),
-        })
-        .await
-        .unwrap();
+        ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
     }
 }

@@ -238,10 +238,7 @@ async fn ceph_libraries_are_loaded_on_first_use() {
         maps().contains("librados.so"),
         "librados not loaded after a create"
     );
-    ctl.delete_volume(pb::DeleteVolumeRequest {
-        volume_id: v.volume_id,
-        secrets: cluster().rbd_secrets(),
-    })
-    .await
-    .expect("delete");
+    ctl.delete_volume(del_req(&v.volume_id))
+        .await
+        .expect("delete");
 }

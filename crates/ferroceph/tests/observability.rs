@@ -78,7 +78,7 @@ async fn rpc_metrics_and_liveness() {
     let mut bad = create_req(&unique("pvc-metrics"), 4 * MIB);
     bad.parameters.insert("nope".into(), "1".into());
     assert!(ctl.create_volume(bad).await.is_err());
-    ctl.delete_volume(pb_del(&v.volume_id)).await.unwrap();
+    ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
     let text = wait_for(
         port,
         "ferroceph_rpc_requests_total{method=\"CreateVolume\",code=\"InvalidArgument\"} 1",
@@ -126,11 +126,4 @@ async fn rpc_metrics_and_liveness() {
     wait_for(lport, "csi_liveness 0");
     let _ = live.kill();
     let _ = live.wait();
-}
-
-fn pb_del(id: &str) -> csi::v1::DeleteVolumeRequest {
-    csi::v1::DeleteVolumeRequest {
-        volume_id: id.to_string(),
-        secrets: cluster().rbd_secrets(),
-    }
 }

@@ -84,13 +84,6 @@ fn snap_req(name: &str, source: &str) -> pb::CreateSnapshotRequest {
     }
 }
 
-fn del_req(id: &str) -> pb::DeleteVolumeRequest {
-    pb::DeleteVolumeRequest {
-        volume_id: id.to_string(),
-        secrets: cluster().rbd_secrets(),
-    }
-}
-
 fn del_snap_req(id: &str) -> pb::DeleteSnapshotRequest {
     pb::DeleteSnapshotRequest {
         snapshot_id: id.to_string(),

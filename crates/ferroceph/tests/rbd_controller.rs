@@ -36,13 +36,6 @@ fn snap_req(name: &str, source: &str) -> pb::CreateSnapshotRequest {
     }
 }
 
-fn del_req(id: &str) -> pb::DeleteVolumeRequest {
-    pb::DeleteVolumeRequest {
-        volume_id: id.to_string(),
-        secrets: cluster().rbd_secrets(),
-    }
-}
-
 fn del_snap_req(id: &str) -> pb::DeleteSnapshotRequest {
     pb::DeleteSnapshotRequest {
         snapshot_id: id.to_string(),
@@ -714,12 +707,9 @@ async fn unfinished_image_held_open_by_another_client_is_fenced() {
     let _ = admin_cli("ceph", &["osd", "blocklist", "rm", &holder_addr]);
     drop(held);
     drop(holder);
-    ctl.delete_volume(pb::DeleteVolumeRequest {
-        volume_id: v.volume_id,
-        secrets: cluster().rbd_secrets(),
-    })
-    .await
-    .expect("delete");
+    ctl.delete_volume(del_req(&v.volume_id))
+        .await
+        .expect("delete");
 }
 
 /// Kills the driver at each step of each flow, restarts it and retries: the retry must

@@ -49,23 +49,13 @@ async fn create(ctl: &mut CtlClient, s: &mut Scratch, name: &str, size: i64) -> 
 }
 
 async fn delete(ctl: &mut CtlClient, v: &Vol) {
-    ctl.delete_volume(pb::DeleteVolumeRequest {
-        volume_id: v.id.clone(),
-        secrets: cluster().rbd_secrets(),
-    })
-    .await
-    .expect("DeleteVolume");
+    ctl.delete_volume(del_req(&v.id))
+        .await
+        .expect("DeleteVolume");
 }
 
 fn stage_req(v: &Vol, staging: &Path, cap: pb::VolumeCapability) -> pb::NodeStageVolumeRequest {
-    pb::NodeStageVolumeRequest {
-        volume_id: v.id.clone(),
-        publish_context: HashMap::new(),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: Some(cap),
-        secrets: cluster().rbd_secrets(),
-        volume_context: v.ctx.clone(),
-    }
+    common::stage_req(&v.id, &v.ctx, staging, cap, cluster().rbd_secrets())
 }
 
 fn publish_req(
@@ -75,16 +65,7 @@ fn publish_req(
     cap: pb::VolumeCapability,
     readonly: bool,
 ) -> pb::NodePublishVolumeRequest {
-    pb::NodePublishVolumeRequest {
-        volume_id: v.id.clone(),
-        publish_context: HashMap::new(),
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(cap),
-        readonly,
-        secrets: HashMap::new(),
-        volume_context: v.ctx.clone(),
-    }
+    common::publish_req(&v.id, &v.ctx, staging, target, cap, readonly)
 }
 
 async fn stage(node: &mut NodeClient, v: &Vol, staging: &Path, cap: pb::VolumeCapability) {
@@ -107,21 +88,15 @@ async fn publish(
 }
 
 async fn unpublish(node: &mut NodeClient, v: &Vol, target: &Path) {
-    node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
-        volume_id: v.id.clone(),
-        target_path: target.display().to_string(),
-    })
-    .await
-    .expect("NodeUnpublishVolume");
+    node.node_unpublish_volume(unpublish_req(&v.id, target))
+        .await
+        .expect("NodeUnpublishVolume");
 }
 
 async fn unstage(node: &mut NodeClient, v: &Vol, staging: &Path) {
-    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
-        volume_id: v.id.clone(),
-        staging_target_path: staging.display().to_string(),
-    })
-    .await
-    .expect("NodeUnstageVolume");
+    node.node_unstage_volume(unstage_req(&v.id, staging))
+        .await
+        .expect("NodeUnstageVolume");
 }
 
 /// The record of a staged volume, and a check that it carries no key.

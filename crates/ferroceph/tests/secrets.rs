@@ -99,45 +99,38 @@ async fn keys_never_leak_during_a_volume_life() {
         let staging = d.dir.path().join("staging");
         let target = d.dir.path().join("target");
         std::fs::create_dir_all(&staging).unwrap();
-        node.node_stage_volume(pb::NodeStageVolumeRequest {
-            volume_id: vol.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-            volume_capability: Some(rwo()),
-            secrets: cluster().rbd_secrets(),
-            volume_context: vol.volume_context.clone(),
-            publish_context: Default::default(),
-        })
+        node.node_stage_volume(stage_req(
+            &vol.volume_id,
+            &vol.volume_context,
+            &staging,
+            rwo(),
+            cluster().rbd_secrets(),
+        ))
         .await
         .unwrap();
-        node.node_publish_volume(pb::NodePublishVolumeRequest {
-            volume_id: vol.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(rwo()),
-            secrets: cluster().rbd_secrets(),
-            volume_context: vol.volume_context.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let mut publish = publish_req(
+            &vol.volume_id,
+            &vol.volume_context,
+            &staging,
+            &target,
+            rwo(),
+            false,
+        );
+        // a key where NodePublish takes none must not leak either
+        publish.secrets = cluster().rbd_secrets();
+        node.node_publish_volume(publish).await.unwrap();
         std::fs::write(target.join("hello"), b"hello ceph").unwrap();
         // while staged, nothing in the keys dir and the staging area holds a key
         for k in &keys {
             let (found, _) = grep_tree(d.dir.path(), k);
             assert!(found.is_empty(), "key found in {found:?}");
         }
-        node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
-            volume_id: vol.volume_id.clone(),
-            target_path: target.display().to_string(),
-        })
-        .await
-        .unwrap();
-        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
-            volume_id: vol.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-        })
-        .await
-        .unwrap();
+        node.node_unpublish_volume(unpublish_req(&vol.volume_id, &target))
+            .await
+            .unwrap();
+        node.node_unstage_volume(unstage_req(&vol.volume_id, &staging))
+            .await
+            .unwrap();
     }
     ctl.delete_snapshot(pb::DeleteSnapshotRequest {
         snapshot_id: snap.snapshot_id,
@@ -145,12 +138,7 @@ async fn keys_never_leak_during_a_volume_life() {
     })
     .await
     .unwrap();
-    ctl.delete_volume(pb::DeleteVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        secrets: cluster().rbd_secrets(),
-    })
-    .await
-    .unwrap();
+    ctl.delete_volume(del_req(&vol.volume_id)).await.unwrap();
 
     stop.store(true, Ordering::Relaxed);
     let rounds = sampler.join().unwrap();

@@ -450,34 +450,30 @@ async fn node_cycle(ctx: &Ctx, i: u64, seed: u64, out: &mut WorkerOut) {
     for (k, node) in ["node-a", "node-b"].iter().enumerate() {
         let staging = ctx.node_dir.join(format!("{i}/{node}/globalmount"));
         let target = ctx.node_dir.join(format!("{i}/{node}/pod/mount"));
-        let (staging, target) = (staging.display().to_string(), target.display().to_string());
         ctx.node_op("NodeStageVolume", |mut c| {
-            let r = pb::NodeStageVolumeRequest {
-                volume_id: f.volume_id.clone(),
-                publish_context: Default::default(),
-                staging_target_path: staging.clone(),
-                volume_capability: Some(rwo()),
-                secrets: cluster().rbd_secrets(),
-                volume_context: f.volume_context.clone(),
-            };
+            let r = stage_req(
+                &f.volume_id,
+                &f.volume_context,
+                &staging,
+                rwo(),
+                cluster().rbd_secrets(),
+            );
             async move { c.node_stage_volume(r).await }
         })
         .await;
         ctx.node_op("NodePublishVolume", |mut c| {
-            let r = pb::NodePublishVolumeRequest {
-                volume_id: f.volume_id.clone(),
-                publish_context: Default::default(),
-                staging_target_path: staging.clone(),
-                target_path: target.clone(),
-                volume_capability: Some(rwo()),
-                readonly: false,
-                secrets: Default::default(),
-                volume_context: f.volume_context.clone(),
-            };
+            let r = publish_req(
+                &f.volume_id,
+                &f.volume_context,
+                &staging,
+                &target,
+                rwo(),
+                false,
+            );
             async move { c.node_publish_volume(r).await }
         })
         .await;
-        let file = std::path::Path::new(&target).join("data");
+        let file = target.join("data");
         if k == 0 {
             let mut fh = std::fs::File::create(&file).expect("create a file on the volume");
             std::io::Write::write_all(&mut fh, &data).expect("write the file");
@@ -490,18 +486,12 @@ async fn node_cycle(ctx: &Ctx, i: u64, seed: u64, out: &mut WorkerOut) {
             );
         }
         ctx.node_op("NodeUnpublishVolume", |mut c| {
-            let r = pb::NodeUnpublishVolumeRequest {
-                volume_id: f.volume_id.clone(),
-                target_path: target.clone(),
-            };
+            let r = unpublish_req(&f.volume_id, &target);
             async move { c.node_unpublish_volume(r).await }
         })
         .await;
         ctx.node_op("NodeUnstageVolume", |mut c| {
-            let r = pb::NodeUnstageVolumeRequest {
-                volume_id: f.volume_id.clone(),
-                staging_target_path: staging.clone(),
-            };
+            let r = unstage_req(&f.volume_id, &staging);
             async move { c.node_unstage_volume(r).await }
         })
         .await;

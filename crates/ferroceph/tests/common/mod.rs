@@ -337,6 +337,67 @@ pub fn create_req(name: &str, size: i64) -> pb::CreateVolumeRequest {
     }
 }
 
+/// DeleteVolume of an RBD volume with the provisioner's secrets.
+pub fn del_req(id: &str) -> pb::DeleteVolumeRequest {
+    pb::DeleteVolumeRequest {
+        volume_id: id.to_string(),
+        secrets: cluster().rbd_secrets(),
+    }
+}
+
+/// NodeStageVolume of a provisioned volume, as kubelet sends it.
+pub fn stage_req(
+    id: &str,
+    ctx: &HashMap<String, String>,
+    staging: &Path,
+    cap: pb::VolumeCapability,
+    secrets: HashMap<String, String>,
+) -> pb::NodeStageVolumeRequest {
+    pb::NodeStageVolumeRequest {
+        volume_id: id.to_string(),
+        publish_context: HashMap::new(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap),
+        secrets,
+        volume_context: ctx.clone(),
+    }
+}
+
+/// NodePublishVolume of a staged volume, as kubelet sends it.
+pub fn publish_req(
+    id: &str,
+    ctx: &HashMap<String, String>,
+    staging: &Path,
+    target: &Path,
+    cap: pb::VolumeCapability,
+    readonly: bool,
+) -> pb::NodePublishVolumeRequest {
+    pb::NodePublishVolumeRequest {
+        volume_id: id.to_string(),
+        publish_context: HashMap::new(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap),
+        readonly,
+        secrets: HashMap::new(),
+        volume_context: ctx.clone(),
+    }
+}
+
+pub fn unpublish_req(id: &str, target: &Path) -> pb::NodeUnpublishVolumeRequest {
+    pb::NodeUnpublishVolumeRequest {
+        volume_id: id.to_string(),
+        target_path: target.display().to_string(),
+    }
+}
+
+pub fn unstage_req(id: &str, staging: &Path) -> pb::NodeUnstageVolumeRequest {
+    pb::NodeUnstageVolumeRequest {
+        volume_id: id.to_string(),
+        staging_target_path: staging.display().to_string(),
+    }
+}
+
 pub const MIB: i64 = 1 << 20;
 
 /// Names of the images in the rbd pool (admin view).
