@@ -1,8 +1,10 @@
 //! Crash soak: a mixed RBD workload (create, write, snapshot, restore, clone, expand,
 //! stage/publish through the FUSE attachment, unpublish/unstage, delete) runs against a
-//! controller+node driver that a killer thread SIGKILLs at random moments and restarts. Every operation is retried, as a CO does, until it succeeds. At the end
-//! every volume that should exist exists with its size and data, everything else is gone,
-//! and no image, trash entry or journal key of the test is left.
+//! controller+node driver that a killer thread SIGKILLs at random moments and restarts.
+//! Every operation is retried, as a CO does, until it succeeds. At the end every volume
+//! that should exist exists with its size and data, every pod file survived its move,
+//! everything else is gone, and no image, trash entry or journal key of the test is left,
+//! nor any mount, loop device, exporter or staging record on the node.
 //!
 //! The short form runs in the normal suite (20 kills). The long form:
 //! `FERRO_SOAK_KILLS=200 [FERRO_SOAK_MINUTES=10] [FERRO_SOAK_WORKERS=2]
