@@ -348,15 +348,7 @@ async fn cycle(ctx: &Ctx, w: usize, i: u64, out: &mut WorkerOut) {
         .extend([vname.clone(), rname.clone(), cname.clone()]);
     out.snap_names.push(sname.clone());
 
-    let v = ctx
-        .op("CreateVolume", false, |mut c| {
-            let r = vol_req(&vname, 8 * MIB, None);
-            async move { c.create_volume(r).await }
-        })
-        .await
-        .unwrap()
-        .volume
-        .unwrap();
+    let v = create(ctx, "CreateVolume", &vname, 8 * MIB, None).await;
     out.uuids.push(uuid_of(&v.volume_id));
     let data = pattern(seed, DATA_LEN);
     ctx.write(&v.volume_context["imageName"], &data);
@@ -372,26 +364,24 @@ async fn cycle(ctx: &Ctx, w: usize, i: u64, out: &mut WorkerOut) {
         .unwrap();
     out.uuids.push(uuid_of(&s.snapshot_id));
 
-    let r = ctx
-        .op("CreateVolume from snapshot", false, |mut c| {
-            let r = vol_req(&rname, 8 * MIB, from_snapshot(&s.snapshot_id));
-            async move { c.create_volume(r).await }
-        })
-        .await
-        .unwrap()
-        .volume
-        .unwrap();
+    let r = create(
+        ctx,
+        "CreateVolume from snapshot",
+        &rname,
+        8 * MIB,
+        from_snapshot(&s.snapshot_id),
+    )
+    .await;
     out.uuids.push(uuid_of(&r.volume_id));
 
-    let cl = ctx
-        .op("CreateVolume from volume", false, |mut c| {
-            let r = vol_req(&cname, 8 * MIB, from_volume(&v.volume_id));
-            async move { c.create_volume(r).await }
-        })
-        .await
-        .unwrap()
-        .volume
-        .unwrap();
+    let cl = create(
+        ctx,
+        "CreateVolume from volume",
+        &cname,
+        8 * MIB,
+        from_volume(&v.volume_id),
+    )
+    .await;
     out.uuids.push(uuid_of(&cl.volume_id));
     let (got, _) = ctx.read(&cl.volume_context["imageName"], DATA_LEN);
     assert!(got == data, "clone {cname} does not hold its source's data");
@@ -431,6 +421,23 @@ async fn cycle(ctx: &Ctx, w: usize, i: u64, out: &mut WorkerOut) {
     out.cycles += 1;
 }
 
+/// CreateVolume of `size` bytes from `source` (None: blank), retried until it succeeds.
+async fn create(
+    ctx: &Ctx,
+    what: &str,
+    name: &str,
+    size: i64,
+    source: Option<pb::VolumeContentSource>,
+) -> pb::Volume {
+    ctx.op(what, false, |mut c| {
+        let r = vol_req(name, size, source.clone());
+        async move { c.create_volume(r).await }
+    })
+    .await
+    .and_then(|r| r.volume)
+    .expect("a created volume")
+}
+
 /// The node half of a cycle, through the FUSE attachment: a new volume F is staged
 /// (formatted) and published, a pod writes a file, F is unpublished and unstaged, then
 /// staged and published at another node's paths (the pod moved), the file is read back,
@@ -438,15 +445,7 @@ async fn cycle(ctx: &Ctx, w: usize, i: u64, out: &mut WorkerOut) {
 async fn node_cycle(ctx: &Ctx, i: u64, seed: u64, out: &mut WorkerOut) {
     let fname = unique("soak-f");
     out.vol_names.push(fname.clone());
-    let f = ctx
-        .op("CreateVolume for a pod", false, |mut c| {
-            let r = vol_req(&fname, 16 * MIB, None);
-            async move { c.create_volume(r).await }
-        })
-        .await
-        .unwrap()
-        .volume
-        .unwrap();
+    let f = create(ctx, "CreateVolume for a pod", &fname, 16 * MIB, None).await;
     out.uuids.push(uuid_of(&f.volume_id));
     let data = pattern(seed ^ 0xf11e, 4096);
     for (k, node) in ["node-a", "node-b"].iter().enumerate() {
