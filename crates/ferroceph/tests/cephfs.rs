@@ -83,10 +83,6 @@ fn journal_has(name: &str) -> bool {
     journal_keys("csi.volumes.default").contains(&format!("csi.volume.{name}"))
 }
 
-fn uuid_of(id: &str) -> String {
-    id[id.len() - 36..].to_string()
-}
-
 /// Runs `ceph` as admin, stdout only.
 fn ceph_json(args: &[&str]) -> Value {
     let out = Command::new("ceph")

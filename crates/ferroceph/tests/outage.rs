@@ -63,32 +63,12 @@ impl Drop for Outage {
     }
 }
 
-fn uuid_of(id: &str) -> String {
-    id[id.len() - 36..].to_string()
-}
-
 fn vol_req(name: &str) -> pb::CreateVolumeRequest {
     let mut r = create_req(name, 8 * MIB);
     // no exclusive-lock: a request abandoned by a timeout must not leave a lock behind
     r.parameters
         .insert("imageFeatures".into(), "layering,deep-flatten".into());
     r
-}
-
-fn snap_req(name: &str, source: &str) -> pb::CreateSnapshotRequest {
-    pb::CreateSnapshotRequest {
-        name: name.to_string(),
-        source_volume_id: source.to_string(),
-        secrets: cluster().rbd_secrets(),
-        parameters: Default::default(),
-    }
-}
-
-fn del_snap_req(id: &str) -> pb::DeleteSnapshotRequest {
-    pb::DeleteSnapshotRequest {
-        snapshot_id: id.to_string(),
-        secrets: cluster().rbd_secrets(),
-    }
 }
 
 fn driver(extra: &[&str]) -> Driver {

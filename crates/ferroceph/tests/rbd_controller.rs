@@ -23,26 +23,6 @@ fn image_name(v: &pb::Volume) -> String {
     v.volume_context["imageName"].clone()
 }
 
-fn uuid_of(id: &str) -> String {
-    id[id.len() - 36..].to_string()
-}
-
-fn snap_req(name: &str, source: &str) -> pb::CreateSnapshotRequest {
-    pb::CreateSnapshotRequest {
-        name: name.to_string(),
-        source_volume_id: source.to_string(),
-        secrets: cluster().rbd_secrets(),
-        parameters: Default::default(),
-    }
-}
-
-fn del_snap_req(id: &str) -> pb::DeleteSnapshotRequest {
-    pb::DeleteSnapshotRequest {
-        snapshot_id: id.to_string(),
-        secrets: cluster().rbd_secrets(),
-    }
-}
-
 fn write_image(name: &str, data: &[u8]) {
     let c = admin();
     let io = c.ioctx("rbd", "").unwrap();

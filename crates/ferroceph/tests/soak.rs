@@ -262,19 +262,6 @@ fn from_volume(id: &str) -> Option<pb::VolumeContentSource> {
     })
 }
 
-fn snap_req(name: &str, source: &str) -> pb::CreateSnapshotRequest {
-    pb::CreateSnapshotRequest {
-        name: name.to_string(),
-        source_volume_id: source.to_string(),
-        secrets: cluster().rbd_secrets(),
-        parameters: Default::default(),
-    }
-}
-
-fn uuid_of(id: &str) -> String {
-    id[id.len() - 36..].to_string()
-}
-
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut r = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     (0..len).map(|_| r.next() as u8).collect()

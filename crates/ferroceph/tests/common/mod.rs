@@ -398,6 +398,29 @@ pub fn unstage_req(id: &str, staging: &Path) -> pb::NodeUnstageVolumeRequest {
     }
 }
 
+/// CreateSnapshot of an RBD volume with the snapshotter's secrets.
+pub fn snap_req(name: &str, source: &str) -> pb::CreateSnapshotRequest {
+    pb::CreateSnapshotRequest {
+        name: name.to_string(),
+        source_volume_id: source.to_string(),
+        secrets: cluster().rbd_secrets(),
+        parameters: Default::default(),
+    }
+}
+
+/// DeleteSnapshot of an RBD snapshot with the snapshotter's secrets.
+pub fn del_snap_req(id: &str) -> pb::DeleteSnapshotRequest {
+    pb::DeleteSnapshotRequest {
+        snapshot_id: id.to_string(),
+        secrets: cluster().rbd_secrets(),
+    }
+}
+
+/// The uuid at the end of a volume or snapshot id.
+pub fn uuid_of(id: &str) -> String {
+    id[id.len() - 36..].to_string()
+}
+
 pub const MIB: i64 = 1 << 20;
 
 /// Names of the images in the rbd pool (admin view).
