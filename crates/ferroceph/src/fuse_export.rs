@@ -46,6 +46,10 @@ const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
 const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 /// Largest range handed to one librbd zeroing call.
 const ZERO_CHUNK: u64 = 1 << 30;
+/// Test-only fault switch: while the file this variable names exists, every read of the
+/// image fails with EIO, as librbd's reads do once `--timeout` passes while a placement
+/// group is inactive (an OSD restarting). Tests use it to play an outage window.
+pub const READ_FAULT_ENV: &str = "FERROCEPH_TEST_READ_FAULT";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FuseExportArgs {
@@ -154,6 +158,9 @@ pub fn run(args: FuseExportArgs) -> i32 {
         created: SystemTime::now(),
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
+        read_fault: std::env::var_os(READ_FAULT_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
     };
     let session = match fuser::Session::new(fs, &args.mountpoint, &config) {
         Ok(s) => s,
@@ -280,6 +287,8 @@ struct RbdFile {
     created: SystemTime,
     uid: u32,
     gid: u32,
+    /// See [`READ_FAULT_ENV`].
+    read_fault: Option<PathBuf>,
 }
 
 fn io_errno(e: &rados::Error) -> Errno {
@@ -465,6 +474,10 @@ impl Filesystem for RbdFile {
     ) {
         if ino.0 != FILE_INO {
             reply.error(Errno::EISDIR);
+            return;
+        }
+        if self.read_fault.as_deref().is_some_and(Path::exists) {
+            reply.error(Errno::EIO);
             return;
         }
         let end = self.size.load(Ordering::Relaxed);

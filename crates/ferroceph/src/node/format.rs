@@ -1,12 +1,16 @@
 //! Probing, formatting and growing filesystems on block devices.
 //!
-//! The one rule: a device is formatted only when the low-level probe (`blkid -p`, which
-//! reads the superblocks itself instead of trusting a cache) finds neither a filesystem nor
-//! a partition table nor any other signature. Anything else, including a probe that fails
-//! or is ambivalent, is left alone.
+//! The one rule: a device is formatted only with positive proof that it is blank: the
+//! low-level probe (`blkid -p`, which reads the superblocks itself instead of trusting a
+//! cache) finds neither a filesystem nor a partition table nor any other signature, *and*
+//! the first and last MiB of the device read back successfully as zeros. blkid answers
+//! "nothing found" when a read fails with EIO (a placement group inactive while an OSD
+//! restarts), so its silence alone proves nothing. Anything else, including a probe that
+//! fails or is ambivalent, is left alone.
 
 use crate::node::exec::{self, ExecError};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 /// What a device holds.
@@ -52,23 +56,92 @@ pub fn parse_blkid_export(out: &str) -> Probe {
     }
 }
 
-/// Probes `device`. blkid exits 2 when it finds nothing; any other failure is an error.
-pub async fn probe(device: &str, timeout: Duration) -> Result<Probe, ExecError> {
-    let out = exec::output("blkid", &["-p", "-o", "export", device], &[], timeout).await?;
+/// How much of each end of a device must read back as zeros before it counts as blank
+/// (partition tables, RAID and LVM signatures live at either end).
+const BLANK_CHECK_BYTES: u64 = 1 << 20;
+
+/// Probes `device`. blkid exits 2 when it finds nothing; that becomes `Blank` only when the
+/// ends of the device read back as zeros. Any failure to read is an error (Unavailable):
+/// the caller must not format.
+pub async fn probe(device: &str, timeout: Duration) -> Result<Probe, tonic::Status> {
+    let args = ["-p", "-o", "export", device];
+    let out = exec::output("blkid", &args, &[], timeout)
+        .await
+        .map_err(|e| e.to_status())?;
     match out.code {
         Some(0) => Ok(parse_blkid_export(&out.stdout)),
-        Some(2) => Ok(Probe::Blank),
+        Some(2) => match read_ends_are_zero(device, timeout).await {
+            Ok(true) => Ok(Probe::Blank),
+            Ok(false) => Ok(Probe::Other(
+                "data that no known filesystem or signature matches (the first or last MiB is not zeros)"
+                    .into(),
+            )),
+            Err(e) => Err(tonic::Status::unavailable(format!(
+                "cannot read {device} to prove it is blank ({e}); not formatting it. Is the cluster healthy (OSDs up, placement groups active)? Retry then"
+            ))),
+        },
         Some(8) => Ok(Probe::Other(
             "several conflicting signatures (blkid is ambivalent)".into(),
         )),
         code => Err(ExecError::Failed {
-            cmd: exec::describe("blkid", &["-p", "-o", "export", device]),
+            cmd: exec::describe("blkid", &args),
             code: code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "signal".into()),
             stderr: out.stderr,
-        }),
+        }
+        .to_status()),
     }
+}
+
+/// Whether the first and last [`BLANK_CHECK_BYTES`] of `device` read back as zeros. The
+/// reads bypass the page cache (O_DIRECT) and run on a thread of their own: a read of a
+/// device whose backing store hangs may never return.
+async fn read_ends_are_zero(device: &str, timeout: Duration) -> std::io::Result<bool> {
+    let dev = device.to_string();
+    crate::node::stats::on_own_thread(
+        timeout,
+        "reading the device's first and last MiB",
+        move || ends_are_zero(Path::new(&dev)),
+    )
+    .await
+}
+
+fn ends_are_zero(device: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    const ALIGN: usize = 4096;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(device)?;
+    let size = f.seek(SeekFrom::End(0))?;
+    let chunk = BLANK_CHECK_BYTES.min(size);
+    let mut starts = vec![0];
+    if size > chunk {
+        // aligned down, so O_DIRECT accepts the offset
+        starts.push((size - chunk) & !(ALIGN as u64 - 1));
+    }
+    let len = usize::try_from(chunk).map_err(std::io::Error::other)?;
+    let mut raw = vec![0u8; len + ALIGN];
+    let off = raw.as_ptr().align_offset(ALIGN);
+    let buf = &mut raw[off..off + len];
+    for start in starts {
+        f.seek(SeekFrom::Start(start))?;
+        let mut done = 0;
+        while done < len {
+            match f.read(&mut buf[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if buf[..done].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 pub const SUPPORTED: &[&str] = &["ext4", "ext3", "xfs"];

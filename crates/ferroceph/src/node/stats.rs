@@ -65,6 +65,31 @@ where
     }
 }
 
+/// Like [`bounded`], on a thread of its own instead of tokio's shared blocking pool: a
+/// read of a device or mount whose backing store hangs may never return, and such reads
+/// must not take the pool's threads from every other blocking task.
+pub async fn on_own_thread<T, F>(timeout: Duration, what: &str, f: F) -> std::io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ferroceph-probe".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| std::io::Error::other(format!("{what}: cannot start a thread: {e}")))?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(std::io::Error::other(format!("{what}: worker failed"))),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} did not answer within {}s", timeout.as_secs_f64()),
+        )),
+    }
+}
+
 pub async fn fs_stats_bounded(path: &Path, timeout: Duration) -> std::io::Result<FsStats> {
     let p: PathBuf = path.to_path_buf();
     bounded(timeout, "statvfs", move || fs_stats(&p)).await

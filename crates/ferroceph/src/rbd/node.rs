@@ -504,7 +504,7 @@ impl Inner {
             .clone()
             .ok_or_else(|| Status::internal("no device recorded"))?;
         let wanted = rec.fs_type.clone().unwrap_or_else(|| "ext4".into());
-        let fs = match format::probe(&dev, EXEC_TIMEOUT).await.map_err(|e| e.to_status())? {
+        let fs = match format::probe(&dev, EXEC_TIMEOUT).await? {
             format::Probe::Filesystem(t) => {
                 if t != wanted {
                     tracing::warn!(volume = %rec.volume_id, found = %t, requested = %wanted, "the volume already holds a filesystem of another type; mounting it as it is");

@@ -1,0 +1,150 @@
+//! Node data safety (issue 13) through the FUSE attachment and ceph-fuse: an I/O error is
+//! not a blank disk, a volume in use is not unstaged, block expansion reaches the device,
+//! a slow mount is not torn down.
+
+mod common;
+use common::*;
+use csi::v1 as pb;
+use ferroceph::node::record;
+use pb::volume_capability::access_mode::Mode;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use tonic::transport::Channel;
+use tonic::Code;
+
+type NodeClient = pb::node_client::NodeClient<Channel>;
+type CtlClient = pb::controller_client::ControllerClient<Channel>;
+
+#[derive(Clone)]
+struct Vol {
+    id: String,
+    ctx: HashMap<String, String>,
+}
+
+async fn create(ctl: &mut CtlClient, s: &mut Scratch, name: &str, size: i64) -> Vol {
+    let v = ctl
+        .create_volume(create_req(name, size))
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    s.images.push(v.volume_context["imageName"].clone());
+    Vol {
+        id: v.volume_id,
+        ctx: v.volume_context,
+    }
+}
+
+fn fuse_ctx(v: &Vol) -> HashMap<String, String> {
+    let mut ctx = v.ctx.clone();
+    ctx.insert("mounter".into(), "fuse".into());
+    ctx
+}
+
+fn stage_req(v: &Vol, staging: &Path, cap: pb::VolumeCapability) -> pb::NodeStageVolumeRequest {
+    common::stage_req(&v.id, &fuse_ctx(v), staging, cap, cluster().rbd_secrets())
+}
+
+async fn stage(node: &mut NodeClient, v: &Vol, staging: &Path, cap: pb::VolumeCapability) {
+    node.node_stage_volume(stage_req(v, staging, cap))
+        .await
+        .unwrap_or_else(|e| panic!("NodeStageVolume {}: {e:?}", staging.display()));
+}
+
+async fn unstage(node: &mut NodeClient, v: &Vol, staging: &Path) {
+    node.node_unstage_volume(unstage_req(&v.id, staging))
+        .await
+        .expect("NodeUnstageVolume");
+}
+
+fn device_of(staging: &Path) -> String {
+    let p = record::paths(staging).record;
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let rec: record::Record = serde_json::from_str(&text).expect("record");
+    rec.device.expect("device")
+}
+
+fn fs_uuid(device: &str) -> String {
+    let out = Command::new("blkid")
+        .args(["-p", "-s", "UUID", "-o", "value", device])
+        .output()
+        .expect("blkid");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn write_synced(path: &Path, data: &[u8]) {
+    let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(data).expect("write");
+    f.sync_all().expect("fsync");
+}
+
+/// Item 2: reads of the image fail (an OSD restarting) while NodeStageVolume probes a
+/// volume that holds ext4 with data. blkid then finds "nothing", which must not be taken
+/// for a blank disk: the stage fails, nothing is formatted, and the next stage after the
+/// outage mounts the same filesystem with the data.
+#[tokio::test]
+async fn read_errors_during_stage_never_format() {
+    let mut s = Scratch::new();
+    let fault = s.path("read-fault");
+    let fault_env = fault.display().to_string();
+    let d = Driver::start(
+        &[
+            "--type=rbd",
+            "--controllerserver=true",
+            "--nodeserver=true",
+            "--nodeid=test-node",
+        ],
+        &[(ferroceph::fuse_export::READ_FAULT_ENV, &fault_env)],
+    );
+    let mut ctl = d.controller().await;
+    let mut node = d.node().await;
+    let v = create(&mut ctl, &mut s, &unique("pvc-eio"), 64 * MIB).await;
+    let cap = mount_cap(Mode::SingleNodeWriter);
+
+    let staging = s.path("a/globalmount");
+    stage(&mut node, &v, &staging, cap.clone()).await;
+    let uuid = fs_uuid(&device_of(&staging));
+    assert!(!uuid.is_empty());
+    write_synced(
+        &staging.join("precious"),
+        b"data that must survive an outage",
+    );
+    unstage(&mut node, &v, &staging).await;
+
+    // the outage window: every read of the image fails with EIO
+    std::fs::write(&fault, b"on").unwrap();
+    let staging = s.path("b/globalmount");
+    let e = node
+        .node_stage_volume(stage_req(&v, &staging, cap.clone()))
+        .await
+        .expect_err("NodeStageVolume succeeded while every read failed");
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::Internal),
+        "{e:?}"
+    );
+    assert!(
+        !ferroceph::node::mount::is_mount_point(&staging).unwrap_or(false),
+        "a failed stage left a mount"
+    );
+    std::fs::remove_file(&fault).unwrap();
+
+    // after the window: the same filesystem, the same data
+    let staging = s.path("c/globalmount");
+    stage(&mut node, &v, &staging, cap.clone()).await;
+    assert_eq!(
+        fs_uuid(&device_of(&staging)),
+        uuid,
+        "the volume was formatted during the outage"
+    );
+    assert_eq!(
+        std::fs::read(staging.join("precious")).expect("the data is gone"),
+        b"data that must survive an outage"
+    );
+    unstage(&mut node, &v, &staging).await;
+    ctl.delete_volume(del_req(&v.id))
+        .await
+        .expect("DeleteVolume");
+}
