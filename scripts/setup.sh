@@ -10,7 +10,7 @@ PACKAGES=(
   # the dev cluster and node-side tools
   ceph-mon ceph-osd ceph-mgr ceph-mds ceph-common ceph-fuse rbd-fuse rbd-nbd
   fuse3 e2fsprogs xfsprogs util-linux mount procps iproute2 jq
-  # the manifests test: a venv for kubernetes-validate (kubectl comes below)
+  # the manifests and gRPC-client tests: a venv for kubernetes-validate and grpcio (kubectl comes below)
   python3-venv
 )
 # `kubectl kustomize` for the manifests test; another kubectl already on PATH will do (a
@@ -37,6 +37,13 @@ if [ "$("$TOOLS_VENV/bin/kubernetes-validate" --version 2>/dev/null)" != "$KUBER
   python3 -m venv "$TOOLS_VENV"
   "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check \
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2
+fi
+# grpcio (PyPI), the Python gRPC client the grpc_clients test drives the socket with.
+GRPCIO_VERSION=1.85.1
+if [ "$("$TOOLS_VENV/bin/python" -c 'import grpc; print(grpc.__version__)' 2>/dev/null)" != "$GRPCIO_VERSION" ]; then
+  echo "setup: installing grpcio $GRPCIO_VERSION into $TOOLS_VENV" >&2
+  [ -x "$TOOLS_VENV/bin/pip" ] || python3 -m venv "$TOOLS_VENV"
+  "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check "grpcio==$GRPCIO_VERSION" >&2
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

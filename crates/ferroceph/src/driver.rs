@@ -9,13 +9,12 @@ use crate::identity::IdentityService;
 use crate::locks::OpLocks;
 use crate::rbd::controller::RbdController;
 use crate::rbd::node::RbdNode;
-use crate::server::{prepare_socket, shutdown_signal, socket_path, RpcLayer};
+use crate::server::{incoming, prepare_socket, shutdown_signal, socket_path, RpcLayer};
 use anyhow::{bail, Context};
 use csi::v1::controller_server::ControllerServer;
 use csi::v1::identity_server::IdentityServer;
 use csi::v1::node_server::NodeServer;
 use std::sync::Arc;
-use tokio_stream::wrappers::UnixListenerStream;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let Some(driver_type) = args.driver_type else {
@@ -110,7 +109,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             })),
     };
     let served = router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(incoming(listener), shutdown_signal())
         .await;
     if let Err(e) = std::fs::remove_file(&path) {
         tracing::warn!(socket = %path.display(), "cannot remove socket: {e}");
