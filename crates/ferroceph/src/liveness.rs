@@ -1,6 +1,6 @@
 //! `--type=liveness`: ceph-csi's liveness sidecar. Probes the driver's CSI endpoint every
 //! `--polltime` (each probe bounded by `--timeout`) and exports the result as the
-//! `csi_liveness` gauge on the metrics endpoint.
+//! `csi_liveness` gauge on the metrics endpoint (the only process that exports it).
 
 use crate::cli::ServeArgs;
 use csi::v1 as pb;
@@ -9,8 +9,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.metricsport == 0 {
         anyhow::bail!("--type=liveness needs --metricsport to export csi_liveness");
     }
+    let gauge = crate::metrics::get().export_liveness();
     crate::metrics::serve(&args.metricsaddr, args.metricsport, &args.metricspath).await?;
-    let gauge = &crate::metrics::get().liveness;
     let mut tick = tokio::time::interval(args.polltime);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

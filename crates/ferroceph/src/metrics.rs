@@ -1,6 +1,7 @@
 //! Prometheus metrics on `--metricsport`/`--metricspath`: per-RPC counts by gRPC code,
 //! latency histograms, operations in flight, Ceph call latencies, staged volumes by
-//! mounter, build info, and ceph-csi's `csi_liveness` for the liveness sidecar.
+//! mounter, build info, and ceph-csi's `csi_liveness`, which only the liveness sidecar
+//! (`--type=liveness`, the process that measures it) exports.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -48,8 +49,9 @@ pub struct Metrics {
     pub rpc_in_flight: Family<MethodLabels, Gauge>,
     pub ceph_seconds: Family<OpLabels, Histogram>,
     pub staged: Family<MounterLabels, Gauge>,
-    pub liveness: Gauge,
-    registry: Registry,
+    liveness: Gauge,
+    registry: std::sync::Mutex<Registry>,
+    liveness_exported: std::sync::Once,
 }
 
 fn latency_histogram() -> Histogram {
@@ -59,7 +61,11 @@ fn latency_histogram() -> Histogram {
 
 pub fn get() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(|| {
+    M.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
         let mut registry = Registry::default();
         let rpc_total = Family::<RpcLabels, Counter>::default();
         let rpc_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(
@@ -108,11 +114,6 @@ pub fn get() -> &'static Metrics {
             "Version and commit of the running binary",
             build,
         );
-        registry.register(
-            "csi_liveness",
-            "1 when the last probe of the CSI endpoint succeeded",
-            liveness.clone(),
-        );
         Metrics {
             staged_paths: Default::default(),
             rpc_total,
@@ -121,15 +122,32 @@ pub fn get() -> &'static Metrics {
             ceph_seconds,
             staged,
             liveness,
-            registry,
+            registry: std::sync::Mutex::new(registry),
+            liveness_exported: std::sync::Once::new(),
         }
-    })
-}
+    }
 
-impl Metrics {
+    /// Adds `csi_liveness` to what this process exports and returns the gauge. Only the
+    /// liveness sidecar calls it: a driver container cannot probe itself, and a
+    /// `csi_liveness 0` beside the sidecar's `1` would make alerts fire for a healthy plugin.
+    pub fn export_liveness(&self) -> &Gauge {
+        self.liveness_exported.call_once(|| {
+            self.registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .register(
+                    "csi_liveness",
+                    "1 when the last probe of the CSI endpoint succeeded",
+                    self.liveness.clone(),
+                );
+        });
+        &self.liveness
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
             out.clear();
         }
         out
@@ -261,6 +279,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ferroceph_build_info"), "{text}");
+        assert!(!text.contains("csi_liveness"), "{text}");
         // A free port may be taken by another process between the probe and serve(): try
         // a few.
         let mut port = 0;
@@ -295,5 +314,20 @@ mod tests {
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         assert!(out.ends_with("\r\n\r\nok"), "{out}");
+    }
+
+    #[test]
+    fn csi_liveness_only_where_exported() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("csi_liveness"));
+        m.export_liveness().set(1);
+        m.export_liveness().set(1); // registered once
+        let text = m.render();
+        assert_eq!(
+            text.matches("# TYPE csi_liveness gauge").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("\ncsi_liveness 1\n"), "{text}");
     }
 }

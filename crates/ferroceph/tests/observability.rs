@@ -96,6 +96,9 @@ async fn rpc_metrics_and_liveness() {
         "{text}"
     );
     assert!(text.contains("ferroceph_build_info"), "{text}");
+    // csi_liveness is the liveness sidecar's measurement; a driver container that exported
+    // its own (always 0) would contradict the sidecar's 1 on every dashboard
+    assert!(!text.contains("csi_liveness"), "{text}");
     for key in cluster().all_keys() {
         assert!(!text.contains(&key), "a key in the metrics");
     }
@@ -121,7 +124,15 @@ async fn rpc_metrics_and_liveness() {
             _ => None,
         }
     });
-    wait_for(lport, "csi_liveness 1");
+    let sidecar = wait_for(lport, "csi_liveness 1");
+    assert_eq!(
+        sidecar.matches("# TYPE csi_liveness gauge").count(),
+        1,
+        "{sidecar}"
+    );
+    // ...and the driver still does not export it while the sidecar runs
+    let text = scrape(port).expect("driver metrics");
+    assert!(!text.contains("csi_liveness"), "{text}");
     drop(d); // the driver goes away: the probe fails
     wait_for(lport, "csi_liveness 0");
     let _ = live.kill();
