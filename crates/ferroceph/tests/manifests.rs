@@ -7,6 +7,10 @@
 //!   the sidecars get only flags they document, and the pieces fit together (sockets,
 //!   driver names, volumes, secrets, service accounts, StorageClass parameters the driver
 //!   parses, the cluster map);
+//! - every sidecar image is a released kubernetes-csi tag (the table in deploy/README.md),
+//!   `kubectl apply -k` installs no example object, Services target named container ports,
+//!   RBD requires attach (csi-attacher, its RBAC) so Kubernetes runs its Multi-Attach check,
+//!   and the restore/clone examples ask for at least their source's size;
 //! - the Containerfile installs only packages Debian bookworm has, ships every tool the
 //!   node plugin runs, and its entrypoint is the binary it builds.
 //!
@@ -473,6 +477,20 @@ fn sidecar_flags(image: &str) -> Option<&'static [&'static str]> {
             "snapshot-name-prefix",
             "snapshot-name-uuid-length",
         ],
+        "csi-attacher" => &[
+            "csi-address",
+            "v",
+            "timeout",
+            "retry-interval-start",
+            "retry-interval-max",
+            "leader-election",
+            "leader-election-namespace",
+            "http-endpoint",
+            "worker-threads",
+            "kube-api-qps",
+            "kube-api-burst",
+            "reconcile-sync",
+        ],
         "csi-node-driver-registrar" => &[
             "v",
             "csi-address",
@@ -581,7 +599,13 @@ fn container_flags_are_accepted_and_the_pieces_fit() {
         let driver_name = format!("{driver}.ferroceph.io");
         let csidriver = named(docs, "CSIDriver", &driver_name)
             .unwrap_or_else(|| panic!("{driver}: no CSIDriver {driver_name}"));
-        assert_eq!(csidriver["spec"]["attachRequired"], false);
+        // RBD: attach required, so the attach/detach controller keeps an RWO volume on one
+        // node at a time (its Multi-Attach check); CephFS volumes are shared filesystems.
+        let attach_required = driver == "rbd";
+        assert_eq!(
+            csidriver["spec"]["attachRequired"], attach_required,
+            "{driver}"
+        );
         assert_eq!(csidriver["spec"]["podInfoOnMount"], false);
         assert_eq!(csidriver["spec"]["fsGroupPolicy"], "File");
 
@@ -773,24 +797,28 @@ fn container_flags_are_accepted_and_the_pieces_fit() {
                     ));
                 }
             }
-            let want: &[&str] = if is_node {
-                &["csi-node-driver-registrar", "ferroceph"]
+            let mut want: Vec<&str> = if is_node {
+                vec!["csi-node-driver-registrar", "ferroceph"]
             } else {
-                &[
+                vec![
                     "csi-provisioner",
                     "csi-resizer",
                     "csi-snapshotter",
                     "ferroceph",
                 ]
             };
+            if attach_required && !is_node {
+                // without it, VolumeAttachments stay unattached and no pod starts
+                want.push("csi-attacher");
+            }
             for w in want {
-                if !images.contains(*w) {
+                if !images.contains(w) {
                     problems.push(format!("{wname}: no {w} container"));
                 }
             }
-            if images.contains("csi-attacher") {
+            if images.contains("csi-attacher") && (!attach_required || is_node) {
                 problems.push(format!(
-                    "{wname}: attachRequired is false, csi-attacher is not needed"
+                    "{wname}: csi-attacher is not needed here (attachRequired {attach_required})"
                 ));
             }
         }
@@ -905,6 +933,53 @@ fn rbac_is_consistent_and_narrow() {
                 }
                 if resources.iter().any(|x| x == "secrets") && verbs != ["get"] {
                     problems.push(format!("{driver}: secrets need only get, not {verbs:?}"));
+                }
+            }
+        }
+        // What csi-attacher needs where attach is required (its deploy/kubernetes/rbac.yaml).
+        let attach_required = kind(docs, "CSIDriver")
+            .iter()
+            .any(|d| d["spec"]["attachRequired"] == true);
+        let controller_role = named(
+            docs,
+            "ClusterRole",
+            &format!("ferroceph-{driver}-controller"),
+        )
+        .unwrap_or_else(|| panic!("{driver}: no controller ClusterRole"));
+        let grants = |group: &str, resource: &str, verb: &str| {
+            controller_role["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| {
+                    let has = |k: &str, v: &str| {
+                        r[k].as_array().is_some_and(|a| a.iter().any(|x| x == v))
+                    };
+                    has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+                })
+        };
+        let attacher_rules: &[(&str, &str, &[&str])] = &[
+            ("", "persistentvolumes", &["get", "list", "watch", "patch"]),
+            ("storage.k8s.io", "csinodes", &["get", "list", "watch"]),
+            (
+                "storage.k8s.io",
+                "volumeattachments",
+                &["get", "list", "watch", "patch"],
+            ),
+            ("storage.k8s.io", "volumeattachments/status", &["patch"]),
+        ];
+        for (group, resource, verbs) in attacher_rules {
+            for verb in *verbs {
+                let has = grants(group, resource, verb);
+                if attach_required && !has {
+                    problems.push(format!(
+                        "{driver}: csi-attacher needs {verb} on {resource}, the controller role lacks it"
+                    ));
+                }
+                if !attach_required && has && resource.starts_with("volumeattachments") {
+                    problems.push(format!(
+                        "{driver}: no attach step, yet the controller may {verb} {resource}"
+                    ));
                 }
             }
         }
@@ -1032,25 +1107,276 @@ fn storage_classes_parse_and_refer_to_shipped_objects() {
                 }
             }
         }
-        if driver == "rbd" {
-            // The seed-002 form: in-tree parameters with only the provisioner changed.
-            let legacy =
-                named(docs, "StorageClass", "ferroceph-rbd-legacy").expect("legacy StorageClass");
-            for k in [
-                "monitors",
-                "adminId",
-                "pool",
-                "userId",
-                "fsType",
-                "imageFeatures",
-            ] {
-                assert!(
-                    legacy["parameters"][k].is_string(),
-                    "legacy StorageClass lacks {k}"
-                );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// -----------------------------------------------------------------------------------------
+// What `kubectl apply -k` installs, as a user applies it
+// -----------------------------------------------------------------------------------------
+
+/// The kubernetes-csi sidecar releases the manifests name: the newest release of each as
+/// of late 2025, from the release tags (and their dates) of each project's repository;
+/// deploy/README.md says how they were chosen. A tag not listed here is one nobody checked
+/// was ever released, and an unreleased tag is an ImagePullBackOff.
+const SIDECAR_RELEASES: &[(&str, &str)] = &[
+    ("csi-provisioner", "v6.1.0"),            // 2025-11-18
+    ("csi-resizer", "v2.0.0"),                // 2025-10-24
+    ("csi-snapshotter", "v8.4.0"),            // 2025-10-23
+    ("csi-attacher", "v4.10.0"),              // 2025-09-12
+    ("csi-node-driver-registrar", "v2.15.0"), // 2025-09-12
+];
+
+fn workloads(docs: &[Value]) -> Vec<&Value> {
+    docs.iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "DaemonSet")
+        .collect()
+}
+
+fn containers(w: &Value) -> Vec<&Value> {
+    w["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn sidecar_images_are_released_tags_listed_in_the_readme() {
+    let readme = std::fs::read_to_string(workspace().join("deploy/README.md")).expect("README");
+    let mut problems = Vec::new();
+    let mut named_here = BTreeSet::new();
+    for driver in ["rbd", "cephfs"] {
+        let (_, docs) = render(driver);
+        for w in workloads(docs) {
+            for c in containers(w) {
+                let image = s(&c["image"]);
+                if is_ours(image) {
+                    continue;
+                }
+                let (repo, tag) = image.rsplit_once(':').unwrap_or((image, ""));
+                let name = repo.rsplit('/').next().unwrap_or("");
+                if repo != format!("registry.k8s.io/sig-storage/{name}") {
+                    problems.push(format!("{driver}: {image} is not a kubernetes-csi image"));
+                }
+                match SIDECAR_RELEASES.iter().find(|(n, _)| *n == name) {
+                    Some((_, t)) if *t == tag => {
+                        named_here.insert(image.to_string());
+                    }
+                    Some((_, t)) => problems.push(format!(
+                        "{driver}: {image}: the release checked and chosen is {t}"
+                    )),
+                    None => problems.push(format!("{driver}: {image}: no release recorded")),
+                }
             }
-            assert_eq!(legacy["parameters"]["imageFormat"], "2");
         }
+    }
+    for (name, _) in SIDECAR_RELEASES {
+        if !named_here.iter().any(|i| i.contains(&format!("/{name}:"))) {
+            problems.push(format!("no manifest uses {name}"));
+        }
+    }
+    // deploy/README.md names exactly the images the manifests use.
+    let in_readme: BTreeSet<String> = readme
+        .match_indices("registry.k8s.io/sig-storage/")
+        .map(|(i, _)| {
+            readme[i..]
+                .split(|c: char| c == '`' || c.is_whitespace())
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    if in_readme != named_here {
+        problems.push(format!(
+            "deploy/README.md names {in_readme:?}, the manifests use {named_here:?}"
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn kustomizations_install_no_example_objects() {
+    let mut problems = Vec::new();
+    for driver in ["rbd", "cephfs"] {
+        let (_, docs) = render(driver);
+        for d in docs.iter() {
+            let what = format!("{driver}: {} {}", s(&d["kind"]), s(&d["metadata"]["name"]));
+            if d["kind"] == "StorageClass" && !d["parameters"]["monitors"].is_null() {
+                problems.push(format!(
+                    "{what}: a legacy example StorageClass is installed"
+                ));
+            }
+            if d["kind"] == "Secret" && d["type"] == "kubernetes.io/rbd" {
+                problems.push(format!("{what}: an in-tree example Secret is installed"));
+            }
+        }
+    }
+    // The legacy StorageClass lives in examples/, complete: the seed-002 form (in-tree
+    // parameters, only the provisioner changed), parameters the driver accepts, and the
+    // in-tree Secrets its csi.storage.k8s.io parameters name.
+    let path = workspace().join("examples/rbd/storageclass-legacy.yaml");
+    let docs = yaml_docs(&std::fs::read_to_string(&path).expect("legacy example"));
+    let legacy = named(&docs, "StorageClass", "ferroceph-rbd-legacy").expect("legacy SC");
+    assert_eq!(legacy["provisioner"], "rbd.ferroceph.io");
+    for k in [
+        "monitors",
+        "adminId",
+        "pool",
+        "userId",
+        "fsType",
+        "imageFeatures",
+    ] {
+        assert!(legacy["parameters"][k].is_string(), "legacy SC lacks {k}");
+    }
+    assert_eq!(legacy["parameters"]["imageFormat"], "2");
+    let params: HashMap<String, String> = legacy["parameters"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), s(v).to_string()))
+        .collect();
+    if let Err(e) = ferroceph::rbd::params::RbdParams::parse(&params) {
+        problems.push(format!("legacy SC: the driver rejects its parameters: {e}"));
+    }
+    for (k, v) in &params {
+        if k.starts_with("csi.storage.k8s.io/") && k.ends_with("-secret-name") {
+            match named(&docs, "Secret", v) {
+                Some(sec) if sec["stringData"]["key"].is_string() => {}
+                _ => problems.push(format!("legacy SC: {k} names {v}, not in the example")),
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn services_target_named_container_ports() {
+    let mut problems = Vec::new();
+    for driver in ["rbd", "cephfs"] {
+        let (_, docs) = render(driver);
+        let services = kind(docs, "Service");
+        assert!(!services.is_empty(), "{driver}: no Service");
+        for svc in services {
+            let sname = format!("{driver}: Service {}", s(&svc["metadata"]["name"]));
+            let selector = svc["spec"]["selector"].as_object().expect("selector");
+            let pods: Vec<&Value> = workloads(docs)
+                .into_iter()
+                .filter(|w| {
+                    let labels = &w["spec"]["template"]["metadata"]["labels"];
+                    selector.iter().all(|(k, v)| &labels[k] == v)
+                })
+                .collect();
+            if pods.is_empty() {
+                problems.push(format!("{sname}: selects no pod"));
+            }
+            for port in svc["spec"]["ports"].as_array().into_iter().flatten() {
+                let Some(target) = port["targetPort"].as_str() else {
+                    problems.push(format!(
+                        "{sname}: targetPort {} is a number, not the container's port name",
+                        port["targetPort"]
+                    ));
+                    continue;
+                };
+                for w in &pods {
+                    let declared = containers(w)
+                        .into_iter()
+                        .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+                        .find(|p| p["name"] == target);
+                    match declared {
+                        Some(p) if p["containerPort"] == port["port"] => {}
+                        Some(p) => problems.push(format!(
+                            "{sname}: port {} targets {target}, which is {} in {}",
+                            port["port"], p["containerPort"], w["metadata"]["name"]
+                        )),
+                        None => problems.push(format!(
+                            "{sname}: {} declares no port named {target}",
+                            w["metadata"]["name"]
+                        )),
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Bytes of a Kubernetes quantity such as `1Gi` or `500M`.
+fn quantity(q: &str) -> u64 {
+    let units: &[(&str, u64)] = &[
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().expect("quantity") * factor;
+        }
+    }
+    q.parse().expect("quantity")
+}
+
+#[test]
+fn restore_and_clone_examples_ask_for_at_least_the_source_size() {
+    let mut problems = Vec::new();
+    for driver in ["rbd", "cephfs"] {
+        let dir = workspace().join("examples").join(driver);
+        let files: Vec<(String, String, Vec<Value>)> = std::fs::read_dir(&dir)
+            .expect("examples")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).expect("read");
+                let docs = yaml_docs(&text);
+                (p.display().to_string(), text, docs)
+            })
+            .collect();
+        let all: Vec<&Value> = files.iter().flat_map(|f| f.2.iter()).collect();
+        let size_of_pvc = |name: &str| {
+            all.iter()
+                .find(|d| d["kind"] == "PersistentVolumeClaim" && d["metadata"]["name"] == name)
+                .map(|d| quantity(s(&d["spec"]["resources"]["requests"]["storage"])))
+        };
+        let mut sources = 0;
+        for (path, text, docs) in &files {
+            for pvc in kind(docs, "PersistentVolumeClaim") {
+                let src = &pvc["spec"]["dataSource"];
+                let source_pvc = match s(&src["kind"]) {
+                    "" => continue,
+                    "PersistentVolumeClaim" => s(&src["name"]).to_string(),
+                    "VolumeSnapshot" => all
+                        .iter()
+                        .find(|d| {
+                            d["kind"] == "VolumeSnapshot" && d["metadata"]["name"] == src["name"]
+                        })
+                        .map(|d| s(&d["spec"]["source"]["persistentVolumeClaimName"]).to_string())
+                        .unwrap_or_default(),
+                    other => {
+                        problems.push(format!("{path}: data source {other}"));
+                        continue;
+                    }
+                };
+                sources += 1;
+                let want = quantity(s(&pvc["spec"]["resources"]["requests"]["storage"]));
+                match size_of_pvc(&source_pvc) {
+                    Some(have) if want >= have => {}
+                    Some(have) => problems.push(format!(
+                        "{path}: asks for {want} bytes, less than the source's {have}"
+                    )),
+                    None => problems.push(format!("{path}: source PVC {source_pvc} not found")),
+                }
+                if !(text.contains("Request at least") && text.contains("OutOfRange")) {
+                    problems.push(format!(
+                        "{path}: does not say a restore/clone must request at least the source's size"
+                    ));
+                }
+            }
+        }
+        assert!(sources >= 2, "{driver}: no restore and clone examples");
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
