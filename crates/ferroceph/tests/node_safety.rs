@@ -54,6 +54,41 @@ async fn stage(node: &mut NodeClient, v: &Vol, staging: &Path, cap: pb::VolumeCa
         .unwrap_or_else(|e| panic!("NodeStageVolume {}: {e:?}", staging.display()));
 }
 
+async fn publish(
+    node: &mut NodeClient,
+    v: &Vol,
+    staging: &Path,
+    target: &Path,
+    cap: pb::VolumeCapability,
+) {
+    node.node_publish_volume(common::publish_req(
+        &v.id,
+        &fuse_ctx(v),
+        staging,
+        target,
+        cap,
+        false,
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("NodePublishVolume {}: {e:?}", target.display()));
+}
+
+async fn unpublish(node: &mut NodeClient, v: &Vol, target: &Path) {
+    node.node_unpublish_volume(unpublish_req(&v.id, target))
+        .await
+        .expect("NodeUnpublishVolume");
+}
+
+/// NodeUnstageVolume that must be refused because of `user`.
+async fn unstage_refused(node: &mut NodeClient, id: &str, staging: &Path, user: &str) {
+    let e = node
+        .node_unstage_volume(unstage_req(id, staging))
+        .await
+        .expect_err("NodeUnstageVolume of a volume in use succeeded");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(user), "{}", e.message());
+}
+
 async fn unstage(node: &mut NodeClient, v: &Vol, staging: &Path) {
     node.node_unstage_volume(unstage_req(&v.id, staging))
         .await
@@ -147,4 +182,136 @@ async fn read_errors_during_stage_never_format() {
     ctl.delete_volume(del_req(&v.id))
         .await
         .expect("DeleteVolume");
+}
+
+/// Item 5, RBD through FUSE: NodeUnstageVolume of a volume still published (a pod's bind
+/// mount, a raw block device bound into a pod) or held open is refused, naming the user,
+/// and the volume keeps working; once the users are gone it unstages.
+#[tokio::test]
+async fn rbd_unstage_refuses_a_volume_in_use() {
+    let mut s = Scratch::new();
+    let d = Driver::rbd();
+    let mut ctl = d.controller().await;
+    let mut node = d.node().await;
+    let v = create(&mut ctl, &mut s, &unique("pvc-inuse"), 64 * MIB).await;
+
+    let cap = mount_cap(Mode::SingleNodeWriter);
+    let staging = s.path("fs/globalmount");
+    let target = s.path("pods/p/mount");
+    stage(&mut node, &v, &staging, cap.clone()).await;
+    publish(&mut node, &v, &staging, &target, cap.clone()).await;
+    write_synced(&target.join("a"), b"before");
+    unstage_refused(&mut node, &v.id, &staging, &target.display().to_string()).await;
+    // the pod's mount still works
+    write_synced(&target.join("b"), b"after the refused unstage");
+    assert_eq!(std::fs::read(target.join("a")).unwrap(), b"before");
+    unpublish(&mut node, &v, &target).await;
+    unstage(&mut node, &v, &staging).await;
+
+    let bcap = block_cap(Mode::SingleNodeWriter);
+    let staging = s.path("blk/staging");
+    let target = s.path("pods/q/dev");
+    stage(&mut node, &v, &staging, bcap.clone()).await;
+    publish(&mut node, &v, &staging, &target, bcap.clone()).await;
+    unstage_refused(&mut node, &v.id, &staging, &target.display().to_string()).await;
+    unpublish(&mut node, &v, &target).await;
+    let dev = device_of(&staging);
+    {
+        let _held = std::fs::File::open(&dev).expect("open the device");
+        let me = format!("open in process {}", std::process::id());
+        unstage_refused(&mut node, &v.id, &staging, &me).await;
+    }
+    unstage(&mut node, &v, &staging).await;
+    ctl.delete_volume(del_req(&v.id))
+        .await
+        .expect("DeleteVolume");
+}
+
+/// Item 5, CephFS through ceph-fuse: unstaging a volume a pod still has bind-mounted is
+/// refused (stopping ceph-fuse would leave the pod with ENOTCONN).
+#[tokio::test]
+async fn cephfs_unstage_refuses_a_published_volume() {
+    let s = Scratch::new();
+    let d = Driver::start(
+        &[
+            "--type=cephfs",
+            "--controllerserver=true",
+            "--nodeserver=true",
+            "--nodeid=test-node",
+        ],
+        &[],
+    );
+    let c = cluster();
+    let secrets = HashMap::from([
+        ("adminID".to_string(), c.get("FERRO_CEPHFS_USER")),
+        ("adminKey".to_string(), c.get("FERRO_CEPHFS_KEY")),
+    ]);
+    let mut ctl = d.controller().await;
+    let mut node = d.node().await;
+    let cap = mount_cap(Mode::MultiNodeMultiWriter);
+    let v = ctl
+        .create_volume(pb::CreateVolumeRequest {
+            name: unique("pvc-fs-inuse"),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: 64 * MIB,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![cap.clone()],
+            parameters: HashMap::from([
+                ("clusterID".to_string(), c.fsid()),
+                ("fsName".to_string(), "cephfs".to_string()),
+                ("mounter".to_string(), "fuse".to_string()),
+            ]),
+            secrets: secrets.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let staging = s.path("fs/globalmount");
+    let target = s.path("pods/p/mount");
+    let ctx = v.volume_context.clone();
+    node.node_stage_volume(common::stage_req(
+        &v.volume_id,
+        &ctx,
+        &staging,
+        cap.clone(),
+        secrets.clone(),
+    ))
+    .await
+    .expect("NodeStageVolume");
+    node.node_publish_volume(common::publish_req(
+        &v.volume_id,
+        &ctx,
+        &staging,
+        &target,
+        cap.clone(),
+        false,
+    ))
+    .await
+    .expect("NodePublishVolume");
+    write_synced(&target.join("a"), b"before");
+    unstage_refused(
+        &mut node,
+        &v.volume_id,
+        &staging,
+        &target.display().to_string(),
+    )
+    .await;
+    write_synced(&target.join("b"), b"after the refused unstage");
+    assert_eq!(std::fs::read(target.join("a")).unwrap(), b"before");
+    node.node_unpublish_volume(unpublish_req(&v.volume_id, &target))
+        .await
+        .expect("NodeUnpublishVolume");
+    node.node_unstage_volume(unstage_req(&v.volume_id, &staging))
+        .await
+        .expect("NodeUnstageVolume");
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        secrets,
+    })
+    .await
+    .expect("DeleteVolume");
 }

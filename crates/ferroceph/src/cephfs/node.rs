@@ -21,7 +21,7 @@ use crate::cephfs::subvolume::{self, FsPlace};
 use crate::config::{ClusterInfo, ClusterMap, ConfigError};
 use crate::locks::OpLocks;
 use crate::node::keyfile::KeyFile;
-use crate::node::mount;
+use crate::node::{inuse, mount};
 use crate::validate::{self, CapSummary, CEPHFS_MODES};
 use crate::volid::CsiId;
 use csi::v1 as pb;
@@ -427,6 +427,15 @@ impl Node for CephFsNode {
                     req.volume_id
                 )));
             }
+        }
+        // ceph-fuse is stopped after the unmount: with a pod's bind mount left it would die
+        // under that pod (ENOTCONN), so a volume still published is refused.
+        let binds = inuse::binds_of(&staging, &inuse::mount_table());
+        if let Some(users) = inuse::describe(&binds, &[], "") {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is still in use: {users}; NodeUnpublishVolume every target first (refusing to unmount it under them)",
+                req.volume_id
+            )));
         }
         self.teardown(&staging, rec.as_ref()).await?;
         mounter::remove_record(&staging);

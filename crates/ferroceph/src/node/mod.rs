@@ -3,6 +3,7 @@
 
 pub mod exec;
 pub mod format;
+pub mod inuse;
 pub mod keyfile;
 pub mod mount;
 pub mod record;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// `major:minor` of the mounted filesystem: a bind mount shares it with its source.
+    pub dev: String,
     /// Path inside the source filesystem that is mounted (differs from "/" for binds).
     pub root: String,
     pub mount_point: PathBuf,
@@ -61,6 +63,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 return None;
             }
             Some(MountEntry {
+                dev: l[2].to_string(),
                 root: unescape(l[3]),
                 mount_point: PathBuf::from(unescape(l[4])),
                 options: l[5].to_string(),
@@ -226,6 +229,7 @@ mod tests {
         let m = parse_mountinfo(SAMPLE);
         assert_eq!(m.len(), 4);
         assert_eq!(m[1].source, "/dev/loop3");
+        assert_eq!(m[1].dev, "7:3");
         assert!(m[2].read_only());
         assert!(!m[1].read_only());
         assert_eq!(m[3].mount_point, PathBuf::from("/mnt/with space"));

@@ -19,7 +19,7 @@ use crate::config::{ClusterMap, ConfigError};
 use crate::fuse_export::EXPORT_FILE;
 use crate::locks::OpLocks;
 use crate::node::record::{self, ImageLocation, Record, StageState, RECORD_VERSION};
-use crate::node::{format, mount, stats};
+use crate::node::{format, inuse, mount, stats};
 use crate::rbd::attach::{self, AttachEnv, AttachRequest, Health, KernelSupport, Mounter};
 use crate::rbd::params::{controller_credentials, Credentials, DEFAULT_VOL_PREFIX};
 use crate::validate::{self, CapSummary, RBD_MODES};
@@ -195,6 +195,41 @@ fn mount_device(m: &mount::MountEntry) -> Option<String> {
     let name = Path::new(&m.root).file_name()?.to_str()?;
     (name.starts_with("loop") || name.starts_with("rbd") || name.starts_with("nbd"))
         .then(|| format!("/dev/{name}"))
+}
+
+/// NodeUnstageVolume must not unmount and detach a volume under its users (the FUSE
+/// exporter would die under a mounted filesystem): FailedPrecondition naming every publish
+/// mount of the staging mount or of the device, and every process holding the device open.
+async fn refuse_if_in_use(rec: &Record) -> Result<(), Status> {
+    let Some(dev) = rec.device.clone() else {
+        return Ok(());
+    };
+    // read-only views of a block volume are loop devices of their own on the exported
+    // file (FUSE) or on the mapped device
+    let mut devices = vec![dev.clone()];
+    let under = rec.fuse.as_ref().map(|f| f.file.clone());
+    for d in attach::fuse::loops_backed_by(&under.unwrap_or_else(|| PathBuf::from(&dev))) {
+        if !devices.contains(&d) {
+            devices.push(d);
+        }
+    }
+    let mounts = inuse::mount_table();
+    let mut binds = inuse::mounts_of_devices(&devices, &rec.staging_path, &mounts, mount_device);
+    if !rec.block {
+        for b in inuse::binds_of(&rec.staging_path, &mounts) {
+            if !binds.contains(&b) {
+                binds.push(b);
+            }
+        }
+    }
+    let openers = inuse::steady_openers(&devices).await;
+    match inuse::describe(&binds, &openers, &dev) {
+        Some(users) => Err(Status::failed_precondition(format!(
+            "volume {} is still in use: {users}; NodeUnpublishVolume every target and stop the users first (refusing to unmount and detach it under them)",
+            rec.volume_id
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The record of a FUSE attachment found from its loop device (for requests that do not
@@ -718,6 +753,7 @@ impl Inner {
                 )));
             }
             Some(rec) => {
+                refuse_if_in_use(&rec).await?;
                 self.teardown(&rec).await?;
                 tracing::info!(volume = %vid, staging = %staging.display(), mounter = %rec.mounter, "unstaged");
             }
@@ -1322,6 +1358,7 @@ mod tests {
     #[test]
     fn devices_behind_mounts() {
         let m = |source: &str, root: &str| mount::MountEntry {
+            dev: "7:3".into(),
             root: root.into(),
             mount_point: PathBuf::from("/t"),
             options: "rw".into(),
