@@ -34,6 +34,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.nodeserver && args.nodeid.as_deref().unwrap_or("").is_empty() {
         bail!("--nodeserver needs --nodeid (or the NODE_ID environment variable)");
     }
+    if args.nodeserver {
+        match crate::node::keyfile::prepare_dir(&args.keysdir) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                keysdir = %args.keysdir.display(),
+                "removed {n} key file(s) a killed process left behind"
+            ),
+            Err(e) => tracing::error!(
+                keysdir = %args.keysdir.display(),
+                "cannot prepare the keys directory: {e}; mounts and maps that need a key file will fail until it is fixed"
+            ),
+        }
+    }
     let path = socket_path(&args.endpoint).map_err(anyhow::Error::msg)?;
     prepare_socket(&path).with_context(|| format!("cannot prepare socket {}", path.display()))?;
     let listener = tokio::net::UnixListener::bind(&path)
