@@ -23,14 +23,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if driver_type == DriverType::Liveness {
         return crate::liveness::run(args).await;
     }
-    crate::metrics::serve(&args.metricsaddr, args.metricsport, &args.metricspath)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot serve metrics on {}:{}",
-                args.metricsaddr, args.metricsport
-            )
-        })?;
+    serve_metrics(&args).await;
     if args.nodeserver && args.nodeid.as_deref().unwrap_or("").is_empty() {
         bail!("--nodeserver needs --nodeid (or the NODE_ID environment variable)");
     }
@@ -131,3 +124,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// The metrics endpoint is an extra: a port that is taken (two plugins on one host with
+/// the default) is logged and retried in the background, and CSI is served regardless.
+async fn serve_metrics(args: &ServeArgs) {
+    let (addr, port, path) = (
+        args.metricsaddr.clone(),
+        args.metricsport,
+        args.metricspath.clone(),
+    );
+    let Err(e) = crate::metrics::serve(&addr, port, &path).await else {
+        return;
+    };
+    tracing::error!(
+        "cannot serve metrics on {addr}:{port}: {e}; serving CSI without metrics and retrying every {}s (choose a free --metricsport, or 0 to turn metrics off)",
+        METRICS_RETRY.as_secs()
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(METRICS_RETRY).await;
+            if crate::metrics::serve(&addr, port, &path).await.is_ok() {
+                return;
+            }
+        }
+    });
+}
+
+const METRICS_RETRY: std::time::Duration = std::time::Duration::from_secs(30);

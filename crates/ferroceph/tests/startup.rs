@@ -1,8 +1,10 @@
-//! What a node plugin does at start-up (issue 13 item 10): key files a killed process
-//! left are swept and the keys directory is made private.
+//! What a node plugin does at start-up (issue 13 items 10 and 11): key files a killed
+//! process left are swept and the keys directory is made private; a metrics port that is
+//! taken does not keep the driver from serving CSI.
 
 mod common;
 use common::*;
+use csi::v1 as pb;
 use std::os::unix::fs::PermissionsExt;
 
 /// Item 10: a SIGKILL during `rbd map` or a mount leaves `keyfile-*` with the key in
@@ -36,4 +38,44 @@ async fn leftover_key_files_are_swept_at_start() {
     let mode = std::fs::metadata(&keys).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "keys dir mode {mode:o}");
     assert!(!d.log_text().contains("AQB"));
+}
+
+/// Item 11: a taken `--metricsport` (two plugins on one host with the default) is logged,
+/// and the driver serves CSI anyway.
+#[tokio::test]
+async fn taken_metrics_port_does_not_stop_csi() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let d = Driver::start(
+        &[
+            "--type=rbd",
+            "--nodeserver=true",
+            "--nodeid=n1",
+            "--metricsaddr=127.0.0.1",
+            &format!("--metricsport={port}"),
+        ],
+        &[],
+    );
+    let ready = d
+        .identity()
+        .await
+        .probe(pb::ProbeRequest {})
+        .await
+        .expect("Probe")
+        .into_inner();
+    assert_ne!(ready.ready, Some(false.into()));
+    let info = d
+        .node()
+        .await
+        .node_get_info(pb::NodeGetInfoRequest {})
+        .await
+        .expect("NodeGetInfo")
+        .into_inner();
+    assert_eq!(info.node_id, "n1");
+    assert!(
+        d.log_text().contains("cannot serve metrics"),
+        "{}",
+        d.log_text()
+    );
+    drop(taken);
 }
