@@ -14,6 +14,11 @@ for key in "$FERRO_ADMIN_KEY" "$FERRO_RBD_KEY" "$FERRO_CEPHFS_KEY"; do
     echo "secrets-audit: a cephx key appears in: $(grep -rlF -- "$key" "$logs" | head -3 | tr '\n' ' ')"
     bad=1
   fi
+  # the kernel VM's output: scenario logs, the driver logs they kept, console, kernel log
+  if [ -d target/tmp/vm/last ] && grep -rlF -- "$key" target/tmp/vm/last >/dev/null 2>&1; then
+    echo "secrets-audit: a cephx key appears in the kernel VM's output: $(grep -rlF -- "$key" target/tmp/vm/last | head -3 | tr '\n' ' ')"
+    bad=1
+  fi
   # key files must be gone after use, wherever the tests put their keys directories
   if grep -rlF -- "$key" /tmp --include='keyfile-*' 2>/dev/null | grep -q .; then
     echo "secrets-audit: a key file was left behind: $(grep -rlF -- "$key" /tmp --include='keyfile-*' | head -3)"

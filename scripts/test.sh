@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
 ./scripts/dev-cluster.sh up
+# The kernel scenarios (crates/ferroceph/tests/kernel.rs) boot Debian's own kernel under
+# QEMU: install QEMU, fetch the kernel and build the initramfs (fails loudly if it cannot).
+./scripts/vm.sh prepare
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

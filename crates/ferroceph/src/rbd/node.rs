@@ -222,7 +222,11 @@ async fn refuse_if_in_use(rec: &Record) -> Result<(), Status> {
             }
         }
     }
-    let openers = inuse::steady_openers(&devices).await;
+    let mut openers = inuse::steady_openers(&devices).await;
+    // The rbd-nbd daemon holds the nbd device it serves: it is the attachment, not a user.
+    if dev.starts_with("/dev/nbd") {
+        openers.retain(|(_, comm)| comm != "rbd-nbd");
+    }
     match inuse::describe(&binds, &openers, &dev) {
         Some(users) => Err(Status::failed_precondition(format!(
             "volume {} is still in use: {users}; NodeUnpublishVolume every target and stop the users first (refusing to unmount and detach it under them)",
@@ -230,6 +234,18 @@ async fn refuse_if_in_use(rec: &Record) -> Result<(), Status> {
         ))),
         None => Ok(()),
     }
+}
+
+/// Whether `device` is a read-only view publish made for a block volume: a second loop
+/// device on the FUSE export, or a loop device on a krbd/rbd-nbd device.
+fn is_read_only_view(device: &str) -> bool {
+    if let Some(r) = record_for_device(device) {
+        return r.device.as_deref() != Some(device);
+    }
+    attach::fuse::loop_backing(device).is_some_and(|b| {
+        let b = b.display().to_string();
+        b.starts_with("/dev/rbd") || b.starts_with("/dev/nbd")
+    })
 }
 
 /// The record of a FUSE attachment found from its loop device (for requests that do not
@@ -819,15 +835,17 @@ impl Inner {
         let staged_dev = rec.device.clone().unwrap_or_default();
         // A device node ignores a read-only bind mount: a block volume published read-only
         // from a read-write staging gets a read-only device of its own (FUSE: a second,
-        // read-only loop device on the exported file).
+        // read-only loop device on the exported file; krbd, rbd-nbd: a read-only loop device
+        // on the mapped device).
         let ro_view = rec.block && read_only && !rec.read_only;
         let fuse_file = rec.fuse.as_ref().map(|f| f.file.clone());
 
         if let Some(m) = mount::mount_at(&target).map_err(internal)? {
             let dev = mount_device(&m).unwrap_or_default();
+            let backing = attach::fuse::loop_backing(&dev);
             let same = dev == staged_dev
-                || (fuse_file.is_some()
-                    && attach::fuse::loop_backing(&dev).as_ref() == fuse_file.as_ref());
+                || (fuse_file.is_some() && backing.as_ref() == fuse_file.as_ref())
+                || (!staged_dev.is_empty() && backing == Some(PathBuf::from(&staged_dev)));
             if same && m.read_only() == read_only {
                 return Ok(());
             }
@@ -848,13 +866,10 @@ impl Inner {
         }
 
         let source: PathBuf = if rec.block && ro_view {
-            match &fuse_file {
-                Some(f) => PathBuf::from(attach::fuse::read_only_view(f, EXEC_TIMEOUT).await?),
-                None => {
-                    tracing::warn!(volume = %vid, mounter = %rec.mounter, "a read-only bind mount of a device node does not stop writes; stage the volume with a reader-only access mode to make the device read-only");
-                    PathBuf::from(staged_dev.clone())
-                }
-            }
+            let under = fuse_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(&staged_dev));
+            PathBuf::from(attach::fuse::read_only_view(&under, EXEC_TIMEOUT).await?)
         } else if rec.block {
             PathBuf::from(staged_dev.clone())
         } else {
@@ -887,7 +902,7 @@ impl Inner {
                 Status::internal(format!("cannot create {}: {e}", target.display()))
             })?;
         }
-        let view = (ro_view && fuse_file.is_some()).then(|| source.display().to_string());
+        let view = ro_view.then(|| source.display().to_string());
         if let Err(e) = mount::bind(&source, &target, read_only, &opts, EXEC_TIMEOUT).await {
             if let Some(v) = &view {
                 let _ = crate::node::exec::output("losetup", &["-d", v], &[], EXEC_TIMEOUT).await;
@@ -985,9 +1000,7 @@ impl Inner {
             .ok()
             .flatten()
             .and_then(|m| mount_device(&m))
-            .filter(|dev| {
-                record_for_device(dev).is_some_and(|r| r.device.as_deref() != Some(dev.as_str()))
-            });
+            .filter(|dev| is_read_only_view(dev));
         unmount_all(&target).await?;
         if let Some(dev) = view {
             match crate::node::exec::output("losetup", &["-d", &dev], &[], EXEC_TIMEOUT).await {

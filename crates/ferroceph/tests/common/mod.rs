@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 mod scratch;
+pub mod vm;
 #[allow(unused_imports)] // not every test binary uses it
-pub use scratch::{alive, Scratch};
+pub use scratch::{alive, kernel_devices_of, loops_on, Scratch};
 
 pub struct ClusterEnv {
     pub vars: HashMap<String, String>,
@@ -270,7 +271,8 @@ fn unsafe_free_kill(pid: u32, sig: &str) {
 /// Where driver logs are kept after each test, for the suite-wide secrets audit
 /// (`scripts/secrets-audit.sh`).
 pub fn kept_logs_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferroceph-logs")
+    vm::guest_log_dir()
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferroceph-logs"))
 }
 
 impl Drop for Driver {
@@ -284,7 +286,12 @@ impl Drop for Driver {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let _ = std::fs::copy(&self.log, dir.join(format!("{name}.log")));
+            // read + write, not fs::copy: the VM's results share (9p) refuses its shortcuts
+            if let Ok(text) = std::fs::read(&self.log) {
+                if let Err(e) = std::fs::write(dir.join(format!("{name}.log")), text) {
+                    eprintln!("cannot keep the driver log in {}: {e}", dir.display());
+                }
+            }
         }
     }
 }

@@ -117,6 +117,23 @@ impl Drop for Scratch {
         for m in self.mounts_under() {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
+        // krbd and rbd-nbd devices of our images (kernel scenarios), with the read-only
+        // loop views on them.
+        for img in &self.images {
+            for dev in kernel_devices_of(img) {
+                for l in loops_on(&dev) {
+                    let _ = Command::new("losetup").arg("-d").arg(&l).status();
+                }
+                let kind = if dev.starts_with("/dev/nbd") {
+                    "nbd"
+                } else {
+                    "krbd"
+                };
+                let _ = Command::new("rbd")
+                    .args(["unmap", "--device-type", kind, "-o", "noudev,force", &dev])
+                    .status();
+            }
+        }
         for img in self.images.iter().rev() {
             if image_exists(img) {
                 let (ok, out) = admin_cli("rbd", &["rm", "--no-progress", &format!("rbd/{img}")]);
@@ -126,4 +143,57 @@ impl Drop for Scratch {
             }
         }
     }
+}
+
+/// The krbd devices and rbd-nbd devices that serve `image`.
+pub fn kernel_devices_of(image: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/sys/bus/rbd/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+        if name.trim() == image {
+            v.push(format!("/dev/rbd{}", e.file_name().to_string_lossy()));
+        }
+    }
+    for e in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !n.starts_with("nbd") {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(image) {
+            v.push(format!("/dev/{n}"));
+        }
+    }
+    v
+}
+
+/// Loop devices whose backing file is `file` (a device for a read-only view).
+pub fn loops_on(file: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let b = std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
+        if n.starts_with("loop") && b.trim_end() == file {
+            v.push(format!("/dev/{n}"));
+        }
+    }
+    v
 }

@@ -34,6 +34,17 @@ fn unmap_args(device: &str, options: Option<&str>) -> Vec<String> {
     rbd_unmap_args("krbd", device, options)
 }
 
+/// `rbd map`/`unmap` options with `noudev` added: without a udevd (a container, a minimal
+/// node) `rbd` waits for udev events that never come until its deadline kills it, while the
+/// kernel's devtmpfs makes the device node anyway. ceph-csi passes it for the same reason.
+fn with_noudev(options: Option<String>) -> String {
+    match options {
+        Some(o) if o.split(',').any(|x| x.trim() == "noudev") => o,
+        Some(o) => format!("{o},noudev"),
+        None => "noudev".to_string(),
+    }
+}
+
 /// Parses `/sys/bus/rbd/supported_features` (`0x3d`).
 pub fn parse_supported(text: &str) -> Option<u64> {
     let t = text.trim();
@@ -63,8 +74,15 @@ pub fn check_features(spec: &str, image: u64, supported: u64) -> Result<(), Stri
     ))
 }
 
-/// The device the kernel already maps `loc` to (a retry after a crash), if any.
-fn mapped_device(loc: &ImageLocation) -> Option<String> {
+/// The device the kernel already maps `loc` to (a retry after a crash), if any: same
+/// cluster (when its fsid is known), pool, namespace and image, no snapshot, and, when
+/// given, the same read-only state. Two clusters with alike pool and image names must
+/// never share a device.
+fn mapped_device(
+    loc: &ImageLocation,
+    fsid: Option<&str>,
+    read_only: Option<bool>,
+) -> Option<String> {
     let read = |d: &Path, f: &str| {
         std::fs::read_to_string(d.join(f))
             .map(|s| s.trim().to_string())
@@ -72,12 +90,17 @@ fn mapped_device(loc: &ImageLocation) -> Option<String> {
     };
     for entry in std::fs::read_dir(SYSFS_DEVICES).ok()?.flatten() {
         let d = entry.path();
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let ro = std::fs::read_to_string(format!("/sys/block/rbd{id}/ro"))
+            .map(|s| s.trim() == "1")
+            .unwrap_or(false);
         if read(&d, "pool") == loc.pool
             && read(&d, "pool_ns") == loc.namespace
             && read(&d, "name") == loc.image
             && matches!(read(&d, "current_snap").as_str(), "" | "-")
+            && fsid.map_or(true, |f| read(&d, "cluster_fsid") == f)
+            && read_only.map_or(true, |r| r == ro)
         {
-            let id = entry.file_name().to_string_lossy().into_owned();
             return Some(device_for_id(&id).display().to_string());
         }
     }
@@ -116,22 +139,27 @@ impl Attacher for Krbd {
             .ceph
             .connect_config(&loc.monitors, &loc.user, req.key);
         let l = loc.clone();
-        let features = self
+        let (features, fsid) = self
             .env
             .ceph
             .run(cfg, move |cluster| {
+                let fsid = cluster
+                    .fsid()
+                    .map_err(|e| crate::ceph::status("read the cluster fsid", &e))?;
                 let io = cluster
                     .ioctx(&l.pool, &l.namespace)
                     .map_err(|e| crate::ceph::status("open pool", &e))?;
                 let img = rados::rbd::Image::open_read_only(&io, &l.image)
                     .map_err(|e| crate::ceph::status("open image", &e))?;
-                img.features()
-                    .map_err(|e| crate::ceph::status("read image features", &e))
+                let features = img
+                    .features()
+                    .map_err(|e| crate::ceph::status("read image features", &e))?;
+                Ok((features, fsid))
             })
             .await?;
         check_features(&loc.spec(), features, supported).map_err(Status::failed_precondition)?;
 
-        if let Some(dev) = mapped_device(&loc) {
+        if let Some(dev) = mapped_device(&loc, Some(&fsid), Some(req.read_only)) {
             tracing::info!(image = %loc.spec(), device = %dev, "already mapped by the kernel; reusing");
             return Ok(Attached {
                 device: dev,
@@ -139,14 +167,14 @@ impl Attacher for Krbd {
                 nbd_pid: None,
             });
         }
-        let options = options_for(req.map_options, Mounter::Krbd)?;
+        let options = with_noudev(options_for(req.map_options, Mounter::Krbd)?);
         let key = KeyFile::create(&self.env.keysdir, req.key).map_err(|e| {
             Status::internal(format!(
                 "cannot write a key file in {}: {e}",
                 self.env.keysdir.display()
             ))
         })?;
-        let args = map_args(&loc, key.path(), options.as_deref(), req.read_only);
+        let args = map_args(&loc, key.path(), Some(&options), req.read_only);
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = exec::run("rbd", &a, &[], self.env.exec_timeout)
             .await
@@ -166,13 +194,16 @@ impl Attacher for Krbd {
     }
 
     async fn detach(&self, rec: &Record) -> Result<(), Status> {
-        let dev = rec.device.clone().or_else(|| mapped_device(&rec.image));
+        let dev = rec
+            .device
+            .clone()
+            .or_else(|| mapped_device(&rec.image, None, Some(rec.read_only)));
         let Some(dev) = dev else { return Ok(()) };
         if !Path::new(&dev).exists() {
             return Ok(());
         }
-        let opts = options_for(rec.unmap_options.as_deref(), Mounter::Krbd)?;
-        let args = unmap_args(&dev, opts.as_deref());
+        let opts = with_noudev(options_for(rec.unmap_options.as_deref(), Mounter::Krbd)?);
+        let args = unmap_args(&dev, Some(&opts));
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = exec::output("rbd", &a, &[], self.env.exec_timeout)
             .await
@@ -292,6 +323,16 @@ mod tests {
             assert!(e.contains(f), "{f}: {e}");
         }
         assert!(!e.contains("layering,") || e.contains("supports: layering"));
+    }
+
+    #[test]
+    fn noudev_is_always_passed() {
+        assert_eq!(with_noudev(None), "noudev");
+        assert_eq!(
+            with_noudev(Some("lock_on_read,queue_depth=1024".into())),
+            "lock_on_read,queue_depth=1024,noudev"
+        );
+        assert_eq!(with_noudev(Some("noudev,force".into())), "noudev,force");
     }
 
     #[test]

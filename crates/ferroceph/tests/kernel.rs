@@ -1,0 +1,1019 @@
+//! Kernel scenarios: krbd, rbd-nbd and the kernel CephFS client driven through the driver's
+//! gRPC API inside a VM running Debian's own kernel (scripts/vm.sh; this host's kernel has
+//! none of those modules). On the host each test boots the VM once for all the selected
+//! scenarios and reports its own; inside the VM (`FERRO_IN_VM=1`) it runs its body. There is
+//! no udevd in the VM, as in a plugin container.
+//!
+//! Run one by hand: `cargo test -p ferroceph --test kernel krbd_xfs`; the guest's console,
+//! scenario output and driver logs stay in target/tmp/vm/last/.
+
+mod common;
+use common::vm::scenario;
+use common::*;
+use csi::v1 as pb;
+use pb::volume_capability::access_mode::Mode;
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::Code;
+
+type NodeClient = pb::node_client::NodeClient<Channel>;
+type CtlClient = pb::controller_client::ControllerClient<Channel>;
+
+/// Every scenario, in the order the VM runs them (the module-juggling one last).
+const ALL: &[&str] = &[
+    "krbd_stage_without_udevd",
+    "krbd_ext4_filesystem_lifecycle",
+    "krbd_xfs_filesystem_lifecycle",
+    "krbd_raw_block_lifecycle",
+    "krbd_refuses_features_the_kernel_lacks",
+    "nbd_ext4_filesystem_lifecycle",
+    "nbd_xfs_filesystem_lifecycle",
+    "nbd_raw_block_lifecycle",
+    "nbd_survives_plugin_restart",
+    "cephfs_kernel_two_nodes",
+    "doctor_reports_the_kernel",
+    "auto_mounter_follows_kernel_modules",
+];
+
+// ------------------------------------------------------------------------ helpers
+
+/// A node plugin ("node-a", with the controller) and a second node plugin ("node-b").
+struct Nodes {
+    a: Driver,
+    b: Driver,
+}
+
+fn rbd_nodes() -> Nodes {
+    Nodes {
+        a: Driver::start(
+            &[
+                "--type=rbd",
+                "--controllerserver=true",
+                "--nodeserver=true",
+                "--nodeid=vm-node-a",
+            ],
+            &[],
+        ),
+        b: Driver::start(
+            &["--type=rbd", "--nodeserver=true", "--nodeid=vm-node-b"],
+            &[],
+        ),
+    }
+}
+
+struct Vol {
+    id: String,
+    ctx: HashMap<String, String>,
+    image: String,
+}
+
+fn fs_cap(fs: &str, mode: Mode) -> pb::VolumeCapability {
+    pb::VolumeCapability {
+        access_type: Some(pb::volume_capability::AccessType::Mount(
+            pb::volume_capability::MountVolume {
+                fs_type: fs.to_string(),
+                ..Default::default()
+            },
+        )),
+        access_mode: Some(pb::volume_capability::AccessMode { mode: mode as i32 }),
+    }
+}
+
+async fn create_rbd(
+    ctl: &mut CtlClient,
+    scratch: &mut Scratch,
+    size: i64,
+    params: &[(&str, &str)],
+) -> Vol {
+    let mut req = create_req(&unique("pvc-vm"), size);
+    for (k, v) in params {
+        req.parameters.insert(k.to_string(), v.to_string());
+    }
+    let v = ctl
+        .create_volume(req)
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let image = v.volume_context["imageName"].clone();
+    scratch.images.push(image.clone());
+    Vol {
+        image,
+        id: v.volume_id,
+        ctx: v.volume_context,
+    }
+}
+
+async fn stage(node: &mut NodeClient, v: &Vol, staging: &Path, cap: &pb::VolumeCapability) {
+    node.node_stage_volume(stage_req(
+        &v.id,
+        &v.ctx,
+        staging,
+        cap.clone(),
+        cluster().rbd_secrets(),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("NodeStageVolume {}: {e:?}", staging.display()));
+}
+
+async fn publish(
+    node: &mut NodeClient,
+    v: &Vol,
+    staging: &Path,
+    target: &Path,
+    cap: &pb::VolumeCapability,
+    ro: bool,
+) {
+    node.node_publish_volume(publish_req(&v.id, &v.ctx, staging, target, cap.clone(), ro))
+        .await
+        .unwrap_or_else(|e| panic!("NodePublishVolume {}: {e:?}", target.display()));
+}
+
+async fn unpublish(node: &mut NodeClient, v: &Vol, target: &Path) {
+    node.node_unpublish_volume(unpublish_req(&v.id, target))
+        .await
+        .expect("NodeUnpublishVolume");
+}
+
+async fn unstage(node: &mut NodeClient, v: &Vol, staging: &Path) {
+    node.node_unstage_volume(unstage_req(&v.id, staging))
+        .await
+        .expect("NodeUnstageVolume");
+}
+
+/// Pseudo-random bytes (xorshift), reproducible from `seed`.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The device (or, for a block volume, the device node) mounted at `path`.
+fn mount_source(path: &Path) -> Option<String> {
+    ferroceph::node::mount::mount_at(path)
+        .ok()
+        .flatten()
+        .map(|m| m.source)
+}
+
+fn is_mounted(path: &Path) -> bool {
+    ferroceph::node::mount::is_mount_point(path).unwrap_or(false)
+}
+
+/// Size in bytes of the block device or filesystem at `path`.
+fn size_of(path: &Path, block: bool) -> u64 {
+    if block {
+        let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        f.seek(SeekFrom::End(0)).expect("seek to the end")
+    } else {
+        let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
+        st.blocks() * st.fragment_size()
+    }
+}
+
+/// Writes `data` at the start of the device, or into `file` on the filesystem, durably.
+fn write_data(path: &Path, block: bool, data: &[u8]) {
+    if block {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("open {} for writing: {e}", path.display()));
+        f.write_all(data).expect("write the device");
+        f.sync_all().expect("fsync the device");
+    } else {
+        let p = path.join("data.bin");
+        let mut f = std::fs::File::create(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        f.write_all(data).expect("write");
+        f.sync_all().expect("fsync");
+    }
+}
+
+/// Reads `len` bytes back (bypassing the page cache for a device).
+fn read_data(path: &Path, block: bool, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    if block {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .or_else(|_| std::fs::File::open(path))
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        // O_DIRECT wants an aligned buffer: read through an aligned copy.
+        let mut aligned = AlignedBuf::new(len);
+        f.read_exact(aligned.as_mut()).expect("read the device");
+        buf.copy_from_slice(aligned.as_mut());
+    } else {
+        std::fs::File::open(path.join("data.bin"))
+            .and_then(|mut f| f.read_exact(&mut buf))
+            .expect("read data.bin");
+    }
+    buf
+}
+
+/// A 4 KiB-aligned buffer for O_DIRECT reads.
+struct AlignedBuf {
+    raw: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let raw = vec![0u8; len + 4096];
+        let off = (4096 - (raw.as_ptr() as usize % 4096)) % 4096;
+        AlignedBuf { raw, off, len }
+    }
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + self.len]
+    }
+}
+
+/// Writes through a read-only publish must fail.
+fn assert_writes_refused(target: &Path, block: bool) {
+    if block {
+        let r = std::fs::OpenOptions::new()
+            .write(true)
+            .open(target)
+            .and_then(|mut f| {
+                f.write_all(&[0xAB; 4096])?;
+                f.sync_all()
+            });
+        assert!(
+            r.is_err(),
+            "a read-only published block device accepted a write at {}",
+            target.display()
+        );
+    } else {
+        let r = std::fs::write(target.join("should-fail"), b"x");
+        assert!(
+            r.is_err(),
+            "a read-only publish accepted a file at {}",
+            target.display()
+        );
+    }
+}
+
+/// krbd devices the kernel maps for `image`.
+fn krbd_devices_of(image: &str) -> Vec<String> {
+    kernel_devices_of(image)
+        .into_iter()
+        .filter(|d| d.starts_with("/dev/rbd"))
+        .collect()
+}
+
+/// The pid of the rbd-nbd daemon serving `device`.
+fn nbd_daemon(device: &str) -> Option<i32> {
+    let name = device.strip_prefix("/dev/")?;
+    std::fs::read_to_string(format!("/sys/block/{name}/pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Pids of processes whose command name is `comm`.
+fn pids_named(comm: &str) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let c = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if c.trim() == comm && alive(pid) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Files left in a driver's keys directory.
+fn key_files(d: &Driver) -> Vec<PathBuf> {
+    std::fs::read_dir(d.dir.path().join("keys"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Nothing of the volume is left on the node: no mapping, no nbd daemon, no mount under
+/// `root`, no key file.
+fn assert_node_clean(n: &Nodes, image: &str, root: &Path) {
+    let devices = kernel_devices_of(image);
+    assert!(devices.is_empty(), "devices left: {devices:?}");
+    let mounts: Vec<_> = ferroceph::node::mount::mounts()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(root))
+        .collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    for d in [&n.a, &n.b] {
+        assert!(
+            key_files(d).is_empty(),
+            "key files left: {:?}",
+            key_files(d)
+        );
+    }
+}
+
+async fn expand(
+    ctl: &mut CtlClient,
+    node: &mut NodeClient,
+    v: &Vol,
+    staging: &Path,
+    target: &Path,
+    cap: &pb::VolumeCapability,
+    size: i64,
+) -> i64 {
+    let resp = ctl
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: v.id.clone(),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: size,
+                limit_bytes: 0,
+            }),
+            secrets: cluster().rbd_secrets(),
+            volume_capability: Some(cap.clone()),
+        })
+        .await
+        .expect("ControllerExpandVolume")
+        .into_inner();
+    if !resp.node_expansion_required {
+        // krbd and rbd-nbd devices follow the image size by themselves
+        return 0;
+    }
+    node.node_expand_volume(pb::NodeExpandVolumeRequest {
+        volume_id: v.id.clone(),
+        volume_path: target.display().to_string(),
+        capacity_range: Some(pb::CapacityRange {
+            required_bytes: size,
+            limit_bytes: 0,
+        }),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap.clone()),
+        secrets: HashMap::new(),
+    })
+    .await
+    .expect("NodeExpandVolume")
+    .into_inner()
+    .capacity_bytes
+}
+
+fn blkid_type(device: &str) -> String {
+    let out = Command::new("blkid")
+        .args(["-p", "-s", "TYPE", "-o", "value", device])
+        .output()
+        .expect("blkid");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+// ---------------------------------------------------------------- RBD lifecycle
+
+/// The whole life of an RBD volume through one mounter, with `fs` a filesystem type or
+/// None for a raw block volume: create, stage (formats the blank device), publish, write,
+/// read-only publish refuses writes, online expansion, unpublish, unstage, restage on
+/// another node with the data byte-identical, delete; nothing left on the node.
+async fn rbd_lifecycle(mounter: &str, fs: Option<&str>) {
+    let n = rbd_nodes();
+    let mut scratch = Scratch::new();
+    let root = scratch.dir.path().to_path_buf();
+    let mut ctl = n.a.controller().await;
+    let (mut na, mut nb) = (n.a.node().await, n.b.node().await);
+    let block = fs.is_none();
+    // xfs wants at least 300 MiB
+    let size = if fs == Some("xfs") {
+        320 * MIB
+    } else {
+        64 * MIB
+    };
+    let v = create_rbd(&mut ctl, &mut scratch, size, &[("mounter", mounter)]).await;
+    let cap = match fs {
+        Some(f) => fs_cap(f, Mode::SingleNodeWriter),
+        None => block_cap(Mode::SingleNodeWriter),
+    };
+    let dev_prefix = if mounter == "krbd" {
+        "/dev/rbd"
+    } else {
+        "/dev/nbd"
+    };
+
+    let (sa, ta, ta_ro) = (
+        root.join("a/globalmount"),
+        root.join("a/pod1/volume"),
+        root.join("a/pod2/volume"),
+    );
+    stage(&mut na, &v, &sa, &cap).await;
+    stage(&mut na, &v, &sa, &cap).await; // idempotent
+    let device = ferroceph::node::record::read(&sa)
+        .expect("record")
+        .expect("a staging record")
+        .device
+        .expect("device recorded");
+    assert!(device.starts_with(dev_prefix), "{mounter} staged {device}");
+    if let Some(f) = fs {
+        assert_eq!(mount_source(&sa).as_deref(), Some(device.as_str()));
+        assert_eq!(blkid_type(&device), f, "the blank device was formatted");
+    }
+    publish(&mut na, &v, &sa, &ta, &cap, false).await;
+    let data = pattern(0x5eed, 1 << 20);
+    write_data(&ta, block, &data);
+
+    // a second pod on the node, read-only
+    publish(&mut na, &v, &sa, &ta_ro, &cap, true).await;
+    assert_writes_refused(&ta_ro, block);
+    assert_eq!(read_data(&ta_ro, block, data.len()), data);
+    unpublish(&mut na, &v, &ta_ro).await;
+
+    // online expansion, seen by the pod without a remount
+    let before = size_of(&ta, block);
+    let bigger = size + 64 * MIB;
+    let got = expand(&mut ctl, &mut na, &v, &sa, &ta, &cap, bigger).await;
+    assert!(got >= bigger || got == 0, "NodeExpandVolume answered {got}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while block && size_of(&ta, block) < bigger as u64 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = size_of(&ta, block);
+    assert!(
+        after > before + 32 * MIB as u64,
+        "the pod still sees {after} bytes (was {before}) after expanding to {bigger}"
+    );
+    if block {
+        assert_eq!(after, bigger as u64, "the block device has the new size");
+    }
+    assert_eq!(read_data(&ta, block, data.len()), data);
+
+    unpublish(&mut na, &v, &ta).await;
+    unpublish(&mut na, &v, &ta).await; // idempotent
+    unstage(&mut na, &v, &sa).await;
+    unstage(&mut na, &v, &sa).await; // idempotent
+    assert_node_clean(&n, &v.image, &root);
+
+    // the pod moves to another node
+    let (sb, tb) = (root.join("b/globalmount"), root.join("b/pod1/volume"));
+    stage(&mut nb, &v, &sb, &cap).await;
+    publish(&mut nb, &v, &sb, &tb, &cap, false).await;
+    assert_eq!(
+        read_data(&tb, block, data.len()),
+        data,
+        "the data on the other node differs"
+    );
+    unpublish(&mut nb, &v, &tb).await;
+    unstage(&mut nb, &v, &sb).await;
+    assert_node_clean(&n, &v.image, &root);
+
+    ctl.delete_volume(del_req(&v.id))
+        .await
+        .expect("DeleteVolume");
+    assert!(!image_exists(&v.image), "image left after DeleteVolume");
+}
+
+#[test]
+fn krbd_ext4_filesystem_lifecycle() {
+    scenario("krbd_ext4_filesystem_lifecycle", ALL, || {
+        rbd_lifecycle("krbd", Some("ext4"))
+    });
+}
+
+#[test]
+fn krbd_xfs_filesystem_lifecycle() {
+    scenario("krbd_xfs_filesystem_lifecycle", ALL, || {
+        rbd_lifecycle("krbd", Some("xfs"))
+    });
+}
+
+#[test]
+fn krbd_raw_block_lifecycle() {
+    scenario("krbd_raw_block_lifecycle", ALL, || {
+        rbd_lifecycle("krbd", None)
+    });
+}
+
+#[test]
+fn nbd_ext4_filesystem_lifecycle() {
+    scenario("nbd_ext4_filesystem_lifecycle", ALL, || {
+        rbd_lifecycle("rbd-nbd", Some("ext4"))
+    });
+}
+
+#[test]
+fn nbd_xfs_filesystem_lifecycle() {
+    scenario("nbd_xfs_filesystem_lifecycle", ALL, || {
+        rbd_lifecycle("rbd-nbd", Some("xfs"))
+    });
+}
+
+#[test]
+fn nbd_raw_block_lifecycle() {
+    scenario("nbd_raw_block_lifecycle", ALL, || {
+        rbd_lifecycle("rbd-nbd", None)
+    });
+}
+
+// ---------------------------------------------------------------- krbd specifics
+
+/// No udevd runs here (as in a plugin container): `rbd map` must not wait for udev events.
+/// Before `noudev` was passed, the stage blocked until the 60 s deadline of `rbd map`.
+#[test]
+fn krbd_stage_without_udevd() {
+    scenario("krbd_stage_without_udevd", ALL, || async {
+        for udevd in ["systemd-udevd", "udevd"] {
+            assert!(pids_named(udevd).is_empty(), "{udevd} runs in the VM");
+        }
+        let n = rbd_nodes();
+        let mut scratch = Scratch::new();
+        let mut ctl = n.a.controller().await;
+        let mut na = n.a.node().await;
+        let v = create_rbd(&mut ctl, &mut scratch, 32 * MIB, &[("mounter", "krbd")]).await;
+        let cap = block_cap(Mode::SingleNodeWriter);
+        let sa = scratch.dir.path().join("globalmount");
+        let mut req =
+            tonic::Request::new(stage_req(&v.id, &v.ctx, &sa, cap, cluster().rbd_secrets()));
+        // well below rbd map's own 60 s deadline
+        req.set_timeout(Duration::from_secs(30));
+        let started = std::time::Instant::now();
+        let r = na.node_stage_volume(req).await;
+        assert!(
+            r.is_ok(),
+            "krbd stage without udevd failed after {:?}: {r:?}",
+            started.elapsed()
+        );
+        assert_eq!(krbd_devices_of(&v.image).len(), 1);
+        unstage(&mut na, &v, &sa).await;
+        assert_node_clean(&n, &v.image, scratch.dir.path());
+        ctl.delete_volume(del_req(&v.id))
+            .await
+            .expect("DeleteVolume");
+    });
+}
+
+/// An image with a feature this kernel's krbd lacks (journaling) is refused before any
+/// map, naming the feature and the fix, from the kernel's own supported_features.
+#[test]
+fn krbd_refuses_features_the_kernel_lacks() {
+    scenario("krbd_refuses_features_the_kernel_lacks", ALL, || async {
+        let supported = std::fs::read_to_string("/sys/bus/rbd/supported_features")
+            .expect("the rbd module is loaded");
+        let supported =
+            ferroceph::rbd::attach::krbd::parse_supported(&supported).expect("a hex feature mask");
+        assert_eq!(
+            supported & rados::rbd::FEATURE_JOURNALING,
+            0,
+            "this kernel supports journaling: the scenario needs another feature"
+        );
+        let n = rbd_nodes();
+        let mut scratch = Scratch::new();
+        let mut ctl = n.a.controller().await;
+        let mut na = n.a.node().await;
+        let v = create_rbd(
+            &mut ctl,
+            &mut scratch,
+            32 * MIB,
+            &[
+                ("mounter", "krbd"),
+                ("imageFeatures", "layering,exclusive-lock,journaling"),
+            ],
+        )
+        .await;
+        let sa = scratch.dir.path().join("globalmount");
+        let err = na
+            .node_stage_volume(stage_req(
+                &v.id,
+                &v.ctx,
+                &sa,
+                fs_cap("ext4", Mode::SingleNodeWriter),
+                cluster().rbd_secrets(),
+            ))
+            .await
+            .expect_err("a journaling image must not be mapped by krbd");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        let msg = err.message();
+        assert!(msg.contains("journaling"), "{msg}");
+        assert!(msg.contains("rbd feature disable"), "{msg}");
+        assert!(
+            msg.contains(&rados::rbd::features_to_string(supported)),
+            "the message names what this kernel supports: {msg}"
+        );
+        assert!(krbd_devices_of(&v.image).is_empty(), "mapped anyway");
+        assert!(!is_mounted(&sa));
+        assert_node_clean(&n, &v.image, scratch.dir.path());
+        ctl.delete_volume(del_req(&v.id))
+            .await
+            .expect("DeleteVolume");
+    });
+}
+
+// ---------------------------------------------------------------- rbd-nbd restart
+
+/// The node plugin is SIGKILLed while an rbd-nbd volume is mounted: the volume keeps
+/// serving I/O, and the restarted plugin finds it healthy and does not re-attach it.
+#[test]
+fn nbd_survives_plugin_restart() {
+    scenario("nbd_survives_plugin_restart", ALL, || async {
+        let mut n = rbd_nodes();
+        let mut scratch = Scratch::new();
+        let root = scratch.dir.path().to_path_buf();
+        let mut ctl = n.a.controller().await;
+        let v = create_rbd(&mut ctl, &mut scratch, 64 * MIB, &[("mounter", "rbd-nbd")]).await;
+        let cap = fs_cap("ext4", Mode::SingleNodeWriter);
+        let (sa, ta) = (root.join("globalmount"), root.join("pod/volume"));
+        let mut na = n.a.node().await;
+        stage(&mut na, &v, &sa, &cap).await;
+        publish(&mut na, &v, &sa, &ta, &cap, false).await;
+        let device = mount_source(&sa).expect("staged");
+        let daemon = nbd_daemon(&device).expect("an rbd-nbd daemon serves the device");
+
+        n.a.kill(); // SIGKILL
+        let data = pattern(7, 256 << 10);
+        write_data(&ta, false, &data);
+        assert_eq!(
+            read_data(&ta, false, data.len()),
+            data,
+            "I/O while the plugin is down"
+        );
+
+        n.a.spawn();
+        let mut na = n.a.node().await;
+        stage(&mut na, &v, &sa, &cap).await; // kubelet retries; must not re-attach
+        publish(&mut na, &v, &sa, &ta, &cap, false).await;
+        let stats = na
+            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: v.id.clone(),
+                volume_path: ta.display().to_string(),
+                staging_target_path: sa.display().to_string(),
+            })
+            .await
+            .expect("NodeGetVolumeStats")
+            .into_inner();
+        let cond = stats.volume_condition.expect("volume condition");
+        assert!(!cond.abnormal, "reported unhealthy: {}", cond.message);
+        assert_eq!(mount_source(&sa).as_deref(), Some(device.as_str()));
+        assert_eq!(
+            nbd_daemon(&device),
+            Some(daemon),
+            "the rbd-nbd daemon was replaced"
+        );
+        assert!(alive(daemon));
+        write_data(&ta, false, &data);
+
+        unpublish(&mut na, &v, &ta).await;
+        unstage(&mut na, &v, &sa).await;
+        assert_node_clean(&n, &v.image, &root);
+        let mut ctl = n.a.controller().await;
+        ctl.delete_volume(del_req(&v.id))
+            .await
+            .expect("DeleteVolume");
+    });
+}
+
+// ---------------------------------------------------------------- mounter auto
+
+fn modprobe(args: &[&str]) {
+    let out = Command::new("modprobe")
+        .args(args)
+        .output()
+        .expect("modprobe");
+    assert!(
+        out.status.success(),
+        "modprobe {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With no mounter parameter the node takes krbd when the rbd module is loaded, rbd-nbd
+/// when only nbd is, and the FUSE attachment when neither is.
+#[test]
+fn auto_mounter_follows_kernel_modules() {
+    scenario("auto_mounter_follows_kernel_modules", ALL, || async {
+        let n = rbd_nodes();
+        let mut scratch = Scratch::new();
+        let mut ctl = n.a.controller().await;
+        let mut na = n.a.node().await;
+        let v = create_rbd(&mut ctl, &mut scratch, 32 * MIB, &[]).await;
+        let cap = block_cap(Mode::SingleNodeWriter);
+        let mut seen = Vec::new();
+        // (unload before the step, expected device prefix)
+        let steps: [(&[&str], &str); 3] = [
+            (&[], "/dev/rbd"),
+            (&["-r", "rbd"], "/dev/nbd"),
+            (&["-r", "nbd"], "/dev/loop"),
+        ];
+        for (i, (unload, prefix)) in steps.iter().enumerate() {
+            if !unload.is_empty() {
+                modprobe(unload);
+            }
+            let sa = scratch.dir.path().join(format!("s{i}/globalmount"));
+            stage(&mut na, &v, &sa, &cap).await;
+            let rec = ferroceph::node::record::read(&sa)
+                .expect("record")
+                .expect("staged");
+            let dev = rec.device.clone().unwrap_or_default();
+            seen.push(format!("{} -> {dev}", rec.mounter));
+            unstage(&mut na, &v, &sa).await;
+            assert!(
+                dev.starts_with(prefix),
+                "step {i}: expected {prefix}*, got {seen:?}"
+            );
+        }
+        modprobe(&["nbd"]);
+        modprobe(&["rbd"]);
+        assert_node_clean(&n, &v.image, scratch.dir.path());
+        ctl.delete_volume(del_req(&v.id))
+            .await
+            .expect("DeleteVolume");
+        eprintln!("auto picked: {seen:?}");
+    });
+}
+
+// ---------------------------------------------------------------- doctor
+
+/// `ferroceph doctor` in the VM reports the modules and krbd's features as they are.
+#[test]
+fn doctor_reports_the_kernel() {
+    scenario("doctor_reports_the_kernel", ALL, || async {
+        let out = Command::new(bin())
+            .args([
+                "doctor",
+                "--role=node",
+                "--json",
+                "--image-features=layering,exclusive-lock,object-map,fast-diff,deep-flatten",
+            ])
+            .output()
+            .expect("run doctor");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("doctor --json: {e}\n{stdout}"));
+        let check = |id: &str| -> serde_json::Value {
+            report["checks"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["id"] == id).cloned())
+                .unwrap_or_else(|| panic!("no check {id}: {stdout}"))
+        };
+        for id in [
+            "kernel.rbd",
+            "kernel.nbd",
+            "kernel.ceph",
+            "kernel.rbd.features",
+            "mounter.rbd",
+        ] {
+            assert_eq!(check(id)["status"], "ok", "{id}: {}", check(id));
+        }
+        assert!(check("mounter.rbd")["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("krbd"));
+        assert!(check("mounter.cephfs")["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kernel"));
+        let supported = std::fs::read_to_string("/sys/bus/rbd/supported_features").expect("sysfs");
+        let names = rados::rbd::features_to_string(
+            ferroceph::rbd::attach::krbd::parse_supported(&supported).expect("mask"),
+        );
+        let summary = check("kernel.rbd.features")["summary"].to_string();
+        assert!(summary.contains(&names), "{summary} vs {names}");
+
+        // journaling is what this kernel lacks: the doctor says so
+        let out = Command::new(bin())
+            .args([
+                "doctor",
+                "--role=node",
+                "--json",
+                "--image-features=layering,exclusive-lock,journaling",
+            ])
+            .output()
+            .expect("run doctor");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+        let c = report["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["id"] == "kernel.rbd.features").cloned())
+            .expect("features check");
+        assert_ne!(c["status"], "ok", "{c}");
+        assert!(c.to_string().contains("journaling"), "{c}");
+    });
+}
+
+// ---------------------------------------------------------------- CephFS kernel client
+
+fn fs_secrets() -> HashMap<String, String> {
+    let c = cluster();
+    HashMap::from([
+        ("adminID".to_string(), c.get("FERRO_CEPHFS_USER")),
+        ("adminKey".to_string(), c.get("FERRO_CEPHFS_KEY")),
+    ])
+}
+
+fn fs_driver(controller: bool, node: &str) -> Driver {
+    let mut args = vec![
+        "--type=cephfs".to_string(),
+        "--nodeserver=true".into(),
+        format!("--nodeid={node}"),
+    ];
+    if controller {
+        args.push("--controllerserver=true".into());
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    Driver::start(&a, &[])
+}
+
+/// Argument lists of every process, for a key hunt.
+fn all_cmdlines() -> String {
+    let mut s = String::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(b) = std::fs::read(e.path().join("cmdline")) {
+            s.push_str(&String::from_utf8_lossy(&b));
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// The kernel CephFS client on two nodes at once: RWX writes seen across nodes, expansion
+/// visible without a remount, stats filled in, the key never in /proc/mounts or any argv.
+#[test]
+fn cephfs_kernel_two_nodes() {
+    scenario("cephfs_kernel_two_nodes", ALL, || async {
+        let a = fs_driver(true, "vm-node-a");
+        let b = fs_driver(false, "vm-node-b");
+        let scratch = Scratch::new();
+        let root = scratch.dir.path().to_path_buf();
+        let mut ctl = a.controller().await;
+        let rwx = mount_cap(Mode::MultiNodeMultiWriter);
+        let vol = ctl
+            .create_volume(pb::CreateVolumeRequest {
+                name: unique("pvc-vm-fs"),
+                capacity_range: Some(pb::CapacityRange {
+                    required_bytes: 64 * MIB,
+                    limit_bytes: 0,
+                }),
+                volume_capabilities: vec![rwx.clone()],
+                parameters: HashMap::from([
+                    ("clusterID".to_string(), cluster().fsid()),
+                    ("fsName".to_string(), "cephfs".to_string()),
+                    ("mounter".to_string(), "kernel".to_string()),
+                ]),
+                secrets: fs_secrets(),
+                ..Default::default()
+            })
+            .await
+            .expect("CreateVolume")
+            .into_inner()
+            .volume
+            .expect("volume");
+        let (sa, sb) = (root.join("a/globalmount"), root.join("b/globalmount"));
+        let (ta, tb) = (root.join("a/pod/volume"), root.join("b/pod/volume"));
+
+        // watch every process's argv while the nodes mount
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let stop = stop.clone();
+            let keys = cluster().all_keys();
+            std::thread::spawn(move || {
+                let mut leaked = false;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let s = all_cmdlines();
+                    leaked |= keys.iter().any(|k| s.contains(k.as_str()));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                leaked
+            })
+        };
+        let mut na = a.node().await;
+        let mut nb = b.node().await;
+        for (node, s, t) in [(&mut na, &sa, &ta), (&mut nb, &sb, &tb)] {
+            node.node_stage_volume(stage_req(
+                &vol.volume_id,
+                &vol.volume_context,
+                s,
+                rwx.clone(),
+                fs_secrets(),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("NodeStageVolume {}: {e:?}", s.display()));
+            node.node_publish_volume(publish_req(
+                &vol.volume_id,
+                &vol.volume_context,
+                s,
+                t,
+                rwx.clone(),
+                false,
+            ))
+            .await
+            .expect("NodePublishVolume");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            !watcher.join().expect("watcher"),
+            "a cephx key appeared in a process's argv"
+        );
+
+        let m = ferroceph::node::mount::mount_at(&sa)
+            .expect("mountinfo")
+            .expect("staged");
+        assert_eq!(m.fs_type, "ceph", "the kernel client mounts it: {m:?}");
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+        for k in cluster().all_keys() {
+            assert!(!mounts.contains(&k), "the key is in /proc/mounts");
+        }
+
+        // RWX: written on one node, read on the other
+        let data = pattern(42, 512 << 10);
+        write_data(&ta, false, &data);
+        assert_eq!(read_data(&tb, false, data.len()), data);
+
+        // the quota is the size df shows; expansion is seen without a remount
+        let before = size_of(&tb, false);
+        assert_eq!(before, 64 * MIB as u64, "df shows the quota");
+        ctl.controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: 128 * MIB,
+                limit_bytes: 0,
+            }),
+            secrets: fs_secrets(),
+            volume_capability: Some(rwx.clone()),
+        })
+        .await
+        .expect("ControllerExpandVolume");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while size_of(&tb, false) != 128 * MIB as u64 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(
+            size_of(&ta, false),
+            128 * MIB as u64,
+            "node a sees the new quota"
+        );
+        assert_eq!(
+            size_of(&tb, false),
+            128 * MIB as u64,
+            "node b sees the new quota"
+        );
+
+        // stats: bytes and inodes filled in (the MDS propagates recursive usage lazily)
+        let unit = |st: &pb::NodeGetVolumeStatsResponse, u: pb::volume_usage::Unit| {
+            st.usage
+                .iter()
+                .find(|x| x.unit == u as i32)
+                .copied()
+                .unwrap_or_else(|| panic!("no {u:?} usage in {st:?}"))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let st = loop {
+            let st = na
+                .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                    volume_id: vol.volume_id.clone(),
+                    volume_path: ta.display().to_string(),
+                    staging_target_path: sa.display().to_string(),
+                })
+                .await
+                .expect("NodeGetVolumeStats")
+                .into_inner();
+            let used = unit(&st, pb::volume_usage::Unit::Bytes).used;
+            if used >= data.len() as i64 || std::time::Instant::now() > deadline {
+                break st;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let bytes = unit(&st, pb::volume_usage::Unit::Bytes);
+        assert_eq!(bytes.total, 128 * MIB, "{st:?}");
+        assert!(bytes.used >= data.len() as i64, "used bytes: {st:?}");
+        let inodes = unit(&st, pb::volume_usage::Unit::Inodes);
+        assert!(inodes.used >= 1, "used inodes: {st:?}");
+
+        for (node, s, t) in [(&mut na, &sa, &ta), (&mut nb, &sb, &tb)] {
+            node.node_unpublish_volume(unpublish_req(&vol.volume_id, t))
+                .await
+                .expect("NodeUnpublishVolume");
+            node.node_unstage_volume(unstage_req(&vol.volume_id, s))
+                .await
+                .expect("NodeUnstageVolume");
+            assert!(!is_mounted(s), "{} still mounted", s.display());
+        }
+        for d in [&a, &b] {
+            assert!(
+                key_files(d).is_empty(),
+                "key files left: {:?}",
+                key_files(d)
+            );
+        }
+        ctl.delete_volume(pb::DeleteVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            secrets: fs_secrets(),
+        })
+        .await
+        .expect("DeleteVolume");
+    });
+}
