@@ -16,6 +16,7 @@ pub mod liveness;
 pub mod locks;
 pub mod metrics;
 pub mod node;
+pub mod options;
 pub mod rbd;
 pub mod server;
 pub mod validate;

@@ -315,3 +315,89 @@ async fn cephfs_unstage_refuses_a_published_volume() {
     .await
     .expect("DeleteVolume");
 }
+
+/// Item 9: options a StorageClass hands to node tools are allow-listed. The scenario:
+/// `mkfsOptions: "-d <dir>"` would copy node files (service-account tokens) into a
+/// tenant's volume when it is formatted; refused with InvalidArgument naming the option,
+/// at CreateVolume and at NodeStageVolume (a volume context made before the check).
+#[tokio::test]
+async fn option_injection_is_refused() {
+    let mut s = Scratch::new();
+    let d = Driver::rbd();
+    let mut ctl = d.controller().await;
+    let mut node = d.node().await;
+    let secret_dir = s.path("node-secrets");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    std::fs::write(secret_dir.join("token"), b"node service-account token").unwrap();
+
+    let v = create(&mut ctl, &mut s, &unique("pvc-inject"), 64 * MIB).await;
+    let mut tampered = v.clone();
+    tampered.ctx.insert(
+        "mkfsOptions".into(),
+        format!("-m0 -d {}", secret_dir.display()),
+    );
+    let staging = s.path("a/globalmount");
+    let r = node
+        .node_stage_volume(stage_req(
+            &tampered,
+            &staging,
+            mount_cap(Mode::SingleNodeWriter),
+        ))
+        .await;
+    let leaked = staging.join("token").exists();
+    let e = r.expect_err("NodeStageVolume formatted with -d");
+    assert!(!leaked);
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("\"-d\""), "{}", e.message());
+    assert!(!ferroceph::node::mount::is_mount_point(&staging).unwrap_or(false));
+    ctl.delete_volume(del_req(&v.id))
+        .await
+        .expect("DeleteVolume");
+
+    for (k, bad, named) in [
+        ("mkfsOptions", "-d /var/lib/kubelet/pods", "\"-d\""),
+        ("mkfsOptions", "-E root_owner=0:0", "root_owner"),
+        ("mapOptions", "nbd:quiesce-hook=/tmp/evil", "quiesce-hook"),
+        ("unmapOptions", "krbd:fsid=00000000", "fsid"),
+    ] {
+        let mut req = create_req(&unique("pvc-inject"), 64 * MIB);
+        req.parameters.insert(k.into(), bad.into());
+        let e = ctl
+            .create_volume(req)
+            .await
+            .expect_err("CreateVolume accepted an option injection");
+        assert_eq!(e.code(), Code::InvalidArgument, "{k}: {e:?}");
+        assert!(e.message().contains(named), "{k}: {}", e.message());
+    }
+
+    let fs = Driver::start(&["--type=cephfs", "--controllerserver=true"], &[]);
+    let mut fs_ctl = fs.controller().await;
+    for (k, bad, named) in [
+        (
+            "kernelMountOptions",
+            "noatime,mds_namespace=other",
+            "mds_namespace",
+        ),
+        ("fuseMountOptions", "fsname=evil", "fsname"),
+    ] {
+        let e = fs_ctl
+            .create_volume(pb::CreateVolumeRequest {
+                name: unique("pvc-fs-inject"),
+                volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+                parameters: HashMap::from([
+                    ("clusterID".to_string(), cluster().fsid()),
+                    ("fsName".to_string(), "cephfs".to_string()),
+                    (k.to_string(), bad.to_string()),
+                ]),
+                secrets: HashMap::from([
+                    ("adminID".to_string(), cluster().get("FERRO_CEPHFS_USER")),
+                    ("adminKey".to_string(), cluster().get("FERRO_CEPHFS_KEY")),
+                ]),
+                ..Default::default()
+            })
+            .await
+            .expect_err("CreateVolume accepted an option injection");
+        assert_eq!(e.code(), Code::InvalidArgument, "{k}: {e:?}");
+        assert!(e.message().contains(named), "{k}: {}", e.message());
+    }
+}

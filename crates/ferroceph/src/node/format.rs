@@ -147,7 +147,7 @@ fn ends_are_zero(device: &Path) -> std::io::Result<bool> {
 pub const SUPPORTED: &[&str] = &["ext4", "ext3", "xfs"];
 
 /// The mkfs command for `fs_type`: ceph-csi's defaults unless `mkfs_options` (a
-/// whitespace-separated list from the StorageClass) replaces them.
+/// whitespace-separated list from the StorageClass, allow-listed) replaces them.
 pub fn mkfs_command(
     fs_type: &str,
     device: &str,
@@ -159,12 +159,7 @@ pub fn mkfs_command(
         ));
     }
     let mut args: Vec<String> = match mkfs_options.map(str::trim).filter(|o| !o.is_empty()) {
-        Some(opts) => {
-            if opts.chars().any(|c| c.is_control() && c != '\t') {
-                return Err("mkfsOptions must not contain control characters".into());
-            }
-            opts.split_whitespace().map(str::to_string).collect()
-        }
+        Some(opts) => crate::options::check_mkfs(fs_type, opts)?,
         None => match fs_type {
             "xfs" => vec!["-K".into()],
             _ => vec![

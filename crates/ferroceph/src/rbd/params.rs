@@ -226,6 +226,10 @@ impl RbdParams {
             }
         }
 
+        if let Some(mo) = get("mkfsOptions") {
+            crate::options::check_mkfs(fs_type.as_deref().unwrap_or("ext4"), &mo)
+                .map_err(ParamError)?;
+        }
         if let Some(mo) = get("mapOptions") {
             parse_map_options(&mo)?;
         }
@@ -335,6 +339,7 @@ pub fn parse_map_options(s: &str) -> Result<Vec<(String, String)>, ParamError> {
             return err(format!("mapOptions: {opts:?} must not contain spaces"));
         }
         let mounter = if mounter == "rbd-nbd" { "nbd" } else { mounter };
+        crate::options::check_map(mounter, opts).map_err(ParamError)?;
         out.push((mounter.to_string(), opts.to_string()));
     }
     Ok(out)
@@ -531,9 +536,14 @@ mod tests {
     #[test]
     fn map_options() {
         assert_eq!(
-            parse_map_options("krbd:a,b=1;nbd:c").unwrap(),
-            vec![("krbd".into(), "a,b=1".into()), ("nbd".into(), "c".into())]
+            parse_map_options("krbd:noshare,queue_depth=1;nbd:try-netlink").unwrap(),
+            vec![
+                ("krbd".into(), "noshare,queue_depth=1".into()),
+                ("nbd".into(), "try-netlink".into())
+            ]
         );
+        let e = parse_map_options("nbd:quiesce-hook=/tmp/x").unwrap_err();
+        assert!(e.0.contains("quiesce-hook"), "{}", e.0);
         assert_eq!(
             parse_map_options("lock_on_read").unwrap(),
             vec![("krbd".into(), "lock_on_read".into())]
