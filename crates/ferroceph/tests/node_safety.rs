@@ -401,3 +401,98 @@ async fn option_injection_is_refused() {
         assert!(e.message().contains(named), "{k}: {}", e.message());
     }
 }
+
+fn device_size(path: &Path) -> u64 {
+    use std::io::{Seek, SeekFrom};
+    std::fs::File::open(path)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Item 8: a raw block volume expanded while a pod uses it. ControllerExpandVolume must
+/// ask for node expansion (kubelet calls NodeExpandVolume only then), and
+/// NodeExpandVolume must make the pods' devices (FUSE: loop devices, a read-only view
+/// too) show the new size.
+#[tokio::test]
+async fn block_expansion_reaches_the_pods_device() {
+    let mut s = Scratch::new();
+    let d = Driver::rbd();
+    let mut ctl = d.controller().await;
+    let mut node = d.node().await;
+    let bcap = block_cap(Mode::SingleNodeWriter);
+    let mut req = create_req(&unique("pvc-grow-blk"), 32 * MIB);
+    req.volume_capabilities = vec![bcap.clone()];
+    let vol = ctl
+        .create_volume(req)
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    s.images.push(vol.volume_context["imageName"].clone());
+    let v = Vol {
+        id: vol.volume_id,
+        ctx: vol.volume_context,
+    };
+    let staging = s.path("blk/staging");
+    let target = s.path("pods/p/dev");
+    let ro_target = s.path("pods/q/dev");
+    stage(&mut node, &v, &staging, bcap.clone()).await;
+    publish(&mut node, &v, &staging, &target, bcap.clone()).await;
+    node.node_publish_volume(common::publish_req(
+        &v.id,
+        &fuse_ctx(&v),
+        &staging,
+        &ro_target,
+        bcap.clone(),
+        true,
+    ))
+    .await
+    .expect("NodePublishVolume read-only");
+    assert_eq!(device_size(&target), 32 << 20);
+
+    let want = 64 * MIB;
+    let resp = ctl
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: v.id.clone(),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: want,
+                limit_bytes: 0,
+            }),
+            secrets: cluster().rbd_secrets(),
+            volume_capability: Some(bcap.clone()),
+        })
+        .await
+        .expect("ControllerExpandVolume")
+        .into_inner();
+    assert!(
+        resp.node_expansion_required,
+        "a block volume needs NodeExpandVolume: its loop device keeps the old size until then"
+    );
+    let got = node
+        .node_expand_volume(pb::NodeExpandVolumeRequest {
+            volume_id: v.id.clone(),
+            volume_path: target.display().to_string(),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: want,
+                limit_bytes: 0,
+            }),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(bcap.clone()),
+            secrets: HashMap::new(),
+        })
+        .await
+        .expect("NodeExpandVolume")
+        .into_inner()
+        .capacity_bytes;
+    assert!(got >= want, "{got}");
+    assert_eq!(device_size(&target), want as u64, "the pod's device");
+    assert_eq!(device_size(&ro_target), want as u64, "the read-only view");
+
+    unpublish(&mut node, &v, &ro_target).await;
+    unpublish(&mut node, &v, &target).await;
+    unstage(&mut node, &v, &staging).await;
+    ctl.delete_volume(del_req(&v.id))
+        .await
+        .expect("DeleteVolume");
+}

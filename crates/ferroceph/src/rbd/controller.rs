@@ -721,14 +721,9 @@ impl Controller for RbdController {
             return Err(Status::invalid_argument("capacity_range is required"));
         };
         let size = validate::capacity(Some(range))?;
-        let block = match &req.volume_capability {
-            Some(cap) => {
-                validate::capability(cap, &RBD_MODES)
-                    .map_err(Status::invalid_argument)?
-                    .block
-            }
-            None => false,
-        };
+        if let Some(cap) = &req.volume_capability {
+            validate::capability(cap, &RBD_MODES).map_err(Status::invalid_argument)?;
+        }
         let creds = self.creds(&req.secrets)?;
         let Some((id, monitors, namespace)) = self.locate(&req.volume_id)? else {
             return Err(Status::not_found(format!(
@@ -763,7 +758,9 @@ impl Controller for RbdController {
             .await?;
         Ok(Response::new(pb::ControllerExpandVolumeResponse {
             capacity_bytes: new_size as i64,
-            node_expansion_required: !block,
+            // Block volumes too: a FUSE attachment's loop device keeps its old size until
+            // NodeExpandVolume refreshes it (krbd and rbd-nbd devices follow by themselves).
+            node_expansion_required: true,
         }))
     }
 

@@ -442,6 +442,12 @@ impl Attacher for Fuse {
         exec::run("losetup", &["-c", dev], &[], self.env.exec_timeout)
             .await
             .map_err(|e| e.to_status())?;
+        // read-only views published for block volumes are loop devices of their own
+        for view in loops_backed_by(&f.file).iter().filter(|v| *v != dev) {
+            exec::run("losetup", &["-c", view], &[], self.env.exec_timeout)
+                .await
+                .map_err(|e| e.to_status())?;
+        }
         super::wait_for_size(dev, want, Duration::from_secs(10)).await
     }
 }
