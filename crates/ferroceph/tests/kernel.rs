@@ -31,6 +31,7 @@ const ALL: &[&str] = &[
     "krbd_xfs_filesystem_lifecycle",
     "krbd_raw_block_lifecycle",
     "krbd_refuses_features_the_kernel_lacks",
+    "krbd_rwo_volume_refused_on_a_second_node",
     "nbd_ext4_filesystem_lifecycle",
     "nbd_xfs_filesystem_lifecycle",
     "nbd_raw_block_lifecycle",
@@ -609,6 +610,47 @@ fn krbd_refuses_features_the_kernel_lacks() {
         assert!(krbd_devices_of(&v.image).is_empty(), "mapped anyway");
         assert!(!is_mounted(&sa));
         assert_node_clean(&n, &v.image, scratch.dir.path());
+        ctl.delete_volume(del_req(&v.id))
+            .await
+            .expect("DeleteVolume");
+    });
+}
+
+/// Node b may not map a single-node read-write volume that node a has mounted; it may once
+/// node a unstaged it.
+#[test]
+fn krbd_rwo_volume_refused_on_a_second_node() {
+    scenario("krbd_rwo_volume_refused_on_a_second_node", ALL, || async {
+        let n = rbd_nodes();
+        let mut scratch = Scratch::new();
+        let root = scratch.dir.path().to_path_buf();
+        let mut ctl = n.a.controller().await;
+        let (mut na, mut nb) = (n.a.node().await, n.b.node().await);
+        let v = create_rbd(&mut ctl, &mut scratch, 32 * MIB, &[("mounter", "krbd")]).await;
+        let cap = fs_cap("ext4", Mode::SingleNodeWriter);
+        let (sa, sb) = (root.join("a/globalmount"), root.join("b/globalmount"));
+        stage(&mut na, &v, &sa, &cap).await;
+        let err = nb
+            .node_stage_volume(stage_req(
+                &v.id,
+                &v.ctx,
+                &sb,
+                cap.clone(),
+                cluster().rbd_secrets(),
+            ))
+            .await
+            .expect_err("node b must not map a RWO volume node a uses");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(
+            err.message().contains("another client has it open"),
+            "{err:?}"
+        );
+        assert_eq!(krbd_devices_of(&v.image).len(), 1, "mapped twice");
+        assert!(!is_mounted(&sb));
+        unstage(&mut na, &v, &sa).await;
+        stage(&mut nb, &v, &sb, &cap).await;
+        unstage(&mut nb, &v, &sb).await;
+        assert_node_clean(&n, &v.image, &root);
         ctl.delete_volume(del_req(&v.id))
             .await
             .expect("DeleteVolume");

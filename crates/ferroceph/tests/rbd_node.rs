@@ -285,6 +285,44 @@ async fn seed_journey_data_survives_restage_on_another_node() {
     }
 }
 
+/// NodeStageVolume: a single-node read-write volume is never attached on a second node
+/// while the first still has it (a rolling update moving a pod before the old node let
+/// go): FailedPrecondition naming the other client, nothing left attached; once the first
+/// node unstages, the second stages it.
+#[tokio::test]
+async fn stage_refuses_a_rwo_volume_open_on_another_node() {
+    let mut s = Scratch::new();
+    let a = Driver::rbd();
+    let b = Driver::start(&["--type=rbd", "--nodeserver=true", "--nodeid=node-b"], &[]);
+    let mut ctl = a.controller().await;
+    let (mut na, mut nb) = (a.node().await, b.node().await);
+    let v = create(&mut ctl, &mut s, &unique("pvc-rwo"), 32 * MIB).await;
+    let cap = fs_cap(Mode::SingleNodeWriter);
+    let (sa, sb) = (s.path("a/globalmount"), s.path("b/globalmount"));
+    stage(&mut na, &v, &sa, cap.clone()).await;
+    let err = nb
+        .node_stage_volume(stage_req(&v, &sb, cap.clone()))
+        .await
+        .expect_err("a second node must not attach a RWO volume in use");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("another client has it open"),
+        "{err:?}"
+    );
+    assert!(
+        err.message().contains("client."),
+        "names the client: {err:?}"
+    );
+    assert!(!ferroceph::node::mount::is_mount_point(&sb).unwrap_or(false));
+    assert!(!record::paths(&sb).record.exists(), "no record on node b");
+    // readers on other nodes are another matter: not this check's business
+    unstage(&mut na, &v, &sa).await;
+    stage(&mut nb, &v, &sb, cap.clone()).await;
+    unstage(&mut nb, &v, &sb).await;
+    assert_clean(&sb);
+    delete(&mut ctl, &v).await;
+}
+
 /// A volume with data is never formatted again, and a device holding anything that is not
 /// a filesystem is refused, not formatted.
 #[tokio::test]

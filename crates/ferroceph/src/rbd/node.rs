@@ -633,6 +633,8 @@ impl Inner {
         )?;
         self.remember_key(vid, &creds);
 
+        // The client of this staging path's own dead attachment, still listed as a watcher.
+        let mut previous_client = Vec::new();
         if let Some(mut rec) = record::read(&staging).map_err(Status::failed_precondition)? {
             if rec.volume_id != vid {
                 return Err(Status::already_exists(format!(
@@ -687,6 +689,7 @@ impl Inner {
                     }
                     self.attacher_for(&rec)?.detach(&rec).await?;
                     self.release_dead_lock(&rec, &creds).await;
+                    previous_client.extend(rec.fuse.as_ref().and_then(|f| f.client_id));
                     record::remove(&staging).map_err(internal)?;
                     self.set_broken(&staging, false);
                 }
@@ -699,6 +702,10 @@ impl Inner {
         }
 
         let loc = self.locate(vid, ctx, &creds).await?;
+        if !summary.multi_node && !summary.read_only {
+            attach::writers::refuse_other_users(&self.env, vid, &loc, &creds.key, &previous_client)
+                .await?;
+        }
         let mut rec = Record {
             version: RECORD_VERSION,
             volume_id: vid.to_string(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tonic::Status;
 
 pub const SUPPORTED_FEATURES: &str = "/sys/bus/rbd/supported_features";
-const SYSFS_DEVICES: &str = "/sys/bus/rbd/devices";
+pub(crate) const SYSFS_DEVICES: &str = "/sys/bus/rbd/devices";
 
 pub struct Krbd {
     pub env: AttachEnv,

@@ -14,6 +14,7 @@
 pub mod fuse;
 pub mod krbd;
 pub mod nbd;
+pub(crate) mod writers;
 
 use crate::ceph::Ceph;
 use crate::node::record::{FuseState, ImageLocation, Paths, Record};
