@@ -32,6 +32,9 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=0755 tmpfs /var/lib/kubelet 2>/dev/null || true
+# kubelet's mounts propagate both ways (Bidirectional), so node plugins in mount namespaces
+# of their own still mount where the host sees it
+mount --make-rshared /
 echo 1 >/proc/sys/kernel/sysrq
 hostname ferroceph-vm
 

@@ -36,6 +36,7 @@ const ALL: &[&str] = &[
     "nbd_xfs_filesystem_lifecycle",
     "nbd_raw_block_lifecycle",
     "nbd_survives_plugin_restart",
+    "nbd_healthy_across_pid_namespaces",
     "cephfs_kernel_two_nodes",
     "doctor_reports_the_kernel",
     "auto_mounter_follows_kernel_modules",
@@ -714,6 +715,79 @@ fn nbd_survives_plugin_restart() {
         unstage(&mut na, &v, &sa).await;
         assert_node_clean(&n, &v.image, &root);
         let mut ctl = n.a.controller().await;
+        ctl.delete_volume(del_req(&v.id))
+            .await
+            .expect("DeleteVolume");
+    });
+}
+
+/// A node plugin in its own PID namespace (a container without hostPID) sees no process
+/// behind the host pid the kernel gives for an nbd device: a second NodePublish must keep
+/// the device and the first pod's mount working, not re-attach (unmount) it.
+#[test]
+fn nbd_healthy_across_pid_namespaces() {
+    scenario("nbd_healthy_across_pid_namespaces", ALL, || async {
+        let ctl_driver = Driver::start(&["--type=rbd", "--controllerserver=true"], &[]);
+        // mounts made inside propagate out, as with kubelet's Bidirectional propagation
+        let node = Driver::start_wrapped(
+            &[
+                "unshare",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount",
+                "--propagation=unchanged",
+                "--mount-proc",
+            ],
+            &["--type=rbd", "--nodeserver=true", "--nodeid=vm-node-pidns"],
+            &[],
+        );
+        let mut scratch = Scratch::new();
+        let root = scratch.dir.path().to_path_buf();
+        let mut ctl = ctl_driver.controller().await;
+        let mut n = node.node().await;
+        let v = create_rbd(&mut ctl, &mut scratch, 64 * MIB, &[("mounter", "rbd-nbd")]).await;
+        let cap = fs_cap("ext4", Mode::SingleNodeWriter);
+        let (sa, t1, t2) = (
+            root.join("globalmount"),
+            root.join("pod1/volume"),
+            root.join("pod2/volume"),
+        );
+        stage(&mut n, &v, &sa, &cap).await;
+        publish(&mut n, &v, &sa, &t1, &cap, false).await;
+        let device = mount_source(&sa).expect("staged and visible outside the namespace");
+        let daemon = nbd_daemon(&device).expect("connected");
+        let data = pattern(11, 128 << 10);
+        write_data(&t1, false, &data);
+
+        publish(&mut n, &v, &sa, &t2, &cap, false).await;
+        stage(&mut n, &v, &sa, &cap).await; // kubelet's periodic restage
+        assert_eq!(mount_source(&sa).as_deref(), Some(device.as_str()));
+        assert_eq!(nbd_daemon(&device), Some(daemon), "re-attached");
+        assert_eq!(
+            read_data(&t1, false, data.len()),
+            data,
+            "the first pod lost its volume"
+        );
+        assert_eq!(read_data(&t2, false, data.len()), data);
+        write_data(&t1, false, &data);
+        let st = n
+            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: v.id.clone(),
+                volume_path: t1.display().to_string(),
+                staging_target_path: sa.display().to_string(),
+            })
+            .await
+            .expect("NodeGetVolumeStats")
+            .into_inner();
+        let cond = st.volume_condition.expect("condition");
+        assert!(!cond.abnormal, "reported broken: {}", cond.message);
+
+        for t in [&t1, &t2] {
+            unpublish(&mut n, &v, t).await;
+        }
+        unstage(&mut n, &v, &sa).await;
+        assert!(kernel_devices_of(&v.image).is_empty(), "left attached");
         ctl.delete_volume(del_req(&v.id))
             .await
             .expect("DeleteVolume");

@@ -109,6 +109,8 @@ pub struct Driver {
     pub log: PathBuf,
     pub config: PathBuf,
     pub child: Option<Child>,
+    /// A command the driver runs under (e.g. `unshare --pid ...`), empty for none.
+    pub wrapper: Vec<String>,
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
 }
@@ -133,6 +135,11 @@ impl Driver {
     }
 
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Driver {
+        Self::start_wrapped(&[], args, envs)
+    }
+
+    /// A driver run under `wrapper` (a command that execs the rest of its arguments).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Driver {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("csi/csi.sock");
         let log = dir.path().join("driver.log");
@@ -147,6 +154,7 @@ impl Driver {
             log,
             config,
             child: None,
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: envs
                 .iter()
@@ -168,7 +176,14 @@ impl Driver {
             .append(true)
             .open(&self.log)
             .expect("open log");
-        let mut cmd = Command::new(bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.args(&self.args)
             .arg(format!("--endpoint={}", self.endpoint()))
             .arg(format!("--configpath={}", self.config.display()))
