@@ -48,8 +48,18 @@ const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 const ZERO_CHUNK: u64 = 1 << 30;
 /// Test-only fault switch: while the file this variable names exists, every read of the
 /// image fails with EIO, as librbd's reads do once `--timeout` passes while a placement
-/// group is inactive (an OSD restarting). Tests use it to play an outage window.
+/// group is inactive (an OSD restarting). When the file says `stall`, reads and `stat`s
+/// of the image wait instead until it is removed (a slow cluster: OSD peering). Tests
+/// use it to play an outage window.
 pub const READ_FAULT_ENV: &str = "FERROCEPH_TEST_READ_FAULT";
+
+/// What the fault switch asks for.
+#[derive(PartialEq)]
+enum Fault {
+    None,
+    Eio,
+    Stall,
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FuseExportArgs {
@@ -300,6 +310,27 @@ fn io_errno(e: &rados::Error) -> Errno {
 }
 
 impl RbdFile {
+    fn fault(&self) -> Fault {
+        let Some(p) = &self.read_fault else {
+            return Fault::None;
+        };
+        match std::fs::read_to_string(p) {
+            Err(_) => Fault::None,
+            Ok(s) if s.trim() == "stall" => Fault::Stall,
+            Ok(_) => Fault::Eio,
+        }
+    }
+
+    /// Waits while the fault switch says `stall`; returns the fault after that.
+    fn stall_if_asked(&self) -> Fault {
+        loop {
+            match self.fault() {
+                Fault::Stall => std::thread::sleep(Duration::from_millis(100)),
+                f => return f,
+            }
+        }
+    }
+
     /// The image's current size; librbd refreshes it when the header changed (a resize
     /// by another client notifies every watcher).
     fn current_size(&self) -> u64 {
@@ -316,6 +347,9 @@ impl RbdFile {
     }
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
+        if ino == FILE_INO {
+            self.stall_if_asked();
+        }
         let (kind, perm, size, nlink) = match ino {
             1 => (FileType::Directory, 0o700, 0, 2),
             FILE_INO => (
@@ -476,7 +510,7 @@ impl Filesystem for RbdFile {
             reply.error(Errno::EISDIR);
             return;
         }
-        if self.read_fault.as_deref().is_some_and(Path::exists) {
+        if self.stall_if_asked() == Fault::Eio {
             reply.error(Errno::EIO);
             return;
         }

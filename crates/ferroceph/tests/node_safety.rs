@@ -496,3 +496,90 @@ async fn block_expansion_reaches_the_pods_device() {
         .await
         .expect("DeleteVolume");
 }
+
+/// Item 4: the cluster is slow (OSD peering): `stat` of the exported image does not
+/// answer. NodeStageVolume of the staged, published volume must answer Unavailable and
+/// leave the exporter, the loop device and the mounts alone (the pod keeps its data), and
+/// hung probes (here: many NodeGetVolumeStats) must not take the blocking threads that
+/// Ceph calls need (a CreateVolume still completes).
+#[tokio::test]
+async fn slow_probe_leaves_the_mount_alone() {
+    let mut s = Scratch::new();
+    let fault = s.path("fault");
+    let fault_env = fault.display().to_string();
+    let d = Driver::start(
+        &[
+            "--type=rbd",
+            "--controllerserver=true",
+            "--nodeserver=true",
+            "--nodeid=test-node",
+        ],
+        &[(ferroceph::fuse_export::READ_FAULT_ENV, &fault_env)],
+    );
+    let mut ctl = d.controller().await;
+    let mut node = d.node().await;
+    let v = create(&mut ctl, &mut s, &unique("pvc-slow"), 64 * MIB).await;
+    let cap = mount_cap(Mode::SingleNodeWriter);
+    let staging = s.path("a/globalmount");
+    let target = s.path("pods/p/mount");
+    stage(&mut node, &v, &staging, cap.clone()).await;
+    publish(&mut node, &v, &staging, &target, cap.clone()).await;
+    write_synced(&target.join("f"), b"served through a slow spell");
+    let rec_before = std::fs::read_to_string(record::paths(&staging).record).unwrap();
+    let rec: record::Record = serde_json::from_str(&rec_before).unwrap();
+    let pid = rec.fuse.as_ref().expect("fuse").pid;
+
+    std::fs::write(&fault, b"stall").unwrap();
+    // kubelet's volume stats, many at once, each stuck on the stalled image
+    let stats: Vec<_> = (0..72)
+        .map(|_| {
+            let mut n = node.clone();
+            let req = pb::NodeGetVolumeStatsRequest {
+                volume_id: v.id.clone(),
+                volume_path: target.display().to_string(),
+                staging_target_path: staging.display().to_string(),
+            };
+            tokio::spawn(async move { n.node_get_volume_stats(req).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let created = tokio::time::timeout(
+        std::time::Duration::from_secs(25),
+        ctl.create_volume(create_req(&unique("pvc-slow-other"), 16 * MIB)),
+    )
+    .await;
+    let e = node
+        .node_stage_volume(stage_req(&v, &staging, cap.clone()))
+        .await
+        .expect_err("NodeStageVolume of a volume whose probe hangs");
+    std::fs::write(&fault, b"").unwrap();
+    std::fs::remove_file(&fault).unwrap();
+    for t in stats {
+        let _ = t.await;
+    }
+    let other = created
+        .expect("CreateVolume waited for the blocking threads hung probes hold")
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    s.images.push(other.volume_context["imageName"].clone());
+    ctl.delete_volume(del_req(&other.volume_id))
+        .await
+        .expect("DeleteVolume");
+
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(alive(pid), "the FUSE exporter was stopped");
+    let rec_after = std::fs::read_to_string(record::paths(&staging).record).unwrap();
+    assert_eq!(rec_before, rec_after, "the attachment was replaced");
+    assert_eq!(
+        std::fs::read(target.join("f")).unwrap(),
+        b"served through a slow spell"
+    );
+    write_synced(&target.join("g"), b"and after it");
+    unpublish(&mut node, &v, &target).await;
+    unstage(&mut node, &v, &staging).await;
+    ctl.delete_volume(del_req(&v.id))
+        .await
+        .expect("DeleteVolume");
+}

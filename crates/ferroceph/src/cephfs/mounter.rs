@@ -533,16 +533,39 @@ pub fn usage_of(
     }
 }
 
-/// statfs with a deadline, on a blocking thread (a hung FUSE mount blocks the caller).
+/// statfs with a deadline, on a thread of its own (a hung FUSE mount blocks the caller;
+/// see `stats::bounded` for why not on the shared blocking pool).
 pub async fn probe(path: &Path, timeout: Duration) -> Health {
     let p = path.to_path_buf();
-    let task = tokio::task::spawn_blocking(move || statvfs(&p));
-    match tokio::time::timeout(timeout, task).await {
-        Ok(Ok(Ok(u))) => Health::Ok(u),
-        Ok(Ok(Err(e))) => Health::Broken(e.raw_os_error().unwrap_or(libc::EIO)),
-        Ok(Err(_)) => Health::Broken(libc::EIO),
-        Err(_) => Health::Hung,
+    let what = format!("statfs of {}", path.display());
+    match crate::node::stats::bounded(timeout, &what, move || statvfs(&p)).await {
+        Ok(u) => Health::Ok(u),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Health::Hung,
+        Err(e) => Health::Broken(e.raw_os_error().unwrap_or(libc::EIO)),
     }
+}
+
+/// Whether a probe's answer justifies tearing the mount down and mounting it again. Only
+/// a definite failure does (ENOTCONN, ESTALE, EIO, ..., or its ceph-fuse gone); a mount
+/// that is slow to answer (MDS failover, OSD peering) serves its pods again once the
+/// cluster answers, and a remount would cut them off.
+pub fn needs_remount(h: &Health, fuse_gone: bool) -> bool {
+    match h {
+        Health::Ok(_) => false,
+        Health::Hung => fuse_gone,
+        Health::Broken(errno) => {
+            fuse_gone
+                || crate::node::stats::is_definite_failure(&std::io::Error::from_raw_os_error(
+                    *errno,
+                ))
+        }
+    }
+}
+
+/// Whether the record names a ceph-fuse process that no longer runs.
+pub fn fuse_gone(rec: Option<&StageRecord>) -> bool {
+    rec.and_then(|r| r.fuse_pid.zip(r.fuse_start))
+        .is_some_and(|(pid, start)| !alive(FuseProc { pid, start }))
 }
 
 pub fn errno_text(errno: i32) -> String {
@@ -743,6 +766,20 @@ mod tests {
         assert_eq!(read_record(&staging), Some(rec));
         remove_record(&staging);
         assert_eq!(read_record(&staging), None);
+    }
+
+    #[test]
+    fn only_definite_failures_remount() {
+        let ok = Health::Ok(Usage::default());
+        assert!(!needs_remount(&ok, false));
+        assert!(!needs_remount(&Health::Hung, false));
+        assert!(needs_remount(&Health::Hung, true));
+        assert!(needs_remount(&Health::Broken(libc::ENOTCONN), false));
+        assert!(needs_remount(&Health::Broken(libc::ESTALE), false));
+        assert!(needs_remount(&Health::Broken(libc::EIO), false));
+        assert!(!needs_remount(&Health::Broken(libc::EINTR), false));
+        assert!(!needs_remount(&Health::Broken(libc::EACCES), false));
+        assert!(needs_remount(&Health::Broken(libc::EACCES), true));
     }
 
     #[test]

@@ -264,13 +264,14 @@ impl CephFsNode {
                         },
                     };
                 }
-                h => {
+                h if mounter::needs_remount(&h, mounter::fuse_gone(rec.as_ref())) => {
                     tracing::warn!(
                         staging = %r.staging.display(),
                         "the staged mount is broken ({h:?}); mounting it again"
                     );
                     self.teardown(r.staging, rec.as_ref()).await?;
                 }
+                h => return Err(slow(r.volume_id, r.staging, &h)),
             }
         }
 
@@ -355,6 +356,19 @@ impl CephFsNode {
         }
         Ok(())
     }
+}
+
+/// Unavailable for a mount that answers slowly or oddly but is not known to be broken: it
+/// is left alone for the pods using it.
+fn slow(volume_id: &str, path: &Path, h: &Health) -> Status {
+    Status::unavailable(format!(
+        "the mount of volume {volume_id} at {} {}; it is left alone for the pods using it: retry when the cluster answers again (MDS failover?)",
+        path.display(),
+        match h {
+            Health::Broken(e) => format!("answers {}", mounter::errno_text(*e)),
+            _ => format!("does not answer within {}s", PROBE_TIMEOUT.as_secs()),
+        }
+    ))
 }
 
 trait MaybeProc {
@@ -467,6 +481,12 @@ impl Node for CephFsNode {
         if let h @ (Health::Broken(_) | Health::Hung) =
             mounter::probe(&staging, PROBE_TIMEOUT).await
         {
+            if !mounter::needs_remount(
+                &h,
+                mounter::fuse_gone(mounter::read_record(&staging).as_ref()),
+            ) {
+                return Err(slow(&req.volume_id, &staging, &h));
+            }
             if req.secrets.is_empty() {
                 return Err(Status::failed_precondition(format!(
                     "the staged mount of volume {} at {} is broken ({}); NodeStageVolume mounts it again",
@@ -493,6 +513,9 @@ impl Node for CephFsNode {
         if mount::is_mount_point(&target).unwrap_or(false) {
             match mounter::probe(&target, PROBE_TIMEOUT).await {
                 Health::Ok(_) => return Ok(Response::new(pb::NodePublishVolumeResponse {})),
+                h if !mounter::needs_remount(&h, false) => {
+                    return Err(slow(&req.volume_id, &target, &h));
+                }
                 _ => {
                     // A bind of a ceph-fuse that died: bind the fresh staging mount again.
                     mounter::unmount_all(&target, UMOUNT_TIMEOUT).await?;

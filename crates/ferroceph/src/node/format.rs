@@ -99,9 +99,9 @@ pub async fn probe(device: &str, timeout: Duration) -> Result<Probe, tonic::Stat
 /// device whose backing store hangs may never return.
 async fn read_ends_are_zero(device: &str, timeout: Duration) -> std::io::Result<bool> {
     let dev = device.to_string();
-    crate::node::stats::on_own_thread(
+    crate::node::stats::bounded(
         timeout,
-        "reading the device's first and last MiB",
+        &format!("read of the first and last MiB of {device}"),
         move || ends_are_zero(Path::new(&dev)),
     )
     .await

@@ -376,6 +376,13 @@ impl Inner {
                         "re-adopted staged volume: its FUSE export kept serving"
                     );
                 }
+                Health::Unresponsive(why) => {
+                    tracing::warn!(
+                        volume = %rec.volume_id,
+                        staging = %rec.staging_path.display(),
+                        "staged volume does not answer ({why}); left as it is"
+                    );
+                }
                 Health::Broken(why) => {
                     self.set_broken(&rec.staging_path, true);
                     tracing::warn!(
@@ -675,6 +682,12 @@ impl Inner {
                     record::write(&mut rec).map_err(internal)?;
                     return Ok(());
                 }
+                Health::Unresponsive(why) => {
+                    return Err(Status::unavailable(format!(
+                        "volume {vid} is staged at {} but does not answer ({why}); it is left alone for the pods using it: retry when the cluster answers again",
+                        staging.display()
+                    )));
+                }
                 Health::Broken(why) => {
                     tracing::warn!(volume = %vid, staging = %staging.display(), "re-attaching: {why}");
                     if !rec.block {
@@ -823,7 +836,13 @@ impl Inner {
                 if rec.block { "block" } else { "filesystem" }
             )));
         }
-        if let Health::Broken(why) = self.attacher_for(&rec)?.health(&rec).await {
+        let health = self.attacher_for(&rec)?.health(&rec).await;
+        if let Health::Unresponsive(why) = health {
+            return Err(Status::unavailable(format!(
+                "volume {vid} does not answer ({why}); its attachment is left alone: retry when the cluster answers again"
+            )));
+        }
+        if let Health::Broken(why) = health {
             let Some(creds) = self.cached_key(vid) else {
                 return Err(Status::failed_precondition(format!(
                     "the attachment of volume {vid} is dead ({why}); NodeStageVolume re-attaches it"
@@ -1052,7 +1071,8 @@ impl Inner {
         validate::id(&req.volume_id, "volume_id")?;
         let path = mount::check_path(&req.volume_path, "volume_path")?;
         let p = path.clone();
-        match stats::bounded(PROBE_TIMEOUT, "stat", move || std::fs::symlink_metadata(&p)).await {
+        let what = format!("stat of {}", path.display());
+        match stats::bounded(PROBE_TIMEOUT, &what, move || std::fs::symlink_metadata(&p)).await {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Status::not_found(format!(
@@ -1082,7 +1102,7 @@ impl Inner {
                 )));
             }
             if let Ok(a) = self.attacher_for(r) {
-                if let Health::Broken(why) = a.health(r).await {
+                if let Health::Broken(why) | Health::Unresponsive(why) = a.health(r).await {
                     problems.push(why);
                 }
             }

@@ -297,7 +297,7 @@ impl Fuse {
         let f = file.to_path_buf();
         crate::node::stats::bounded(
             Duration::from_secs(10),
-            "stat of the exported image",
+            &format!("stat of {}", file.display()),
             move || std::fs::metadata(&f).map(|m| m.len()),
         )
         .await
@@ -399,10 +399,15 @@ impl Attacher for Fuse {
             ));
         }
         if let Err(e) = Self::stat_file(&f.file).await {
-            return Health::Broken(format!(
+            let why = format!(
                 "the exported image {} is not reachable: {e}",
                 f.file.display()
-            ));
+            );
+            return if crate::node::stats::is_definite_failure(&e) {
+                Health::Broken(why)
+            } else {
+                Health::Unresponsive(why)
+            };
         }
         match &rec.device {
             Some(d) if loop_backing(d).as_deref() == Some(f.file.as_path()) => Health::Healthy,

@@ -154,8 +154,11 @@ pub struct Attached {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     Healthy,
-    /// The attachment is gone or broken; the reason says what.
+    /// The attachment is gone or broken (a definite failure); the reason says what.
     Broken(String),
+    /// It did not answer in time: slow (OSD peering), not known to be broken. Nothing that
+    /// pods use may be torn down for this.
+    Unresponsive(String),
 }
 
 #[tonic::async_trait]
