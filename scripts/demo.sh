@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-kube() { printf '    %s\n' "$*"; } # kubectl-style status lines
+show() { printf '    %s\n' "$*"; } # what the driver answered or the node shows
 
 step "installing packages (skipped when present)"
 ./scripts/setup.sh
@@ -58,13 +58,13 @@ RBD_PARAMS=(--param "clusterID=$FERRO_FSID" --param "pool=$FERRO_RBD_POOL"
   --param "csi.storage.k8s.io/fstype=xfs" --param "mounter=auto"
   --param "csi.storage.k8s.io/pvc/name=rbd-pvc" --param "csi.storage.k8s.io/pvc/namespace=default")
 
-step "CreateVolume: kubectl apply -f examples/rbd/pvc.yaml (1Gi, ReadWriteOnce)"
+step "CreateVolume, as external-provisioner sends it for examples/rbd/pvc.yaml (1Gi, ReadWriteOnce)"
 csi rbd-a CreateVolume --name pvc-rbd-demo --size 1Gi --access-mode RWO "${RBD_PARAMS[@]}" \
   --secrets-file "$WORK/rbd-secrets" >"$WORK/vol.json"
 VID=$(jq -r .volume.volumeId "$WORK/vol.json")
 jq -c .volume.volumeContext "$WORK/vol.json"
-kube "NAME      STATUS   VOLUME            CAPACITY   ACCESS MODES   STORAGECLASS"
-kube "rbd-pvc   Bound    pvc-rbd-demo      1Gi        RWO            ferroceph-rbd"
+jq -r '.volume | "    CreateVolume answered: volume \(.volumeId), \(.capacityBytes) bytes"' "$WORK/vol.json"
+show "the image in the pool: $(rbd -c "$FERRO_CEPH_CONF" info "$FERRO_RBD_POOL/$(jq -r .volume.volumeContext.imageName "$WORK/vol.json")" --format json | jq -c '{name, size, features}')"
 
 # node_json STAGING [TARGET]: the request kubelet sends, built from CreateVolume's answer
 node_json() {
@@ -87,7 +87,7 @@ SA=$WORK/node-a/plugins/pv-rbd/globalmount; TA=$WORK/node-a/pods/pod-1/mount
 mkdir -p "$SA" "$TA"
 stage_publish rbd-a "$WORK/vol.json" "$SA" "$TA"
 echo "hello ceph" >"$TA/hello.txt"; sync
-kube "pod-1 on node-a writes: $(cat "$TA/hello.txt")"
+show "pod-1 on node-a writes: $(cat "$TA/hello.txt")"
 df -h "$TA" | tail -1 | awk '{print "    df: " $2 " size, " $3 " used, mounted from " $1}'
 
 step "ControllerExpandVolume to 2Gi, then NodeExpandVolume grows the mounted xfs filesystem"
@@ -105,9 +105,9 @@ step "pod rescheduled on node-b: stage + publish there; the data is still there"
 SB=$WORK/node-b/plugins/pv-rbd/globalmount; TB=$WORK/node-b/pods/pod-2/mount
 mkdir -p "$SB" "$TB"
 stage_publish rbd-b "$WORK/vol.json" "$SB" "$TB"
-kube "pod-2 on node-b reads: $(cat "$TB/hello.txt")"
+show "pod-2 on node-b reads: $(cat "$TB/hello.txt")"
 
-step "CreateSnapshot: kubectl apply -f examples/rbd/snapshot.yaml"
+step "CreateSnapshot, as external-snapshotter sends it for examples/rbd/snapshot.yaml"
 csi rbd-a CreateSnapshot --name snapshot-rbd-demo --source-volume-id "$VID" \
   --secrets-file "$WORK/rbd-secrets" >"$WORK/snap.json"
 SID=$(jq -r .snapshot.snapshotId "$WORK/snap.json")
@@ -122,7 +122,7 @@ RVID=$(jq -r .volume.volumeId "$WORK/restore.json")
 SR=$WORK/node-a/plugins/pv-restore/globalmount; TR=$WORK/node-a/pods/pod-3/mount
 mkdir -p "$SR" "$TR"
 stage_publish rbd-a "$WORK/restore.json" "$SR" "$TR"
-kube "restored volume reads: $(cat "$TR/hello.txt")   (the source now says: $(cat "$TB/hello.txt"))"
+show "restored volume reads: $(cat "$TR/hello.txt")   (the source now says: $(cat "$TB/hello.txt"))"
 unpublish_unstage rbd-a "$RVID" "$SR" "$TR"
 
 step "CreateVolume from the volume (a clone)"
@@ -146,8 +146,7 @@ csi fs-a CreateVolume --name pvc-fs-demo --size 1Gi --access-mode RWX "${FS_PARA
   --secrets-file "$WORK/fs-secrets" >"$WORK/fsvol.json"
 FVID=$(jq -r .volume.volumeId "$WORK/fsvol.json")
 jq -c '.volume.volumeContext | {subvolumeName, subvolumePath, fsName}' "$WORK/fsvol.json"
-kube "NAME     STATUS   VOLUME        CAPACITY   ACCESS MODES   STORAGECLASS"
-kube "fs-pvc   Bound    pvc-fs-demo   1Gi        RWX            ferroceph-cephfs"
+jq -r '.volume | "    CreateVolume answered: volume \(.volumeId), \(.capacityBytes) bytes"' "$WORK/fsvol.json"
 fs_stage_publish() { # NODE STAGING TARGET
   csi "$1" NodeStageVolume --json "$(node_json "$2" "" "$WORK/fsvol.json")" --access-mode RWX \
     --secrets-file "$WORK/fs-secrets" >/dev/null
@@ -160,7 +159,7 @@ mkdir -p "$FSA" "$FTA" "$FSB" "$FTB"
 fs_stage_publish fs-a "$FSA" "$FTA"
 fs_stage_publish fs-b "$FSB" "$FTB"
 echo "shared across nodes" >"$FTA/shared.txt"; sync
-kube "pod-4 (node-a) wrote, pod-5 (node-b) reads: $(cat "$FTB/shared.txt")"
+show "pod-4 (node-a) wrote, pod-5 (node-b) reads: $(cat "$FTB/shared.txt")"
 df -h "$FTB" | tail -1 | awk '{print "    df on node-b: " $2 " (the quota)"}'
 csi fs-a ControllerExpandVolume --volume-id "$FVID" --size 2Gi --secrets-file "$WORK/fs-secrets" | jq -c .
 df -h "$FTB" | tail -1 | awk '{print "    df on node-b after expansion, no remount: " $2}'
