@@ -583,3 +583,97 @@ async fn slow_probe_leaves_the_mount_alone() {
         .await
         .expect("DeleteVolume");
 }
+
+/// Item 4, CephFS: ceph-fuse stops answering (SIGSTOP: as slow as an MDS failover, but
+/// alive). NodeStageVolume answers Unavailable and neither unmounts nor kills it; once it
+/// answers again the pod's mount works as before.
+#[tokio::test]
+async fn cephfs_slow_mount_is_left_alone() {
+    let s = Scratch::new();
+    let d = Driver::start(
+        &[
+            "--type=cephfs",
+            "--controllerserver=true",
+            "--nodeserver=true",
+            "--nodeid=test-node",
+        ],
+        &[],
+    );
+    let c = cluster();
+    let secrets = HashMap::from([
+        ("adminID".to_string(), c.get("FERRO_CEPHFS_USER")),
+        ("adminKey".to_string(), c.get("FERRO_CEPHFS_KEY")),
+    ]);
+    let mut ctl = d.controller().await;
+    let mut node = d.node().await;
+    let cap = mount_cap(Mode::MultiNodeMultiWriter);
+    let v = ctl
+        .create_volume(pb::CreateVolumeRequest {
+            name: unique("pvc-fs-slow"),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: 64 * MIB,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![cap.clone()],
+            parameters: HashMap::from([
+                ("clusterID".to_string(), c.fsid()),
+                ("fsName".to_string(), "cephfs".to_string()),
+                ("mounter".to_string(), "fuse".to_string()),
+            ]),
+            secrets: secrets.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let staging = s.path("fs/globalmount");
+    let target = s.path("pods/p/mount");
+    let ctx = v.volume_context.clone();
+    let stage_req = common::stage_req(&v.volume_id, &ctx, &staging, cap.clone(), secrets.clone());
+    node.node_stage_volume(stage_req.clone())
+        .await
+        .expect("NodeStageVolume");
+    node.node_publish_volume(common::publish_req(
+        &v.volume_id,
+        &ctx,
+        &staging,
+        &target,
+        cap.clone(),
+        false,
+    ))
+    .await
+    .expect("NodePublishVolume");
+    write_synced(&target.join("a"), b"before");
+    let rec = ferroceph::cephfs::mounter::read_record(&staging).expect("stage record");
+    let pid = rec.fuse_pid.expect("ceph-fuse pid");
+
+    let signal = |sig: &str| {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status();
+    };
+    signal("STOP");
+    let r = node.node_stage_volume(stage_req).await;
+    signal("CONT");
+    let e = r.expect_err("NodeStageVolume of a mount that does not answer");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(alive(pid), "ceph-fuse was stopped for being slow");
+    assert_eq!(std::fs::read(target.join("a")).unwrap(), b"before");
+    write_synced(&target.join("b"), b"after");
+
+    node.node_unpublish_volume(unpublish_req(&v.volume_id, &target))
+        .await
+        .expect("NodeUnpublishVolume");
+    node.node_unstage_volume(unstage_req(&v.volume_id, &staging))
+        .await
+        .expect("NodeUnstageVolume");
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        secrets,
+    })
+    .await
+    .expect("DeleteVolume");
+}
