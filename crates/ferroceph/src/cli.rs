@@ -113,6 +113,21 @@ pub struct ServeArgs {
     #[arg(long, default_value = "/tmp/csi/keys")]
     pub keysdir: PathBuf,
 
+    /// Node plugin: the cgroup (below the root of each hierarchy under --cgrouproot) that the
+    /// user-space attachments (FUSE exporter, rbd-nbd, ceph-fuse) are started in, so that
+    /// they outlive the plugin's container; `none` keeps them in the plugin's own cgroup.
+    #[arg(long, default_value = "none")]
+    pub attachcgroup: String,
+
+    /// Node plugin: where the host's cgroup hierarchies are mounted (with --attachcgroup).
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    pub cgrouproot: PathBuf,
+
+    /// Node plugin: the host's cgroup namespace, joined by the attachments' launcher when
+    /// the container has one of its own (needs hostPID for the default).
+    #[arg(long, default_value = "/proc/1/ns/cgroup")]
+    pub cgroupns: PathBuf,
+
     /// Node labels that make up the node's topology domain (accepted for compatibility).
     #[arg(long, default_value = "")]
     pub domainlabels: String,
@@ -162,6 +177,9 @@ pub enum Command {
     /// Internal: serve one RBD image as a file over FUSE (started by the RBD node plugin).
     #[command(name = "fuse-export", hide = true)]
     FuseExport(crate::fuse_export::FuseExportArgs),
+    /// Internal: start an attachment process in the attachments' cgroup (node plugin).
+    #[command(hide = true)]
+    Launch(crate::node::outlive::LaunchArgs),
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -58,6 +58,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let clusters = Arc::new(ClusterMap::new(&args.configpath));
     let ceph = Ceph::new(args.cephtimeout);
     let locks = OpLocks::new();
+    if args.nodeserver {
+        crate::node::outlive::set(crate::node::outlive::Outlive::from_flags(
+            &args.attachcgroup,
+            &args.cgrouproot,
+            &args.cgroupns,
+        ));
+    }
     let router = tonic::transport::Server::builder()
         .layer(RpcLayer {
             deadline: args.rpctimeout,

@@ -41,6 +41,7 @@ fn main() {
     limit_malloc_arenas();
     let cli = Cli::parse_from(normalize_go_flags(std::env::args()));
     let command = match cli.command {
+        Some(Command::Launch(args)) => std::process::exit(ferroceph::node::outlive::launch(args)),
         Some(Command::FuseExport(args)) => {
             // A process of its own, without the async runtime: it outlives the plugin.
             init_logging(std::env::var("FERROCEPH_LOG_FORMAT").is_ok_and(|f| f == "json"));
@@ -65,7 +66,7 @@ fn main() {
             Some(Command::Client(args)) => ferroceph::client::run(args).await,
             Some(Command::Bench(args)) => ferroceph::bench::run(args).await,
             Some(Command::Doctor(args)) => ferroceph::doctor::run(args).await,
-            Some(Command::FuseExport(_)) => 2,
+            Some(Command::FuseExport(_)) | Some(Command::Launch(_)) => 2,
             None => {
                 init_logging(cli.serve.logformat == ferroceph::cli::LogFormat::Json);
                 match ferroceph::driver::run(cli.serve).await {

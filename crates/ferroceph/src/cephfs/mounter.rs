@@ -376,7 +376,14 @@ pub async fn mount_fuse(
     let errf = logf
         .try_clone()
         .map_err(|e| Status::internal(format!("cannot open {}: {e}", log.display())))?;
-    let mut cmd = tokio::process::Command::new("ceph-fuse");
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ferroceph"));
+    let (program, args) = crate::node::outlive::command_line(
+        crate::node::outlive::current(),
+        &exe,
+        "ceph-fuse",
+        &args,
+    );
+    let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(logf))

@@ -6,5 +6,6 @@ pub mod format;
 pub mod inuse;
 pub mod keyfile;
 pub mod mount;
+pub mod outlive;
 pub mod record;
 pub mod stats;

@@ -172,8 +172,14 @@ impl Fuse {
             .map_err(|e| {
                 Status::internal(format!("cannot open {}: {e}", req.paths.log.display()))
             })?;
-        let args = exporter_args(req, dir, self.env.ceph_timeout);
-        let mut cmd = tokio::process::Command::new(&self.env.exe);
+        let exe = &self.env.exe;
+        let (program, args) = crate::node::outlive::command_line(
+            crate::node::outlive::current(),
+            exe,
+            &exe.display().to_string(),
+            &exporter_args(req, dir, self.env.ceph_timeout),
+        );
+        let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&args)
             .env("FERROCEPH_LOG", "info")
             .stdin(Stdio::piped())

@@ -71,9 +71,16 @@ impl Attacher for Nbd {
                 self.env.keysdir.display()
             ))
         })?;
-        let args = map_args(req.loc, key.path(), options.as_deref(), req.read_only);
+        // rbd-nbd is forked by `rbd map`: started through the launcher, it is born in the
+        // attachments' cgroup
+        let (program, args) = crate::node::outlive::command_line(
+            crate::node::outlive::current(),
+            &self.env.exe,
+            "rbd",
+            &map_args(req.loc, key.path(), options.as_deref(), req.read_only),
+        );
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = exec::run("rbd", &a, &[], self.env.exec_timeout)
+        let out = exec::run(&program.to_string_lossy(), &a, &[], self.env.exec_timeout)
             .await
             .map_err(|e| e.to_status())?;
         drop(key);
