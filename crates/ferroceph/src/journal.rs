@@ -324,3 +324,88 @@ impl<'a> Journal<'a> {
             .collect())
     }
 }
+
+/// The images this driver instance moved to the RBD trash, one omap key per image id in
+/// `csi.ferroceph.trash.<instance>` next to the journal. An id is recorded before the move
+/// and forgotten after the image has left the trash, so a process killed at any point
+/// leaves the record of every image it may have trashed; the trash reaper removes only
+/// recorded images, never an administrator's soft delete or another instance's images.
+pub(crate) struct TrashLog<'a> {
+    io: &'a IoCtx,
+    object: String,
+}
+
+/// A recorded trash move: when it was recorded (unix seconds) and the image's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Trashed {
+    pub(crate) recorded_at: i64,
+    pub(crate) name: String,
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl<'a> TrashLog<'a> {
+    pub(crate) fn new(io: &'a IoCtx, instance: &str) -> Self {
+        TrashLog {
+            io,
+            object: format!("csi.ferroceph.trash.{instance}"),
+        }
+    }
+
+    /// Records that the image `name` with id `id` is about to be moved to the trash.
+    pub(crate) fn record(&self, id: &str, name: &str) -> Result<(), JournalError> {
+        let value = format!("{} {name}", unix_now());
+        self.io.omap_set(&self.object, &[(id, value.as_bytes())])?;
+        Ok(())
+    }
+
+    pub(crate) fn forget(&self, id: &str) -> Result<(), JournalError> {
+        match self.io.omap_remove(&self.object, &[id]) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == rados::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Result<Option<Trashed>, JournalError> {
+        match self.io.omap_get(&self.object, &[id]) {
+            Ok(m) => Ok(m.get(id).map(|v| parse_trashed(&text(v)))),
+            Err(e) if e.kind() == rados::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every recorded image id with its record.
+    pub(crate) fn all(&self) -> Result<BTreeMap<String, Trashed>, JournalError> {
+        let mut out = BTreeMap::new();
+        let mut after = String::new();
+        loop {
+            let batch = match self.io.omap_list(&self.object, &after, "", 1000) {
+                Ok(kv) => kv,
+                Err(e) if e.kind() == rados::ErrorKind::NotFound => break,
+                Err(e) => return Err(e.into()),
+            };
+            let Some((last, _)) = batch.last() else { break };
+            after = last.clone();
+            out.extend(
+                batch
+                    .into_iter()
+                    .map(|(k, v)| (k, parse_trashed(&text(&v)))),
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn parse_trashed(v: &str) -> Trashed {
+    let (at, name) = v.split_once(' ').unwrap_or(("0", v));
+    Trashed {
+        recorded_at: at.parse().unwrap_or(0),
+        name: name.to_string(),
+    }
+}

@@ -143,7 +143,8 @@ impl RbdController {
     }
 
     /// Every `interval`, removes deleted images that had to stay in the trash (clones still
-    /// depending on them, or a dead client's watch) from the pools this controller used.
+    /// depending on them, or a dead client's watch) from the pools this controller used;
+    /// only images this instance trashed (see `journal::TrashLog`).
     pub fn spawn_trash_reaper(self: &Arc<Self>, interval: std::time::Duration) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -159,13 +160,14 @@ impl RbdController {
                         .connect_config(&k.monitors, &k.creds.user, &k.creds.key);
                     let pools = k.pools.clone();
                     let ns = k.namespace.clone();
+                    let instance = ctl.instance.clone();
                     let r = ctl
                         .ceph
                         .run(cfg, move |cluster| {
                             let mut n = 0;
                             for pool in &pools {
                                 if let Ok(io) = cluster.ioctx(pool, &ns) {
-                                    n += image::reap_trash(&io, &[]);
+                                    n += image::reap_trash(&io, &instance);
                                 }
                             }
                             Ok(n)

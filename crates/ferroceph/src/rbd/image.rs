@@ -4,8 +4,7 @@
 //! and never leaves an image or omap key behind.
 
 use crate::ceph::{crash_point, status};
-use crate::journal::{self, Attrs, Claim, Entry, Journal, JournalError, Kind, Lookup};
-use crate::listing::uuid_tail;
+use crate::journal::{self, Attrs, Claim, Entry, Journal, JournalError, Kind, Lookup, TrashLog};
 use crate::rbd::params::RbdParams;
 use crate::validate;
 use csi::v1 as pb;
@@ -92,6 +91,10 @@ impl<'a> Place<'a> {
 
     pub fn snaps(&self) -> Journal<'_> {
         Journal::new(&self.io, Kind::Snapshot, &self.instance)
+    }
+
+    pub(crate) fn trash_log(&self) -> TrashLog<'_> {
+        TrashLog::new(&self.io, &self.instance)
     }
 
     fn open(&self, image: &str) -> Result<Option<Image>, Status> {
@@ -298,8 +301,7 @@ fn discard_unfinished(place: &Place<'_>, image: &str) -> Result<(), Status> {
                     "an unfinished image keeps a watch after its client was fenced (a stale \
                      OSD watch, cleared when the PG re-peers); moving it to the trash: {e}"
                 );
-                return rbd::trash_move(&place.io, image, 0)
-                    .map_err(|e| status("move an unfinished image aside", &e));
+                return move_aside(place, image);
             }
             Err(e) => return Err(status("remove an unfinished image", &e)),
         }
@@ -382,7 +384,13 @@ fn rollback_images(place: &Place<'_>, images: &[&str]) {
                         image,
                         "rollback could not remove the image (the reaper or a retry will): {e}"
                     );
-                    let _ = rbd::trash_move(&place.io, image, 0);
+                    if let Err(e) = move_aside(place, image) {
+                        tracing::warn!(
+                            image,
+                            "rollback could not move the image aside: {}",
+                            e.message()
+                        );
+                    }
                 }
             }
         }
@@ -989,30 +997,61 @@ pub fn create_snapshot(
     }
 }
 
+/// Moves `image` (id `id`) to the trash with no deferment, recorded first in the trash log
+/// so that the reaper and `purge_parent` know it is ours to remove.
+fn move_to_trash(place: &Place<'_>, image: &str, id: &str) -> Result<(), Status> {
+    place
+        .trash_log()
+        .record(id, image)
+        .map_err(|e| jerr("record a move to the trash", e))?;
+    ok_if_missing(rbd::trash_move(&place.io, image, 0), "move image to trash")
+}
+
+/// [`move_to_trash`] for an image known by name only (an unfinished or rolled-back one).
+fn move_aside(place: &Place<'_>, image: &str) -> Result<(), Status> {
+    let id = image_id(&place.io, image)?;
+    move_to_trash(place, image, &id)
+}
+
 /// Moves an image to the trash and removes it there. An image that clones still depend on
 /// stays in the trash; `purge_parent` removes it once its last child is gone.
 fn trash_image(place: &Place<'_>, image: &str, id: &str) -> Result<(), Status> {
-    ok_if_missing(rbd::trash_move(&place.io, image, 0), "move image to trash")?;
+    move_to_trash(place, image, id)?;
     crash_point("delete.trashed");
-    remove_from_trash(&place.io, id);
+    remove_from_trash(&place.io, &place.instance, id);
     Ok(())
 }
 
-fn remove_from_trash(io: &IoCtx, id: &str) {
-    match rbd::trash_remove(io, id, true) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
+/// Removes a trashed image (never before its deferment ends) and forgets its record once
+/// it is gone. True when it is gone.
+fn remove_from_trash(io: &IoCtx, instance: &str, id: &str) -> bool {
+    let gone = match rbd::trash_remove(io, id, false) {
+        Ok(()) => true,
+        Err(e) if e.kind() == ErrorKind::NotFound => true,
         Err(e) if e.kind() == ErrorKind::Busy => {
             tracing::info!(
                 image_id = id,
                 "image stays in the trash until its clones are gone"
             );
+            false
         }
-        Err(e) => tracing::warn!(
-            image_id = id,
-            "cannot remove image from trash (left for later): {e}"
-        ),
+        Err(e) => {
+            tracing::warn!(
+                image_id = id,
+                "cannot remove image from trash (left for later): {e}"
+            );
+            false
+        }
+    };
+    if gone {
+        if let Err(e) = TrashLog::new(io, instance).forget(id) {
+            tracing::warn!(
+                image_id = id,
+                "cannot drop the trash record (the reaper will): {e}"
+            );
+        }
     }
+    gone
 }
 
 /// Finishes a delete that was interrupted after the image went to the trash: removes it
@@ -1021,12 +1060,13 @@ fn finish_trashed(place: &Place<'_>, id: &str) {
     let parent = rbd::Image::open_by_id_read_only(&place.io, id)
         .ok()
         .and_then(|img| img.parent().ok().flatten());
-    remove_from_trash(&place.io, id);
+    remove_from_trash(&place.io, &place.instance, id);
     purge_parent(place, parent);
 }
 
-/// After a child image is removed, removes its parent too if the parent was already deleted
-/// (it sits in the trash) and nothing else depends on it. Walks up the chain.
+/// After a child image is removed, removes its parent too if this driver moved the parent
+/// to the trash (a deleted snapshot or volume that clones kept) and nothing else depends
+/// on it. Walks up the chain. A parent someone else trashed is theirs to remove.
 fn purge_parent(place: &Place<'_>, mut parent: Option<rbd::ParentInfo>) {
     let mut steps = 0;
     while let Some(p) = parent.take() {
@@ -1037,40 +1077,50 @@ fn purge_parent(place: &Place<'_>, mut parent: Option<rbd::ParentInfo>) {
         let Ok(io) = place.cluster.ioctx_by_id(p.pool_id, &p.pool_namespace) else {
             return;
         };
+        match TrashLog::new(&io, &place.instance).get(&p.image_id) {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(image_id = %p.image_id, "cannot read the trash log: {e}");
+                return;
+            }
+        }
         let grand = rbd::Image::open_by_id_read_only(&io, &p.image_id)
             .ok()
             .and_then(|img| img.parent().ok().flatten());
-        match rbd::trash_remove(&io, &p.image_id, true) {
-            Ok(()) => parent = grand,
-            Err(_) => return,
+        if !remove_from_trash(&io, &place.instance, &p.image_id) {
+            return;
         }
+        parent = grand;
     }
 }
 
 /// How old an interrupted trash move must be before the reaper finishes it.
 const STALE_TRASH_MOVE_SECS: i64 = 30;
+/// How old a record of a trash move that never happened (the process died in between)
+/// must be before the reaper drops it; a retried delete records the move again.
+const STALE_TRASH_RECORD_SECS: i64 = 3600;
 
-/// Removes expired images of ours (named `<prefix><uuid>`, trashed by a user) from the
-/// trash: images that could not be removed when they were deleted because clones still
-/// depended on them or a dead client's watch still lingered. Children go before parents,
-/// so a few passes run while they make progress. Returns how many were removed.
-pub fn reap_trash(io: &IoCtx, extra_prefixes: &[&str]) -> usize {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let ours = |name: &str| {
-        uuid_tail(name).is_some()
-            && [
-                crate::rbd::params::DEFAULT_VOL_PREFIX,
-                crate::rbd::params::DEFAULT_SNAP_PREFIX,
-            ]
-            .iter()
-            .chain(extra_prefixes.iter())
-            .any(|p| name.len() == p.len() + 36 && name.starts_with(p))
-    };
+/// Removes from the trash the images this driver instance moved there (see [`TrashLog`])
+/// whose deferment has ended: images that could not be removed when they were deleted
+/// because clones still depended on them or a dead client's watch still lingered. Nothing
+/// else in the trash is touched. Children go before parents, so a few passes run while
+/// they make progress. Returns how many were removed.
+pub fn reap_trash(io: &IoCtx, instance: &str) -> usize {
+    let log = TrashLog::new(io, instance);
     let mut removed = 0;
     for _ in 0..4 {
+        let now = journal::unix_now();
+        let recorded = match log.all() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot read the trash log: {e}");
+                return removed;
+            }
+        };
+        if recorded.is_empty() {
+            return removed;
+        }
         let entries = match rbd::trash_list(io) {
             Ok(e) => e,
             Err(e) => {
@@ -1081,7 +1131,7 @@ pub fn reap_trash(io: &IoCtx, extra_prefixes: &[&str]) -> usize {
         let mut progress = false;
         for e in entries
             .iter()
-            .filter(|e| e.source == 0 && e.deferment_end_time <= now && ours(&e.name))
+            .filter(|e| e.deferment_end_time <= now && recorded.contains_key(&e.id))
             .take(2000)
         {
             let mut removed_now = rbd::trash_remove(io, &e.id, false);
@@ -1098,10 +1148,30 @@ pub fn reap_trash(io: &IoCtx, extra_prefixes: &[&str]) -> usize {
             match removed_now {
                 Ok(()) => {
                     tracing::info!(image = %e.name, "removed a deleted image from the trash");
+                    if let Err(err) = log.forget(&e.id) {
+                        tracing::debug!(image = %e.name, "trash record stays for now: {err}");
+                    }
                     removed += 1;
                     progress = true;
                 }
                 Err(err) => tracing::debug!(image = %e.name, "trash entry stays for now: {err}"),
+            }
+        }
+        // Records of images no longer in the trash: removed already (the process died
+        // before forgetting them), or a move that never happened.
+        for (id, rec) in &recorded {
+            if entries.iter().any(|e| &e.id == id) {
+                continue;
+            }
+            let stale = match Image::open_by_id_read_only(io, id) {
+                Err(e) if e.kind() == ErrorKind::NotFound => true,
+                Ok(_) => now - rec.recorded_at >= STALE_TRASH_RECORD_SECS,
+                Err(_) => false,
+            };
+            if stale {
+                if let Err(err) = log.forget(id) {
+                    tracing::debug!(image = %rec.name, "stale trash record stays for now: {err}");
+                }
             }
         }
         if !progress {
