@@ -868,6 +868,29 @@ fn check_node_plugin(
             )),
         }
     }
+    // user-space attachments outlive the plugin's container: the host's PID namespace and
+    // a cgroup of their own on the host's cgroup filesystem (node/outlive.rs)
+    if pod["hostPID"] != true {
+        problems.push(format!(
+            "{cname}: without hostPID the attachments die with the plugin's PID namespace"
+        ));
+    }
+    let args = expanded_args(c).unwrap_or_default();
+    let root = flag_value(&args, "cgrouproot")
+        .unwrap_or("/sys/fs/cgroup")
+        .to_string();
+    match flag_value(&args, "attachcgroup") {
+        Some(n) if !n.is_empty() && n != "none" => {}
+        _ => problems.push(format!(
+            "{cname}: --attachcgroup is not set: every plugin restart kills the user-space attachments"
+        )),
+    }
+    match volume_for(pod, c, &root) {
+        Some((_, v)) if v["hostPath"]["path"] == "/sys/fs/cgroup" => {}
+        _ => problems.push(format!(
+            "{cname}: --cgrouproot {root} is not the host's /sys/fs/cgroup"
+        )),
+    }
     let sock_dir = format!("/var/lib/kubelet/plugins/{driver_name}");
     match volume_for(pod, c, "/csi/csi.sock") {
         Some((_, v)) if v["hostPath"]["path"] == sock_dir.as_str() => {}
