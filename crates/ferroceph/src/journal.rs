@@ -43,6 +43,8 @@ pub const IMAGE_ID: &str = "csi.imageid";
 pub const OWNER: &str = "csi.volume.owner";
 pub const SOURCE: &str = "csi.source";
 pub const JOURNAL_POOL: &str = "csi.journalpool";
+/// ceph-csi's KMS of an encrypted volume (or of a snapshot of one).
+pub const ENCRYPT_KMS: &str = "csi.volume.encryptKMS";
 
 pub type Attrs = BTreeMap<String, String>;
 
@@ -281,10 +283,16 @@ impl<'a> Journal<'a> {
                 .as_ref()
                 .and_then(|a| a.get(self.kind.name_key()).cloned())
         });
-        if let Some(name) = name {
-            self.remove_dir_key(&name, uuid)?;
+        if let Some(name) = &name {
+            self.remove_dir_key(name, uuid)?;
         }
-        if stored.is_some() {
+        if let Some(stored) = &stored {
+            // A directory key can point at another name's entry (a crash or a clash): that
+            // entry is not this name's to remove.
+            let owner = stored.get(self.kind.name_key());
+            if owner.is_some() && owner != name.as_ref() {
+                return Ok(());
+            }
             match self.io.remove_object(&self.entry_object(uuid)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == rados::ErrorKind::NotFound => {}

@@ -802,6 +802,15 @@ impl Image {
             .collect())
     }
 
+    /// When snapshot `snap_id` was taken, in nanoseconds since the Unix epoch.
+    pub fn snap_timestamp_nanos(&self, snap_id: u64) -> Result<i64> {
+        let (secs, nanos) = self
+            .raw
+            .snap_timestamp(snap_id)
+            .map_err(|e| Error::new("rbd snap get timestamp", e, self.ctx()))?;
+        Ok(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
+    }
+
     /// Protects snapshot `snap` (needed for clone format 1 only).
     pub fn snap_protect(&self, snap: &str) -> Result<()> {
         self.raw

@@ -458,6 +458,8 @@ ceph_api! {
         max_snaps: *mut c_int,
     ) -> c_int;
     fn rbd_snap_list_end(snaps: *mut rbd_snap_info_t);
+    fn rbd_snap_get_timestamp(image: rbd_image_t, snap_id: u64, timestamp: *mut libc::timespec)
+        -> c_int;
     fn rbd_snap_create2(
         image: rbd_image_t,
         snapname: *const c_char,
@@ -1558,6 +1560,17 @@ impl Image {
             return Ok(out);
         }
         Err(libc::ERANGE)
+    }
+
+    /// Creation time of snapshot `snap_id` as (seconds, nanoseconds) since the epoch.
+    pub(crate) fn snap_timestamp(&self, snap_id: u64) -> SysResult<(i64, i64)> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid image and out-pointer.
+        rc(unsafe { rbd_snap_get_timestamp(self.ptr, snap_id, &mut ts) })?;
+        Ok((ts.tv_sec, ts.tv_nsec))
     }
 
     pub(crate) fn flatten(&self) -> SysResult<()> {

@@ -558,6 +558,11 @@ impl Controller for RbdController {
                     .get(&src.uuid)
                     .map_err(|e| image::jerr("read volume journal", e))?
                     .ok_or_else(not_found)?;
+                image::refuse_encrypted(
+                    Some(&attrs),
+                    None,
+                    &format!("source volume {source_volume_id}"),
+                )?;
                 let source_image = attrs
                     .get(journal::IMAGE_NAME)
                     .cloned()
@@ -676,7 +681,7 @@ impl Controller for RbdController {
                         if !attrs.contains_key(journal::IMAGE_ID) {
                             continue; // not finished
                         }
-                        let info = image::snapshot_info(&uuid, &attrs);
+                        let info = image::read_snapshot_info(&place, &uuid, &attrs);
                         let source_id = uuid_tail(&info.source_image)
                             .and_then(|u| CsiId::new(&cid, place.pool_id, u).ok());
                         if let Some(want) = &filter_source {

@@ -15,7 +15,12 @@ use tonic::Status;
 /// Journal key (ours, ignored by ceph-csi) holding the content source of a volume, so a
 /// retried CreateVolume can tell a compatible request from a conflicting one.
 pub const SOURCE_KEY: &str = "csi.ferroceph.source";
-/// Journal keys of a snapshot: creation time (unix nanoseconds) and size in bytes.
+/// Journal key (ours) marking a volume entry this driver wrote. An entry that lacks it and
+/// `csi.imageid` was written by ceph-csi (before v3.0 it never recorded the id): its image
+/// may hold data and is adopted, never remade as an unfinished one of ours would be.
+pub const DRIVER_KEY: &str = "csi.ferroceph.driver";
+/// Journal keys of a snapshot: creation time (unix nanoseconds) and size in bytes. Every
+/// snapshot entry this driver writes has the creation time; one without it is ceph-csi's.
 pub const CREATED_KEY: &str = "csi.ferroceph.created";
 pub const SIZE_KEY: &str = "csi.ferroceph.size";
 
@@ -467,6 +472,7 @@ fn image_spec(io: &IoCtx, image: &str) -> String {
 /// The journal keys a new volume entry starts with (the name key is added by the journal).
 fn new_volume_attrs(spec: &CreateSpec<'_>, uuid: &str) -> Attrs {
     let mut attrs = Attrs::new();
+    attrs.insert(DRIVER_KEY.to_string(), "ferroceph".to_string());
     if let Some(ns) = &spec.params.pvc_namespace {
         attrs.insert(journal::OWNER.to_string(), ns.clone());
     }
@@ -601,6 +607,10 @@ pub fn create_volume(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Created
                     size,
                 });
             }
+        } else if entry.attr(DRIVER_KEY).is_none() {
+            if let Some(created) = adopt_volume(place, &journal, entry, &image, spec)? {
+                return Ok(created);
+            }
         }
     }
     // Everything that can make the request fail for good is checked before reserving.
@@ -653,6 +663,88 @@ pub fn create_volume(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Created
     }
 }
 
+/// Takes over ceph-csi's entry without an image id: its image (if it exists) is the
+/// volume, possibly in use, so its id is recorded and it is handed out as it is. None when
+/// the image does not exist (ceph-csi never made it): then it is made as usual.
+fn adopt_volume(
+    place: &Place<'_>,
+    journal: &Journal<'_>,
+    entry: &Entry,
+    image: &str,
+    spec: &CreateSpec<'_>,
+) -> Result<Option<Created>, Status> {
+    let Some(img) = place.open_read_only(image)? else {
+        return Ok(None);
+    };
+    let size = img.size().map_err(|e| status("stat image", &e))?;
+    if !validate::size_fits(size, spec.range) {
+        return Err(Status::already_exists(format!(
+            "volume {:?} already exists with size {size}, which does not fit the requested range",
+            spec.name
+        )));
+    }
+    let id = img.id().map_err(|e| status("read image id", &e))?;
+    journal
+        .set_attrs(&entry.uuid, &[(journal::IMAGE_ID, id.as_str())])
+        .map_err(|e| jerr("journal record", e))?;
+    tracing::info!(
+        image,
+        "adopted a ceph-csi journal entry that had no image id"
+    );
+    Ok(Some(Created {
+        uuid: entry.uuid.clone(),
+        image: image.to_string(),
+        size,
+    }))
+}
+
+/// Image metadata keys where ceph-csi records that an image is (to be) LUKS-encrypted:
+/// the current one and the one before v3.4.
+const META_ENCRYPTED: [&str; 2] = ["rbd.csi.ceph.com/encrypted", ".rbd.csi.ceph.com/encrypted"];
+
+/// FailedPrecondition for a ceph-csi encrypted volume or snapshot (a KMS in its journal
+/// entry, or an encryption state in the image's metadata): its data is a LUKS container
+/// that this driver cannot open yet, so it must not be snapshotted, cloned or staged.
+pub(crate) fn refuse_encrypted(
+    attrs: Option<&Attrs>,
+    img: Option<&Image>,
+    what: &str,
+) -> Result<(), Status> {
+    let kms = attrs
+        .and_then(|a| a.get(journal::ENCRYPT_KMS))
+        .filter(|k| !k.is_empty());
+    let state = match img {
+        Some(img) => {
+            let mut found = None;
+            for key in META_ENCRYPTED {
+                match img.metadata_get(key) {
+                    Ok(Some(v)) if !v.is_empty() => {
+                        found = Some(v);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(status("read the image's encryption state", &e)),
+                }
+            }
+            found
+        }
+        None => None,
+    };
+    if kms.is_none() && state.is_none() {
+        return Ok(());
+    }
+    let how = match (kms, state) {
+        (Some(k), _) => format!("KMS {k:?}"),
+        (None, Some(s)) => format!("state {s:?}"),
+        (None, None) => String::new(),
+    };
+    Err(Status::failed_precondition(format!(
+        "{what} is encrypted by ceph-csi ({how}); ferroceph does not implement encryption yet, \
+         so it cannot snapshot, clone or stage it: keep ceph-csi for encrypted volumes"
+    )))
+}
+
 /// The image (and for snapshots the same-named snapshot on it) a new volume clones.
 enum Parent {
     Snapshot(String),
@@ -693,6 +785,11 @@ fn plan_source(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Option<Parent
         .cloned()
         .unwrap_or_else(|| format!("{prefix}{uuid}"));
     let img = place.open_read_only(&image)?.ok_or_else(missing)?;
+    refuse_encrypted(
+        Some(&attrs),
+        Some(&img),
+        &format!("{what} {}", spec.source_id),
+    )?;
     let size = img
         .size()
         .map_err(|e| status("stat the content source", &e))?;
@@ -853,6 +950,84 @@ pub fn snapshot_info(uuid: &str, attrs: &Attrs) -> SnapshotInfo {
     }
 }
 
+/// A snapshot's size and creation time: from our journal keys, or for a snapshot ceph-csi
+/// made (which has none of them) from the snapshot on its image.
+pub fn read_snapshot_info(place: &Place<'_>, uuid: &str, attrs: &Attrs) -> SnapshotInfo {
+    let mut info = snapshot_info(uuid, attrs);
+    if attrs.contains_key(SIZE_KEY) && attrs.contains_key(CREATED_KEY) {
+        return info;
+    }
+    let image = attrs
+        .get(journal::IMAGE_NAME)
+        .cloned()
+        .unwrap_or_else(|| format!("{}{uuid}", crate::rbd::params::DEFAULT_SNAP_PREFIX));
+    let Ok(Some(img)) = place.open_read_only(&image) else {
+        return info;
+    };
+    match img.snap_list() {
+        Ok(snaps) => {
+            if let Some(snap) = snaps.iter().find(|s| s.name == image) {
+                info.size = snap.size;
+                match img.snap_timestamp_nanos(snap.id) {
+                    Ok(t) => info.created_nanos = t,
+                    Err(e) => tracing::debug!(image, "snapshot time unknown: {e}"),
+                }
+            }
+        }
+        Err(e) => tracing::debug!(image, "snapshot size unknown: {e}"),
+    }
+    info
+}
+
+/// Takes over ceph-csi's snapshot entry without an image id (ceph-csi died before recording
+/// it): its clone image holds the snapshot's data and may have restored volumes, so it is
+/// finished the way ceph-csi would (snapshot on the clone, temporary snapshot on the source
+/// gone, id recorded), never remade. None when the clone does not exist: made as usual.
+fn adopt_snapshot(
+    place: &Place<'_>,
+    journal: &Journal<'_>,
+    entry: &Entry,
+    source_image: &str,
+    prefix: &str,
+) -> Result<Option<SnapshotInfo>, Status> {
+    let image = entry_image(entry, prefix);
+    let Some(img) = place.open_read_only(&image)? else {
+        return Ok(None);
+    };
+    let snaps = img
+        .snap_list()
+        .map_err(|e| status("list snapshots of the snapshot image", &e))?;
+    let id = img.id().map_err(|e| status("read image id", &e))?;
+    drop(img);
+    if !snaps.iter().any(|s| s.name == image) {
+        let img = place
+            .open(&image)?
+            .ok_or_else(|| Status::aborted(format!("snapshot image {image} vanished; retry")))?;
+        ok_if_exists(img.snap_create(&image), "snapshot the snapshot image")?;
+    }
+    if let Some(src) = place.open_read_only(source_image)? {
+        let leftover = src
+            .snap_list()
+            .map_err(|e| status("list snapshots of the source volume", &e))?
+            .iter()
+            .any(|s| s.name == image);
+        drop(src);
+        if leftover {
+            if let Some(src) = place.open(source_image)? {
+                ok_if_missing(src.snap_remove(&image), "remove the temporary snapshot")?;
+            }
+        }
+    }
+    journal
+        .set_attrs(&entry.uuid, &[(journal::IMAGE_ID, id.as_str())])
+        .map_err(|e| jerr("journal record", e))?;
+    tracing::info!(
+        image,
+        "adopted a ceph-csi snapshot entry that had no image id"
+    );
+    Ok(Some(read_snapshot_info(place, &entry.uuid, &entry.attrs)))
+}
+
 /// ceph-csi's snapshot layout: a temporary snapshot of the source, a clone of it named
 /// `csi-snap-<uuid>` that keeps the data when the source goes away, and a snapshot of the
 /// same name on that clone that restores clone from.
@@ -874,12 +1049,20 @@ pub fn create_snapshot(
         if entry.attr(journal::IMAGE_ID).is_some()
             && place.open_read_only(&entry_image(entry, prefix))?.is_some()
         {
-            return Ok(snapshot_info(&entry.uuid, &entry.attrs));
+            return Ok(read_snapshot_info(place, &entry.uuid, &entry.attrs));
+        }
+        if entry.attr(CREATED_KEY).is_none() {
+            if let Some(info) = adopt_snapshot(place, &journal, entry, source_image, prefix)? {
+                return Ok(info);
+            }
         }
     }
     // Read-only until a write is due: an open for writing registers a watch, and a watch
     // left by a crashed process stalls other writers until Ceph expires it.
     let src = place.open_read_only(source_image)?;
+    if let Some(src) = &src {
+        refuse_encrypted(None, Some(src), &format!("volume image {source_image}"))?;
+    }
     let snap_image_known = found.as_ref().map(|e| entry_image(e, prefix));
     // An unfinished snapshot image from an interrupted attempt is made again (see
     // discard_unfinished): it was never handed out.
@@ -1219,10 +1402,27 @@ pub fn delete_volume(place: &Place<'_>, uuid: &str) -> Result<(), Status> {
     } else if let Some(id) = attrs.as_ref().and_then(|a| a.get(journal::IMAGE_ID)) {
         finish_trashed(place, id);
     }
+    remove_temp_clone(place, &format!("{image}-temp"))?;
     journal
         .release(uuid, None)
         .map_err(|e| jerr("remove journal entry", e))?;
     crash_point("delete.released");
+    Ok(())
+}
+
+/// ceph-csi clones a volume through a temporary clone of the source named
+/// `<image>-temp`, which stays as the new image's parent; it goes with its child. If the
+/// child still sits in the trash (clones of its own), the temp clone waits in the trash
+/// too and goes with the chain.
+fn remove_temp_clone(place: &Place<'_>, temp: &str) -> Result<(), Status> {
+    let Some(img) = place.open_read_only(temp)? else {
+        return Ok(());
+    };
+    let parent = img.parent().map_err(|e| status("read image parent", &e))?;
+    let id = img.id().map_err(|e| status("read image id", &e))?;
+    drop(img);
+    trash_image(place, temp, &id)?;
+    purge_parent(place, parent);
     Ok(())
 }
 
