@@ -32,6 +32,7 @@ const ALL: &[&str] = &[
     "krbd_raw_block_lifecycle",
     "krbd_refuses_features_the_kernel_lacks",
     "krbd_rwo_volume_refused_on_a_second_node",
+    "krbd_reuses_only_a_matching_mapping",
     "nbd_ext4_filesystem_lifecycle",
     "nbd_xfs_filesystem_lifecycle",
     "nbd_raw_block_lifecycle",
@@ -651,6 +652,66 @@ fn krbd_rwo_volume_refused_on_a_second_node() {
         unstage(&mut na, &v, &sa).await;
         stage(&mut nb, &v, &sb, &cap).await;
         unstage(&mut nb, &v, &sb).await;
+        assert_node_clean(&n, &v.image, &root);
+        ctl.delete_volume(del_req(&v.id))
+            .await
+            .expect("DeleteVolume");
+    });
+}
+
+/// A leftover krbd mapping of the image is reused only when it is what the stage needs: a
+/// read-only mapping (made by hand here, as an administrator or a reader would) is never
+/// handed to a read-write stage, which maps its own writable device.
+#[test]
+fn krbd_reuses_only_a_matching_mapping() {
+    scenario("krbd_reuses_only_a_matching_mapping", ALL, || async {
+        let n = rbd_nodes();
+        let mut scratch = Scratch::new();
+        let root = scratch.dir.path().to_path_buf();
+        let mut ctl = n.a.controller().await;
+        let mut na = n.a.node().await;
+        let v = create_rbd(&mut ctl, &mut scratch, 32 * MIB, &[("mounter", "krbd")]).await;
+        let conf = cluster().get("FERRO_CEPH_CONF");
+        let out = Command::new("rbd")
+            .args(["-c", &conf, "map", "-o", "noudev", "--read-only"])
+            .arg(format!("{}/{}", cluster().get("FERRO_RBD_POOL"), v.image))
+            .output()
+            .expect("rbd map");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ro_dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let cap = block_cap(Mode::SingleNodeWriter);
+        let sa = root.join("globalmount");
+        stage(&mut na, &v, &sa, &cap).await;
+        let dev = ferroceph::node::record::read(&sa)
+            .expect("record")
+            .expect("staged")
+            .device
+            .expect("device");
+        assert_ne!(
+            dev, ro_dev,
+            "the read-only mapping was reused for a read-write stage"
+        );
+        let ro_flag = |d: &str| {
+            std::fs::read_to_string(format!("/sys/block/{}/ro", d.trim_start_matches("/dev/")))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(ro_flag(&dev), "0", "the staged device is read-only");
+        unstage(&mut na, &v, &sa).await;
+        let out = Command::new("rbd")
+            .args(["-c", &conf, "unmap", "-o", "noudev", &ro_dev])
+            .output()
+            .expect("rbd unmap");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_node_clean(&n, &v.image, &root);
         ctl.delete_volume(del_req(&v.id))
             .await
