@@ -1,5 +1,6 @@
-//! The controller rules csi-sanity checks (the suite itself is not installable here),
-//! each with the gRPC code the CSI spec names.
+//! Rules the community conformance suite (csi-sanity) checks, each with the gRPC code the
+//! CSI spec names, so CI holds them without the suite (a Go program built from fetched
+//! sources, run by hand).
 
 mod common;
 use common::*;
@@ -263,5 +264,66 @@ async fn snapshot_and_expand_idempotency_rules() {
     .unwrap();
     for v in [a, b] {
         ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
+    }
+}
+
+/// csi-sanity's "should fail when volume is not found" and "... does not exist on the
+/// specified path": a volume_path that cannot hold the volume (relative, or nothing there)
+/// answers NotFound, for a real and for an unknown volume id; an empty one is still
+/// InvalidArgument.
+#[tokio::test]
+async fn node_stats_and_expand_of_a_missing_volume_answer_not_found() {
+    for kind in ["rbd", "cephfs"] {
+        let d = Driver::start(
+            &[
+                &format!("--type={kind}"),
+                "--nodeserver=true",
+                "--nodeid=rules",
+            ],
+            &[],
+        );
+        let mut node = d.node().await;
+        let real = format!(
+            "0001-0024-{}-0000000000000001-00000000-0000-0000-0000-000000000001",
+            cluster().fsid()
+        );
+        let missing = d.dir.path().join("no-such-volume");
+        for vid in [real.as_str(), "fake-vol-id"] {
+            for path in ["some/path", &missing.display().to_string()] {
+                let e = node
+                    .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                        volume_id: vid.into(),
+                        volume_path: path.into(),
+                        staging_target_path: String::new(),
+                    })
+                    .await
+                    .expect_err("stats of a missing volume");
+                assert_eq!(e.code(), Code::NotFound, "{kind} stats {vid} {path}: {e:?}");
+                if kind == "rbd" {
+                    let e = node
+                        .node_expand_volume(pb::NodeExpandVolumeRequest {
+                            volume_id: vid.into(),
+                            volume_path: path.into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect_err("expansion of a missing volume");
+                    assert_eq!(
+                        e.code(),
+                        Code::NotFound,
+                        "{kind} expand {vid} {path}: {e:?}"
+                    );
+                }
+            }
+        }
+        let e = node
+            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: real.clone(),
+                volume_path: String::new(),
+                staging_target_path: String::new(),
+            })
+            .await
+            .expect_err("no path");
+        assert_eq!(e.code(), Code::InvalidArgument, "{kind}: {e:?}");
     }
 }

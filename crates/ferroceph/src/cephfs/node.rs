@@ -559,7 +559,7 @@ impl Node for CephFsNode {
         crate::server::note_volume(&request.get_ref().volume_id);
         let req = request.into_inner();
         validate::id(&req.volume_id, "volume_id")?;
-        let path = mount::check_path(&req.volume_path, "volume_path")?;
+        let path = mount::volume_path(&req.volume_path, &req.volume_id)?;
         // A dead FUSE mount fails even lstat with ENOTCONN, so existence is judged from
         // the mount table first.
         let mounted = mount::is_mount_point(&path).unwrap_or(false);

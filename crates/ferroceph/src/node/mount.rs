@@ -119,6 +119,22 @@ pub fn check_path(path: &str, what: &str) -> Result<PathBuf, tonic::Status> {
     Ok(p.to_path_buf())
 }
 
+/// The `volume_path` of NodeGetVolumeStats and NodeExpandVolume: required, and a path that
+/// cannot hold the volume (relative, with `..`) holds none of it, which the spec answers
+/// with NotFound ("the volume does not exist on the specified path"). Nothing is ever done
+/// with such a path.
+pub fn volume_path(path: &str, volume_id: &str) -> Result<PathBuf, tonic::Status> {
+    if path.is_empty() {
+        return Err(tonic::Status::invalid_argument("volume_path is required"));
+    }
+    check_path(path, "volume_path").map_err(|e| {
+        tonic::Status::not_found(format!(
+            "volume {volume_id} is not at {path:?}: {}",
+            e.message()
+        ))
+    })
+}
+
 /// Refuses a path whose existing parent chain goes through a symlink, so a mount can not
 /// be redirected outside the directory kubelet named.
 pub fn check_no_symlinks(path: &Path, what: &str) -> Result<(), tonic::Status> {

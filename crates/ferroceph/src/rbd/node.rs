@@ -1069,7 +1069,7 @@ impl Inner {
     ) -> Result<pb::NodeGetVolumeStatsResponse, Status> {
         use pb::volume_usage::Unit;
         validate::id(&req.volume_id, "volume_id")?;
-        let path = mount::check_path(&req.volume_path, "volume_path")?;
+        let path = mount::volume_path(&req.volume_path, &req.volume_id)?;
         let p = path.clone();
         let what = format!("stat of {}", path.display());
         match stats::bounded(PROBE_TIMEOUT, &what, move || std::fs::symlink_metadata(&p)).await {
@@ -1156,7 +1156,7 @@ impl Inner {
     async fn expand(&self, req: pb::NodeExpandVolumeRequest) -> Result<i64, Status> {
         let vid = req.volume_id.as_str();
         validate::id(vid, "volume_id")?;
-        let path = mount::check_path(&req.volume_path, "volume_path")?;
+        let path = mount::volume_path(&req.volume_path, &req.volume_id)?;
         let want = req
             .capacity_range
             .as_ref()
