@@ -1391,3 +1391,86 @@ async fn node_plugin_restart_keeps_or_heals_a_staged_fuse_volume() {
     assert_no_secrets(&d);
     eprintln!("restart test: {:?}", t0.elapsed());
 }
+
+/// A snapshot ceph-csi made (a subvolume snapshot and a journal entry without our size and
+/// time keys) reports the source's size and the snapshot's creation time, not 0 and 1970.
+#[tokio::test]
+async fn cephcsi_snapshot_reports_real_size_and_time() {
+    let d = fs_driver(true, None);
+    let mut ctl = d.controller().await;
+    let src = ctl
+        .create_volume(fs_create(&unique("pvc-fs-csisnap"), 16 * MIB))
+        .await
+        .expect("source")
+        .into_inner()
+        .volume
+        .unwrap();
+    let sub = src.volume_context["subvolumeName"].clone();
+    let name = unique("snap-fs-cephcsi");
+    let suuid = uuid::Uuid::new_v4().to_string();
+    let snap = format!("csi-snap-{suuid}");
+    mgr(json!({"prefix": "fs subvolume snapshot create", "sub_name": sub, "group_name": GROUP, "snap_name": snap}))
+        .expect("snapshot");
+    let taken = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let c = admin();
+    let io = c.ioctx("cephfs_metadata", "csi").expect("metadata pool");
+    io.create_with_omap(
+        &format!("csi.snap.{suuid}"),
+        &[
+            ("csi.snapname", name.as_bytes()),
+            ("csi.imagename", snap.as_bytes()),
+            ("csi.source", sub.as_bytes()),
+        ],
+    )
+    .unwrap();
+    io.omap_set(
+        "csi.snaps.default",
+        &[(format!("csi.snap.{name}").as_str(), suuid.as_bytes())],
+    )
+    .unwrap();
+    let fscid = &src.volume_id[src.volume_id.len() - 53..src.volume_id.len() - 37];
+    let sid = format!(
+        "{}-{fscid}-{suuid}",
+        &src.volume_id[..src.volume_id.len() - 54]
+    );
+
+    let created = ctl.create_snapshot(snap_req(&name, &src.volume_id)).await;
+    let listed = ctl
+        .list_snapshots(pb::ListSnapshotsRequest {
+            snapshot_id: sid.clone(),
+            secrets: fs_secrets(),
+            ..Default::default()
+        })
+        .await;
+    ctl.delete_snapshot(del_snap(&sid))
+        .await
+        .expect("delete snapshot");
+    ctl.delete_volume(del(&src.volume_id))
+        .await
+        .expect("delete source");
+    let s = created
+        .expect("create finds the snapshot")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(s.snapshot_id, sid);
+    let l = listed
+        .expect("list")
+        .into_inner()
+        .entries
+        .into_iter()
+        .next()
+        .and_then(|e| e.snapshot)
+        .expect("listed");
+    for (what, s) in [("CreateSnapshot", s), ("ListSnapshots", l)] {
+        assert_eq!(s.size_bytes, 16 * MIB, "{what} size");
+        let t = s.creation_time.unwrap_or_default().seconds;
+        assert!(
+            (t - taken).abs() < 120,
+            "{what} creation time {t}, taken at {taken}"
+        );
+    }
+}

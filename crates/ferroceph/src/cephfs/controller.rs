@@ -642,7 +642,7 @@ impl Controller for CephFsController {
                         if !attrs.contains_key(journal::SOURCE) {
                             continue;
                         }
-                        let info = subvolume::snapshot_info(&uuid, &attrs);
+                        let info = subvolume::read_snapshot_info(&place, &uuid, &attrs);
                         let source_id = uuid_tail(&info.source_sub)
                             .and_then(|u| CsiId::new(&cid, place.fs.fscid, u).ok());
                         if let Some(want) = &filter_source {

@@ -989,6 +989,51 @@ pub fn snapshot_info(uuid: &str, attrs: &Attrs) -> SnapshotInfo {
     }
 }
 
+/// A snapshot's size and creation time: from our journal keys, or for a snapshot ceph-csi
+/// made (which has none of them) from `fs subvolume snapshot info` and the source's quota
+/// (what ceph-csi reports as a snapshot's size).
+pub fn read_snapshot_info(place: &FsPlace<'_>, uuid: &str, attrs: &Attrs) -> SnapshotInfo {
+    if attrs.contains_key(SIZE_KEY) && attrs.contains_key(CREATED_KEY) {
+        return snapshot_info(uuid, attrs);
+    }
+    let Some(r) = place.snapshot_ref(uuid, attrs) else {
+        return snapshot_info(uuid, attrs);
+    };
+    match place.mgr().snapshot_info(&r.group, &r.sub, &r.snap) {
+        Ok(Some(v)) => complete_snapshot_info(place, uuid, attrs, &r, &v),
+        Ok(None) => snapshot_info(uuid, attrs),
+        Err(e) => {
+            tracing::debug!(snapshot = %r.snap, "snapshot size and time unknown: {e}");
+            snapshot_info(uuid, attrs)
+        }
+    }
+}
+
+/// Fills what the journal lacks from `fs subvolume snapshot info` (`v`).
+fn complete_snapshot_info(
+    place: &FsPlace<'_>,
+    uuid: &str,
+    attrs: &Attrs,
+    r: &SnapRef,
+    v: &Value,
+) -> SnapshotInfo {
+    let mut info = snapshot_info(uuid, attrs);
+    if !attrs.contains_key(CREATED_KEY) {
+        info.created_nanos = v["created_at"]
+            .as_str()
+            .and_then(parse_ceph_time)
+            .unwrap_or(0);
+    }
+    if !attrs.contains_key(SIZE_KEY) {
+        let quota = match place.mgr().info(&r.group, &r.sub) {
+            Ok(Some(i)) => i.quota,
+            _ => None,
+        };
+        info.size = quota.or_else(|| v["size"].as_u64()).unwrap_or(0);
+    }
+    info
+}
+
 /// Snapshots the subvolume of volume `source_uuid` as `<prefix><uuid>`.
 pub fn create_snapshot(
     place: &FsPlace<'_>,
@@ -1019,14 +1064,13 @@ pub fn create_snapshot(
                 .snapshot_info(&r.group, &r.sub, &r.snap)
                 .map_err(|e| merr("read the snapshot", &e))?
             {
-                let mut info = snapshot_info(&entry.uuid, &entry.attrs);
-                if info.created_nanos == 0 {
-                    info.created_nanos = v["created_at"]
-                        .as_str()
-                        .and_then(parse_ceph_time)
-                        .unwrap_or(0);
-                }
-                return Ok(info);
+                return Ok(complete_snapshot_info(
+                    place,
+                    &entry.uuid,
+                    &entry.attrs,
+                    &r,
+                    &v,
+                ));
             }
         }
     }
