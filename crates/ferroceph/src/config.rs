@@ -84,11 +84,15 @@ pub struct ClusterMap {
 }
 
 impl ClusterMap {
+    /// The map is read once right away, so that its problems and the settings in it that
+    /// ferroceph ignores are logged at start-up rather than at the first RPC.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        ClusterMap {
+        let map = ClusterMap {
             path: path.into(),
             cache: Mutex::new(None),
-        }
+        };
+        let _ = map.clusters();
+        map
     }
 
     pub fn path(&self) -> &Path {
@@ -171,7 +175,76 @@ fn load(path: &Path) -> Result<Vec<ClusterInfo>, ConfigError> {
         path: p.clone(),
         reason: e.to_string(),
     })?;
-    parse(&text).map_err(|reason| ConfigError::Invalid { path: p, reason })
+    let clusters = parse(&text).map_err(|reason| ConfigError::Invalid {
+        path: p.clone(),
+        reason,
+    })?;
+    for (cluster, key) in ignored_keys(&text) {
+        tracing::warn!(
+            cluster = %cluster,
+            "{p}: {key} is set but not implemented by ferroceph; ignored"
+        );
+    }
+    Ok(clusters)
+}
+
+/// Settings of ceph-csi's cluster map that ferroceph reads.
+const IMPLEMENTED: &[&str] = &[
+    "clusterID",
+    "monitors",
+    "rbd.radosNamespace",
+    "cephFS.subvolumeGroup",
+    "cephFS.kernelMountOptions",
+    "cephFS.fuseMountOptions",
+    "cephFS.radosNamespace",
+];
+
+/// (clusterID, dotted key) of every setting in the map that ferroceph does not implement
+/// (`netNamespaceFilePath`, `readAffinity`, `nfs`, ...). Settings left at an empty or false
+/// value change nothing and are not listed.
+fn ignored_keys(text: &str) -> Vec<(String, String)> {
+    fn is_unset(v: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match v {
+            Value::Null | Value::Bool(false) => true,
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.values().all(is_unset),
+            Value::Number(_) | Value::Bool(true) => false,
+        }
+    }
+    let Ok(serde_json::Value::Array(entries)) = serde_json::from_str(text) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in &entries {
+        let Some(obj) = entry.as_object() else {
+            continue;
+        };
+        let cluster = obj
+            .get("clusterID")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        for (k, v) in obj {
+            match v.as_object() {
+                Some(inner) if k == "rbd" || k == "cephFS" => {
+                    for (ik, iv) in inner {
+                        let key = format!("{k}.{ik}");
+                        if !IMPLEMENTED.contains(&key.as_str()) && !is_unset(iv) {
+                            out.push((cluster.clone(), key));
+                        }
+                    }
+                }
+                _ => {
+                    if !IMPLEMENTED.contains(&k.as_str()) && !is_unset(v) {
+                        out.push((cluster.clone(), k.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 pub fn parse(text: &str) -> Result<Vec<ClusterInfo>, String> {
@@ -210,6 +283,30 @@ mod tests {
         assert_eq!(c[0].cephfs.kernel_mount_options, "ms_mode=secure");
         assert_eq!(c[1].subvolume_group(), "csi");
         assert_eq!(c[1].rbd, RbdConfig::default());
+    }
+
+    #[test]
+    fn names_the_settings_it_ignores() {
+        assert!(
+            ignored_keys(SAMPLE).is_empty(),
+            "{:?}",
+            ignored_keys(SAMPLE)
+        );
+        let map = r#"[{"clusterID": "a", "monitors": ["m:1"],
+            "rbd": {"radosNamespace": "x", "netNamespaceFilePath": "/run/netns/a", "mirrorDaemonCount": 2},
+            "cephFS": {"subvolumeGroup": "g", "netNamespaceFilePath": ""},
+            "nfs": {"netNamespaceFilePath": "/run/netns/b"},
+            "readAffinity": {"enabled": true, "crushLocationLabels": ["zone"]}}]"#;
+        let keys: Vec<String> = ignored_keys(map).into_iter().map(|(_, k)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "nfs",
+                "rbd.mirrorDaemonCount",
+                "rbd.netNamespaceFilePath",
+                "readAffinity"
+            ]
+        );
     }
 
     #[test]

@@ -496,3 +496,29 @@ async fn dangling_directory_key_never_removes_another_names_entry() {
         "csi.snap.{other_uuid} of another name was removed"
     );
 }
+
+/// config.json keys of ceph-csi that ferroceph does not implement are named in the log at
+/// start-up as ignored, not silently dropped.
+#[tokio::test]
+async fn unimplemented_config_keys_are_logged_as_ignored() {
+    let mut d = Driver::start(&["--type=rbd", "--controllerserver=true"], &[]);
+    d.kill();
+    let c = cluster();
+    let map = serde_json::json!([{
+        "clusterID": c.fsid(),
+        "monitors": [c.monitors()],
+        "rbd": {"radosNamespace": "", "netNamespaceFilePath": "/var/run/netns/x.net"},
+        "readAffinity": {"enabled": true, "crushLocationLabels": ["topology.kubernetes.io/zone"]},
+    }]);
+    std::fs::write(&d.config, map.to_string()).unwrap();
+    d.spawn();
+    let _ctl = d.controller().await;
+    let log = d.log_text();
+    for key in ["rbd.netNamespaceFilePath", "readAffinity"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(key) && l.contains("ignored")),
+            "{key} not logged as ignored: {log}"
+        );
+    }
+}

@@ -1133,8 +1133,8 @@ pub fn delete_snapshot(place: &FsPlace<'_>, uuid: &str) -> Result<(), Status> {
             .snapshot_remove(&r.group, &r.sub, &r.snap)
             .map_err(|e| {
                 if e.errno == EAGAIN {
-                    Status::aborted(format!(
-                        "snapshot {} still has clones being made from it ({e}); retry when they are done",
+                    Status::failed_precondition(format!(
+                        "snapshot {} is in use: clones are still being made from it ({e}); retry when they are done",
                         r.snap
                     ))
                 } else {
