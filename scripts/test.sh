@@ -28,6 +28,10 @@ if ! cargo test --locked -p ferroceph --test soak -- --ignored --nocapture soak_
 fi
 grep -E '^(soak:|SOAK RESULT)' "$soak_log" || true
 rm -f "$soak_log"
+# The container image, built offline and smoke-run against the dev cluster: seconds when
+# nothing changed, ~3 min after a change to the driver (its release build), ~9 min cold.
+./scripts/image.sh build
+./scripts/image.sh smoke
 ./scripts/pool-check.sh check
 ./scripts/secrets-audit.sh
 # Each fuzz target briefly (scripts/fuzz.sh 3600 for a long hunt).
