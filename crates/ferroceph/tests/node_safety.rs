@@ -677,3 +677,64 @@ async fn cephfs_slow_mount_is_left_alone() {
     .await
     .expect("DeleteVolume");
 }
+
+/// A NodeStage killed while its mkfs runs (a plugin crash, a kill soak) leaves a blank
+/// volume with whatever mkfs had written: no known signature, not zeros. No pod has seen
+/// it (the stage never completed), so the retry formats it again instead of refusing it
+/// forever as "data of an unknown kind".
+#[tokio::test]
+async fn interrupted_mkfs_is_formatted_again() {
+    let mut s = Scratch::new();
+    let mut d = Driver::start(
+        &[
+            "--type=rbd",
+            "--controllerserver=true",
+            "--nodeserver=true",
+            "--nodeid=node-mkfs",
+        ],
+        &[("FERROCEPH_TEST_CRASH_AT", "stage.formatting")],
+    );
+    let mut ctl = d.controller().await;
+    let v = create(&mut ctl, &mut s, &unique("pvc-mkfs"), 32 * MIB).await;
+    let staging = s.path("a/globalmount");
+    let cap = mount_cap(Mode::SingleNodeWriter);
+    let mut node = d.node().await;
+    let _ = node
+        .node_stage_volume(stage_req(&v, &staging, cap.clone()))
+        .await;
+    assert!(
+        d.wait_exit(std::time::Duration::from_secs(30)).is_some(),
+        "the driver did not stop at the crash point"
+    );
+    let rec = record::read(&staging).expect("record").expect("a record");
+    assert!(rec.format_started, "the record does not say mkfs started");
+    // what a partly run mkfs leaves: some metadata, no complete signature
+    let dev = device_of(&staging);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dev)
+        .expect("open the device");
+    f.write_all(&[0xA5; 64 << 10]).expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
+
+    d.envs.clear();
+    d.spawn();
+    let mut node = d.node().await;
+    stage(&mut node, &v, &staging, cap.clone()).await;
+    let m = ferroceph::node::mount::mount_at(&staging)
+        .expect("mountinfo")
+        .expect("mounted");
+    assert_eq!(m.fs_type, "ext4");
+    assert!(
+        !record::read(&staging)
+            .expect("record")
+            .expect("a record")
+            .format_started
+    );
+    unstage(&mut node, &v, &staging).await;
+    let mut ctl = d.controller().await;
+    ctl.delete_volume(del_req(&v.id))
+        .await
+        .expect("DeleteVolume");
+}

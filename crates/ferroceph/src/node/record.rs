@@ -103,6 +103,11 @@ pub struct Record {
     pub fs_type: Option<String>,
     #[serde(default)]
     pub mount_options: Vec<String>,
+    /// mkfs was started on this volume after it was proven blank and has not finished. The
+    /// stage never completed, so no pod can have written to it: a retry formats it again
+    /// whatever an interrupted mkfs left on it.
+    #[serde(default)]
+    pub format_started: bool,
     /// Seconds since the epoch of the last update.
     #[serde(default)]
     pub updated: u64,
@@ -241,6 +246,7 @@ mod tests {
             block: false,
             fs_type: Some("ext4".into()),
             mount_options: vec![],
+            format_started: false,
             updated: 0,
         }
     }

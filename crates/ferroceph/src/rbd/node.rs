@@ -562,7 +562,15 @@ impl Inner {
             .clone()
             .ok_or_else(|| Status::internal("no device recorded"))?;
         let wanted = rec.fs_type.clone().unwrap_or_else(|| "ext4".into());
-        let fs = match format::probe(&dev, EXEC_TIMEOUT).await? {
+        let probe = format::probe(&dev, EXEC_TIMEOUT).await?;
+        let fs = match probe {
+            // Our own mkfs was interrupted (a kill, a deadline): whatever it left, no pod
+            // has seen the volume yet. Only a read that failed (an error above) stops this.
+            format::Probe::Filesystem(_) | format::Probe::Other(_) if rec.format_started => {
+                tracing::warn!(volume = %rec.volume_id, device = %dev, fs = %wanted, "an earlier mkfs of this blank volume did not finish: formatting again");
+                self.format(rec, &dev, &wanted, mkfs_options).await?;
+                wanted
+            }
             format::Probe::Filesystem(t) => {
                 if t != wanted {
                     tracing::warn!(volume = %rec.volume_id, found = %t, requested = %wanted, "the volume already holds a filesystem of another type; mounting it as it is");
@@ -583,7 +591,7 @@ impl Inner {
             }
             format::Probe::Blank => {
                 tracing::info!(volume = %rec.volume_id, device = %dev, fs = %wanted, "blank device: formatting");
-                format::mkfs(&wanted, &dev, mkfs_options, MKFS_TIMEOUT).await?;
+                self.format(rec, &dev, &wanted, mkfs_options).await?;
                 wanted
             }
         };
@@ -604,6 +612,22 @@ impl Inner {
             .map_err(|e| e.to_status())?;
         rec.fs_type = Some(fs);
         Ok(())
+    }
+
+    /// mkfs, with the record saying so while it runs (see [`Record::format_started`]).
+    async fn format(
+        &self,
+        rec: &mut Record,
+        dev: &str,
+        fs: &str,
+        mkfs_options: Option<&str>,
+    ) -> Result<(), Status> {
+        rec.format_started = true;
+        record::write(rec).map_err(internal)?;
+        crate::ceph::crash_point("stage.formatting");
+        format::mkfs(fs, dev, mkfs_options, MKFS_TIMEOUT).await?;
+        rec.format_started = false;
+        record::write(rec).map_err(internal)
     }
 
     async fn stage(&self, req: pb::NodeStageVolumeRequest) -> Result<(), Status> {
@@ -642,6 +666,8 @@ impl Inner {
 
         // The client of this staging path's own dead attachment, still listed as a watcher.
         let mut previous_client = Vec::new();
+        // and whether its mkfs was interrupted (the next attachment formats again)
+        let mut format_started = false;
         if let Some(mut rec) = record::read(&staging).map_err(Status::failed_precondition)? {
             if rec.volume_id != vid {
                 return Err(Status::already_exists(format!(
@@ -703,6 +729,7 @@ impl Inner {
                     self.attacher_for(&rec)?.detach(&rec).await?;
                     self.release_dead_lock(&rec, &creds).await;
                     previous_client.extend(rec.fuse.as_ref().and_then(|f| f.client_id));
+                    format_started = rec.format_started;
                     record::remove(&staging).map_err(internal)?;
                     self.set_broken(&staging, false);
                 }
@@ -740,6 +767,7 @@ impl Inner {
             block: summary.block,
             fs_type,
             mount_options: flags,
+            format_started,
             updated: 0,
         };
         self.attach(&mut rec, &creds.key, map_options.as_deref())
