@@ -2,6 +2,19 @@
 use std::process::Command;
 
 fn main() {
+    println!("cargo:rerun-if-env-changed=FERROCEPH_GIT_COMMIT");
+    // A build without the repository (a container build context) is told the commit.
+    if let Some(c) = std::env::var("FERROCEPH_GIT_COMMIT")
+        .ok()
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+    {
+        println!(
+            "cargo:rustc-env=FERROCEPH_GIT_COMMIT={}",
+            &c[..c.len().min(12)]
+        );
+        return;
+    }
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
@@ -25,4 +38,11 @@ fn main() {
     println!("cargo:rustc-env=FERROCEPH_GIT_COMMIT={commit}");
     println!("cargo:rerun-if-changed=../../.git/HEAD");
     println!("cargo:rerun-if-changed=../../.git/index");
+    // HEAD names the branch; a commit moves the branch's ref, not HEAD
+    if let Ok(head) = std::fs::read_to_string("../../.git/HEAD") {
+        if let Some(r) = head.trim().strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed=../../.git/{r}");
+        }
+    }
+    println!("cargo:rerun-if-changed=../../.git/packed-refs");
 }

@@ -363,6 +363,34 @@ async fn encrypted_cephcsi_volume_is_not_snapshotted_or_cloned() {
         )),
     });
     let cloned = ctl.create_volume(clone).await;
+    // a node must not hand the LUKS container to a pod
+    let node_d = Driver::start(
+        &["--type=rbd", "--nodeserver=true", "--nodeid=luks-node"],
+        &[],
+    );
+    let mut node = node_d.node().await;
+    let ctx: std::collections::HashMap<String, String> = [
+        ("clusterID", cluster().fsid()),
+        ("pool", "rbd".to_string()),
+        ("imageName", image.clone()),
+        ("encrypted", "true".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let staging = node_d.dir.path().join("globalmount");
+    let staged = node
+        .node_stage_volume(stage_req(
+            &vid,
+            &ctx,
+            &staging,
+            rwo(),
+            cluster().rbd_secrets(),
+        ))
+        .await;
+    if staged.is_ok() {
+        let _ = node.node_unstage_volume(unstage_req(&vid, &staging)).await;
+    }
     // clean up whatever was made
     if let Ok(s) = &snap {
         let sid = s.get_ref().snapshot.as_ref().unwrap().snapshot_id.clone();
@@ -376,6 +404,7 @@ async fn encrypted_cephcsi_volume_is_not_snapshotted_or_cloned() {
     for (what, r) in [
         ("CreateSnapshot", snap.map(|_| ())),
         ("CreateVolume from it", cloned.map(|_| ())),
+        ("NodeStageVolume", staged.map(|_| ())),
     ] {
         let e = r.expect_err(&format!("{what} of an encrypted volume succeeded"));
         assert_eq!(e.code(), Code::FailedPrecondition, "{what}: {e:?}");

@@ -641,6 +641,16 @@ impl Inner {
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         let summary: CapSummary = validate::capability(cap, &RBD_MODES).map_err(invalid)?;
         let ctx = &req.volume_context;
+        // ceph-csi's encrypted volumes hold a LUKS container: handing it to a pod as it is
+        // would show garbage and invite a format over the user's data.
+        if ctx
+            .get("encrypted")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        {
+            return Err(Status::failed_precondition(format!(
+                "volume {vid} is encrypted (ceph-csi's encrypted: \"true\"), and ferroceph does not implement volume encryption yet; stage it with ceph-csi, or copy its data to an unencrypted volume"
+            )));
+        }
         let creds = node_credentials(&req.secrets, ctx)?;
         let fs_type = if summary.block {
             None
