@@ -458,6 +458,15 @@ static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 tokio::task_local! {
     /// The RPC the current task serves, for metrics recorded deeper down.
     pub static RPC_METHOD: String;
+    /// When the current RPC's deadline passes.
+    static RPC_DEADLINE: Instant;
+}
+
+/// How long the current RPC may still take (None outside an RPC).
+pub fn time_left() -> Option<Duration> {
+    RPC_DEADLINE
+        .try_with(|d| d.saturating_duration_since(Instant::now()))
+        .ok()
 }
 
 /// Adds the volume (or request name) an RPC works on to its log lines.
@@ -542,7 +551,10 @@ where
         Box::pin(async move {
             let call = RPC_METHOD.scope(
                 method.clone(),
-                AssertUnwindSafe(inner.call(req).instrument(span.clone())).catch_unwind(),
+                RPC_DEADLINE.scope(
+                    started + deadline,
+                    AssertUnwindSafe(inner.call(req).instrument(span.clone())).catch_unwind(),
+                ),
             );
             let result = match tokio::time::timeout(deadline, call).await {
                 Ok(Ok(result)) => result,

@@ -31,6 +31,9 @@ struct Known {
     filesystems: BTreeSet<String>,
 }
 
+/// The longest a CreateVolume waits for a CephFS clone before answering Aborted.
+const CLONE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct CephFsController {
     instance: String,
     clusters: Arc<ClusterMap>,
@@ -182,6 +185,14 @@ impl Controller for CephFsController {
         let range = req.capacity_range;
         let p = params.clone();
         let src_id = source_id.clone();
+        // a clone may complete within the RPC (leaving time to answer); longer ones get
+        // Aborted and the CO's retry finds them done
+        let clone_wait = crate::server::time_left()
+            .map(|t| {
+                t.saturating_sub(std::time::Duration::from_secs(5))
+                    .min(CLONE_WAIT)
+            })
+            .unwrap_or_default();
         let (created, fscid) = self
             .ceph
             .run(cfg, move |cluster| {
@@ -212,6 +223,7 @@ impl Controller for CephFsController {
                     owner: p.pvc_namespace.as_deref(),
                     source,
                     source_id: &src_id,
+                    clone_wait,
                 };
                 let created = subvolume::create_volume(&place, &spec)?;
                 Ok((created, place.fs.fscid))

@@ -4,8 +4,8 @@
 //! filesystem's metadata pool, namespace `csi`) before touching Ceph, and each step is
 //! idempotent, so a retry after a crash at any point finishes the work or undoes it.
 //!
-//! Clones are asynchronous in Ceph: CreateVolume starts one and answers Aborted with the
-//! clone's state until it is complete; a failed or cancelled clone is removed with its
+//! Clones are asynchronous in Ceph: CreateVolume starts one, waits for it within part of
+//! the RPC's deadline, and answers Aborted with the clone's state while it is not complete; a failed or cancelled clone is removed with its
 //! journal entry and reported, so the next retry starts over cleanly.
 
 use crate::ceph::{crash_point, status};
@@ -544,6 +544,8 @@ pub struct CreateSpec<'a> {
     pub source: Source,
     /// The CSI id of the source, "" for blank.
     pub source_id: &'a str,
+    /// How long to wait for a clone to complete before answering Aborted.
+    pub clone_wait: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -583,6 +585,27 @@ fn existing(place: &FsPlace<'_>, group: &str, sub: &str, clone: bool) -> Result<
         // "not ready for operation info": a clone made without our marker (ceph-csi).
         Err(e) if e.errno == EAGAIN && !clone => existing(place, group, sub, true),
         Err(e) => Err(merr("read the subvolume", &e)),
+    }
+}
+
+/// [`existing`], waiting up to `wait` while a clone runs: a small clone completes in
+/// seconds, and answering Aborted at once sends the CO into its retry back-off (a small
+/// clone's PVC bound only after 17-20 s in Kubernetes).
+fn settle(
+    place: &FsPlace<'_>,
+    group: &str,
+    sub: &str,
+    clone: bool,
+    wait: std::time::Duration,
+) -> Result<Existing, Status> {
+    let until = std::time::Instant::now() + wait;
+    loop {
+        match existing(place, group, sub, clone)? {
+            Existing::Cloning(_) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_secs(1))
+            }
+            other => return Ok(other),
+        }
     }
 }
 
@@ -745,7 +768,7 @@ pub fn create_volume(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Creat
         }
         let (group, sub) = place.volume_names(&entry.uuid, &entry.attrs);
         let clone = entry.attrs.contains_key(CLONE_FROM_KEY);
-        match existing(place, &group, &sub, clone)? {
+        match settle(place, &group, &sub, clone, spec.clone_wait)? {
             Existing::Absent => {}
             Existing::Ready(info) => {
                 return finish(place, &journal, entry, spec, &group, &sub, info);
@@ -807,11 +830,12 @@ pub fn create_volume(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Creat
                 crash_point("cephfs.clone.started");
             }
         }
-        match existing(
+        match settle(
             place,
             &group,
             &sub,
             entry.attrs.contains_key(CLONE_FROM_KEY),
+            spec.clone_wait,
         )? {
             Existing::Ready(info) => Ok(Ok(info)),
             Existing::Cloning(state) => Ok(Err(state)),
