@@ -29,7 +29,8 @@ ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays the overlay's (writable, in memory): a checkout under the host's /tmp must stay
+# visible to the guest
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=0755 tmpfs /var/lib/kubelet 2>/dev/null || true
 # kubelet's mounts propagate both ways (Bidirectional), so node plugins in mount namespaces
