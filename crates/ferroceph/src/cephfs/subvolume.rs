@@ -1152,6 +1152,18 @@ pub fn delete_snapshot(place: &FsPlace<'_>, uuid: &str) -> Result<(), Status> {
         .get(uuid)
         .map_err(|e| jerr("read snapshot journal", e))?;
     if let Some(r) = attrs.as_ref().and_then(|a| place.snapshot_ref(uuid, a)) {
+        // Asked first, as ceph-csi does: the mgr may hold the removal until the clones are
+        // done and then remove it, after the CO gave up waiting.
+        let info = place
+            .mgr()
+            .snapshot_info(&r.group, &r.sub, &r.snap)
+            .map_err(|e| merr("read the snapshot", &e))?;
+        if info.is_some_and(|i| i["has_pending_clones"] == "yes") {
+            return Err(Status::failed_precondition(format!(
+                "snapshot {} is in use: clones are still being made from it; retry when they are done",
+                r.snap
+            )));
+        }
         place
             .mgr()
             .snapshot_remove(&r.group, &r.sub, &r.snap)
