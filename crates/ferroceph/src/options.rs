@@ -170,11 +170,13 @@ pub fn check_mkfs(fs_type: &str, options: &str) -> Result<Vec<String>, String> {
     while i < args.len() {
         let a = args[i].as_str();
         // `-X value` or `-Xvalue`
-        let (flag, attached) = if a.starts_with('-') && a.len() > 2 && !a.starts_with("--") {
-            (&a[..2], Some(&a[2..]))
-        } else {
-            (a, None)
-        };
+        // (byte 2 must start a character: `-é` is no flag plus value)
+        let (flag, attached) =
+            if a.starts_with('-') && a.len() > 2 && !a.starts_with("--") && a.is_char_boundary(2) {
+                (&a[..2], Some(&a[2..]))
+            } else {
+                (a, None)
+            };
         let value = |i: &mut usize| -> Result<String, String> {
             if let Some(v) = attached {
                 return Ok(v.to_string());
@@ -395,6 +397,15 @@ pub fn check_cephfs_mount(mounter: &str, list: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multibyte_after_a_dash_is_refused_not_a_panic() {
+        // found by the node_options fuzz target: bytes 0x2d 0xb2
+        for o in ["-\u{FFFD}", "-é", "-\u{FFFD}x", "-m\u{FFFD}"] {
+            assert!(check_mkfs("ext4", o).is_err(), "{o:?}");
+            assert!(check_mkfs("xfs", o).is_err(), "{o:?}");
+        }
+    }
 
     #[test]
     fn mkfs_allow_list() {
