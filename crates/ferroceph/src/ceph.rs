@@ -2,7 +2,8 @@
 //! `spawn_blocking`, and one mapping from Ceph errors to gRPC codes whose messages say what
 //! the driver was waiting for.
 
-use rados::{Cluster, ClusterPool, ConnectConfig, ErrorKind};
+use crate::error::Error;
+use rados::{Cluster, ClusterPool, ConnectConfig};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Status;
@@ -26,10 +27,10 @@ impl Ceph {
     }
 
     /// Runs `f` on a blocking thread with a pooled connection.
-    pub async fn run<T, F>(&self, cfg: ConnectConfig, f: F) -> Result<T, Status>
+    pub async fn run<T, F>(&self, cfg: ConnectConfig, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&Cluster) -> Result<T, Status> + Send + 'static,
+        F: FnOnce(&Cluster) -> Result<T, Error> + Send + 'static,
     {
         let pool = self.pool.clone();
         let op = crate::server::RPC_METHOD
@@ -39,11 +40,11 @@ impl Ceph {
         let result = tokio::task::spawn_blocking(move || {
             let cluster = pool
                 .get(&cfg)
-                .map_err(|e| status("connect to the cluster", &e))?;
+                .map_err(|e| Error::ceph("connect to the cluster", e))?;
             f(&cluster)
         })
         .await
-        .map_err(|e| Status::internal(format!("Ceph worker failed: {e}")))?;
+        .map_err(|e| Error::internal(format!("Ceph worker failed: {e}")))?;
         crate::metrics::get().ceph_op(&op, started.elapsed());
         result
     }
@@ -51,37 +52,7 @@ impl Ceph {
 
 /// Maps a Ceph error to the gRPC code a CO can act on. `what` says what we were doing.
 pub fn status(what: &str, e: &rados::Error) -> Status {
-    let msg = format!("{what}: {e}");
-    match e.kind() {
-        ErrorKind::NotFound => Status::not_found(msg),
-        ErrorKind::AlreadyExists => Status::already_exists(msg),
-        ErrorKind::PermissionDenied => Status::permission_denied(format!(
-            "{msg} (check the cephx user and key in the secret and the user's caps)"
-        )),
-        ErrorKind::TimedOut => Status::unavailable(format!("{msg} ({})", timed_out_hint(e))),
-        ErrorKind::Busy => Status::failed_precondition(msg),
-        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
-        _ => Status::internal(msg),
-    }
-}
-
-/// What a timed-out Ceph call waited for, from the kind of operation: connecting and mon
-/// commands wait for the monitor quorum, everything else for the OSDs serving the object.
-fn timed_out_hint(e: &rados::Error) -> &'static str {
-    let op = e.op.as_ref();
-    if op.contains("connect")
-        || op.contains("monitor")
-        || op.starts_with("mon")
-        || op.ends_with("fsid")
-    {
-        "no monitor answered in time: is the monitor quorum up?"
-    } else if op.starts_with("mgr") {
-        "the mgr did not answer in time (its volumes module waits for the MDS): are the mgr and the filesystem's MDS up?"
-    } else if op.starts_with("look up pool") {
-        "the cluster did not answer in time: are the monitors up?"
-    } else {
-        "waited for the OSDs: no OSD answered in time; are the OSDs up and the pool's PGs active?"
-    }
+    Error::ceph(what, e.clone()).into()
 }
 
 /// Test-only crash points: when FERROCEPH_TEST_CRASH_AT names this point the process
@@ -92,34 +63,5 @@ pub fn crash_point(name: &str) {
     if at.as_deref() == Some(name) {
         eprintln!("ferroceph: crash point {name} reached, aborting");
         std::process::abort();
-    }
-}
-
-#[cfg(test)]
-mod timeout_message_tests {
-    use super::*;
-
-    #[test]
-    fn a_timeout_names_what_it_waited_for() {
-        let osd = status(
-            "journal lookup",
-            &rados::Error::new(
-                "omap get",
-                libc::ETIMEDOUT,
-                "csi.volumes.default in pool rbd",
-            ),
-        );
-        assert_eq!(osd.code(), tonic::Code::Unavailable);
-        assert!(osd.message().contains("OSD"), "{}", osd.message());
-        let mon = status(
-            "read pool usage",
-            &rados::Error::new("mon command", libc::ETIMEDOUT, "df"),
-        );
-        assert_eq!(mon.code(), tonic::Code::Unavailable);
-        assert!(
-            mon.message().contains("monitor quorum"),
-            "{}",
-            mon.message()
-        );
     }
 }

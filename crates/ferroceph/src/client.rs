@@ -29,7 +29,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub secrets_file: Option<PathBuf>,
     /// Deadline of the call.
-    #[arg(long, default_value = "60s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
     pub timeout: Duration,
     #[arg(long)]
     pub name: Option<String>,

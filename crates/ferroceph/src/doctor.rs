@@ -11,8 +11,8 @@
 //!
 //! Keys are read from the secrets file only to connect; no message carries one.
 
-use crate::cli::parse_duration;
 use crate::config::{ClusterInfo, ClusterMap};
+use crate::duration::parse_duration;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -16,7 +16,7 @@
 //! unmount and exit after flushing; while a loop device still holds the file the unmount is
 //! retried, then made lazy so open users keep working until they let go.
 
-use crate::cli::parse_duration;
+use crate::duration::parse_duration;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, KernelConfig,
     LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,

@@ -8,6 +8,8 @@ pub mod client;
 pub mod config;
 pub mod doctor;
 pub mod driver;
+pub mod duration;
+pub mod error;
 pub mod fuse_export;
 pub mod identity;
 pub mod journal;

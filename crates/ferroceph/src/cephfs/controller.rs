@@ -6,6 +6,7 @@ use crate::cephfs::params::{
 };
 use crate::cephfs::subvolume::{self, CreateSpec, FsPlace, Source};
 use crate::config::{ClusterInfo, ClusterMap, ConfigError};
+use crate::error::Error;
 use crate::journal;
 use crate::listing::{
     controller_capabilities, invalid, page, snapshot_filter, timestamp, uuid_tail,
@@ -146,11 +147,12 @@ impl CephFsController {
                     None => Ok(None),
                     Some(place) => {
                         let name = place.fs.name.clone();
-                        f(&place).map(|t| Some((t, name)))
+                        f(&place).map(|t| Some((t, name))).map_err(Error::from)
                     }
                 }
             })
             .await
+            .map_err(Status::from)
     }
 }
 
@@ -202,7 +204,7 @@ impl Controller for CephFsController {
                     None => Source::Blank,
                     Some(src) => {
                         if src.id.location != place.fs.fscid {
-                            return Err(Status::invalid_argument(format!(
+                            return Err(Error::invalid(format!(
                                 "content source {src_id} lives in filesystem id {}, but the volume goes to {:?} (id {}); cloning across filesystems is not supported",
                                 src.id.location, p.fs_name, place.fs.fscid
                             )));

@@ -19,6 +19,7 @@ use crate::cephfs::params::{
 };
 use crate::cephfs::subvolume::{self, FsPlace};
 use crate::config::{ClusterInfo, ClusterMap, ConfigError};
+use crate::error::Error;
 use crate::locks::OpLocks;
 use crate::node::keyfile::KeyFile;
 use crate::node::{inuse, mount};
@@ -146,16 +147,17 @@ impl CephFsNode {
             .run(cfg, move |cluster| {
                 let place =
                     FsPlace::by_id(cluster, fscid, &ns, &instance, &group)?.ok_or_else(|| {
-                        Status::not_found(format!("the filesystem of volume {vid} does not exist"))
+                        Error::not_found(format!("the filesystem of volume {vid} does not exist"))
                     })?;
                 let path = subvolume::volume_path(&place, &uuid)?.ok_or_else(|| {
-                    Status::not_found(format!(
+                    Error::not_found(format!(
                         "volume {vid} has no subvolume path (missing or not ready)"
                     ))
                 })?;
                 Ok((place.fs.name.clone(), path))
             })
             .await
+            .map_err(Status::from)
     }
 
     /// Mounts the volume at the staging path, or confirms it is already mounted there.

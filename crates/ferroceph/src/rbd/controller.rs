@@ -2,6 +2,7 @@
 
 use crate::ceph::Ceph;
 use crate::config::{ClusterMap, ConfigError};
+use crate::error::Error;
 use crate::journal;
 use crate::listing::{
     controller_capabilities, invalid, page, snapshot_filter, timestamp, uuid_tail,
@@ -251,7 +252,7 @@ impl Controller for RbdController {
                     None => Source::Blank,
                     Some(src) => {
                         if src.id.location != place.pool_id {
-                            return Err(Status::invalid_argument(format!(
+                            return Err(Error::invalid(format!(
                                 "content source {src_id} lives in pool id {}, but the volume goes to pool {:?} (id {}); cloning across pools is not supported",
                                 src.id.location, p.pool, place.pool_id
                             )));
@@ -760,7 +761,7 @@ impl Controller for RbdController {
                     .get(journal::IMAGE_NAME)
                     .cloned()
                     .ok_or_else(not_found)?;
-                image::expand(&place, &img, size)
+                Ok(image::expand(&place, &img, size)?)
             })
             .await?;
         Ok(Response::new(pb::ControllerExpandVolumeResponse {

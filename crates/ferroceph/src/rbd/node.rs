@@ -16,6 +16,7 @@
 
 use crate::ceph::Ceph;
 use crate::config::{ClusterMap, ConfigError};
+use crate::error::Error;
 use crate::fuse_export::EXPORT_FILE;
 use crate::locks::OpLocks;
 use crate::node::record::{self, ImageLocation, Record, StageState, RECORD_VERSION};
@@ -474,7 +475,7 @@ impl Inner {
                     .ceph
                     .run(cfg, move |c| {
                         c.pool_name(id)
-                            .map_err(|e| crate::ceph::status("look up the volume's pool", &e))
+                            .map_err(Error::ceph_ctx("look up the volume's pool"))
                     })
                     .await?
             }
