@@ -55,6 +55,21 @@ pub fn status(what: &str, e: &rados::Error) -> Status {
     Error::ceph(what, e.clone()).into()
 }
 
+/// Bytes that can still be written to a pool (the `max_avail` of `ceph df`), 0 when the
+/// pool is not listed.
+pub(crate) fn pool_max_avail(cluster: &Cluster, pool_id: i64) -> Result<i64, Error> {
+    let out = cluster
+        .mon_command(r#"{"prefix": "df", "format": "json"}"#, &[])
+        .map_err(Error::ceph_ctx("read pool usage"))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.out)
+        .map_err(|e| Error::internal(format!("ceph df answered with invalid JSON: {e}")))?;
+    Ok(v["pools"]
+        .as_array()
+        .and_then(|pools| pools.iter().find(|p| p["id"].as_i64() == Some(pool_id)))
+        .and_then(|p| p["stats"]["max_avail"].as_i64())
+        .unwrap_or(0))
+}
+
 /// Test-only crash points: when FERROCEPH_TEST_CRASH_AT names this point the process
 /// aborts here, as a kill -9 would, so tests can prove every flow converges on retry.
 pub fn crash_point(name: &str) {

@@ -102,6 +102,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub reapinterval: Duration,
 
+    /// Controller: a directory holding a Secret's keys (the provisioner secret, mounted as a
+    /// volume; `<dir>/<clusterID>/` for one cluster), used by the RPCs that carry no
+    /// secrets (ListVolumes, ListSnapshots, GetCapacity, ControllerGetVolume) and by the
+    /// trash reaper, also after a restart.
+    #[arg(long)]
+    pub controllersecrets: Option<PathBuf>,
+
     /// Log format: text (one line per event) or json (one object per line).
     #[arg(long, value_enum, default_value = "text", env = "FERROCEPH_LOG_FORMAT")]
     pub logformat: LogFormat,

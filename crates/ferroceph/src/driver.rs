@@ -79,6 +79,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                         clusters.clone(),
                         ceph.clone(),
                         locks.clone(),
+                        args.controllersecrets.clone(),
                     ));
                     // retries removing deleted images a clone or a dead client's watch kept
                     // in the trash (--reapinterval); it was never started before
@@ -108,6 +109,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     clusters.clone(),
                     ceph.clone(),
                     locks.clone(),
+                    args.controllersecrets.clone(),
                 ))
             }))
             .add_optional_service(args.nodeserver.then(|| {

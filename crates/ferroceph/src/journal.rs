@@ -302,6 +302,19 @@ impl<'a> Journal<'a> {
         Ok(())
     }
 
+    /// Every directory entry (request name → uuid), read in batches.
+    pub fn list_all(&self) -> Result<Vec<(String, String)>, JournalError> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        loop {
+            let after = out.last().map(|(name, _)| name.clone()).unwrap_or_default();
+            let batch = self.list(&after, 1000)?;
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            out.extend(batch);
+        }
+    }
+
     /// Directory entries after `start_after` (request name → uuid), at most `max`.
     pub fn list(
         &self,

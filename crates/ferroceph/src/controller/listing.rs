@@ -1,16 +1,12 @@
 //! Shapes shared by the RBD and CephFS controllers: pagination tokens, timestamps,
 //! capability lists, and `<prefix><uuid>` names.
 
+use crate::error::{Error, Result};
 use crate::volid::CsiId;
 use csi::v1 as pb;
 use pb::controller_service_capability::rpc::Type as CapType;
-use tonic::Status;
 
-pub fn invalid(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
-pub fn timestamp(nanos: i64) -> pbjson_types::Timestamp {
+pub(crate) fn timestamp(nanos: i64) -> pbjson_types::Timestamp {
     pbjson_types::Timestamp {
         seconds: nanos.div_euclid(1_000_000_000),
         nanos: nanos.rem_euclid(1_000_000_000) as i32,
@@ -18,37 +14,41 @@ pub fn timestamp(nanos: i64) -> pbjson_types::Timestamp {
 }
 
 /// The uuid a `<prefix><uuid>` image or subvolume name ends with.
-pub fn uuid_tail(name: &str) -> Option<&str> {
+pub(crate) fn uuid_tail(name: &str) -> Option<&str> {
     let tail = name.get(name.len().checked_sub(36)?..)?;
     uuid::Uuid::parse_str(tail).ok().map(|_| tail)
 }
 
-/// One page of `items`: the token is the offset of the next page; a token that does not
-/// fit answers Aborted, as the spec asks.
-pub fn page<T: Clone>(items: &[T], token: &str, max: i32) -> Result<(Vec<T>, String), Status> {
-    let start: usize = if token.is_empty() {
+/// One page of `items` (sorted by `key`): the entries after the token, which is the key of
+/// the last entry of the previous page. Entries that come and go between pages never shift
+/// the others, so none is skipped. A token that is not a handle answers Aborted, as the
+/// spec asks.
+pub(crate) fn page_after<T: Clone>(
+    items: &[T],
+    key: impl Fn(&T) -> &str,
+    token: &str,
+    max: i32,
+) -> Result<(Vec<T>, String)> {
+    if max < 0 {
+        return Err(Error::invalid("max_entries must not be negative"));
+    }
+    let start = if token.is_empty() {
         0
     } else {
-        token
-            .parse()
-            .ok()
-            .filter(|s| *s <= items.len())
-            .ok_or_else(|| {
-                Status::aborted(format!(
-                    "starting_token {token:?} is not valid; list again from the start"
-                ))
-            })?
+        if CsiId::decode(token).is_err() {
+            return Err(Error::Aborted(format!(
+                "starting_token {token:?} is not valid; list again from the start"
+            )));
+        }
+        items.partition_point(|i| key(i) <= token)
     };
-    if max < 0 {
-        return Err(Status::invalid_argument("max_entries must not be negative"));
-    }
     let end = if max == 0 {
         items.len()
     } else {
         (start + max as usize).min(items.len())
     };
-    let next = if end < items.len() {
-        end.to_string()
+    let next = if end < items.len() && end > start {
+        key(&items[end - 1]).to_string()
     } else {
         String::new()
     };
@@ -56,7 +56,7 @@ pub fn page<T: Clone>(items: &[T], token: &str, max: i32) -> Result<(Vec<T>, Str
 }
 
 /// What a ListSnapshots request narrows the listing to.
-pub struct SnapshotFilter {
+pub(crate) struct SnapshotFilter {
     /// The (clusterID, pool id or fscid) its ids name; None: every place the driver knows.
     pub target: Option<(String, i64)>,
     pub snapshot_uuid: Option<String>,
@@ -65,7 +65,7 @@ pub struct SnapshotFilter {
 
 /// The filter of a ListSnapshots request; None when an id does not decode, since then
 /// nothing can match and the answer is an empty list.
-pub fn snapshot_filter(req: &pb::ListSnapshotsRequest) -> Option<SnapshotFilter> {
+pub(crate) fn snapshot_filter(req: &pb::ListSnapshotsRequest) -> Option<SnapshotFilter> {
     let decode = |id: &str| (!id.is_empty()).then(|| CsiId::decode(id).ok());
     let snapshot = decode(&req.snapshot_id);
     let source = decode(&req.source_volume_id);
@@ -84,7 +84,7 @@ pub fn snapshot_filter(req: &pb::ListSnapshotsRequest) -> Option<SnapshotFilter>
     })
 }
 
-pub fn controller_capabilities(caps: &[CapType]) -> pb::ControllerGetCapabilitiesResponse {
+pub(crate) fn controller_capabilities(caps: &[CapType]) -> pb::ControllerGetCapabilitiesResponse {
     pb::ControllerGetCapabilitiesResponse {
         capabilities: caps
             .iter()
@@ -102,15 +102,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pages() {
-        let v: Vec<u32> = (0..5).collect();
-        assert_eq!(page(&v, "", 2).unwrap(), (vec![0, 1], "2".to_string()));
-        assert_eq!(page(&v, "4", 2).unwrap(), (vec![4], String::new()));
-        assert_eq!(page(&v, "", 0).unwrap().0.len(), 5);
-        assert_eq!(page(&v, "9", 1).unwrap_err().code(), tonic::Code::Aborted);
-        assert_eq!(page(&v, "x", 1).unwrap_err().code(), tonic::Code::Aborted);
+    fn pages_resume_after_the_last_entry_even_when_entries_go() {
+        let ids: Vec<String> = (0..5)
+            .map(|i| {
+                CsiId::new("c", 1, &format!("00000000-0000-0000-0000-00000000000{i}"))
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        #[allow(clippy::ptr_arg)] // the item type of the list is String
+        fn key(s: &String) -> &str {
+            s.as_str()
+        }
+        let (first, next) = page_after(&ids, key, "", 2).unwrap();
+        assert_eq!(first, ids[0..2]);
+        assert_eq!(next, ids[1]);
+        // the first page's entries are deleted: the second page still starts at ids[2]
+        let (second, next) = page_after(&ids[2..], key, &next, 2).unwrap();
+        assert_eq!(second, ids[2..4]);
+        let (last, next) = page_after(&ids, key, &next, 2).unwrap();
+        assert_eq!((last, next), (vec![ids[4].clone()], String::new()));
+        assert_eq!(page_after(&ids, key, "", 0).unwrap().0.len(), 5);
         assert_eq!(
-            page(&v, "", -1).unwrap_err().code(),
+            page_after(&ids, key, "x", 1).unwrap_err().code(),
+            tonic::Code::Aborted
+        );
+        assert_eq!(
+            page_after(&ids, key, "", -1).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
     }
