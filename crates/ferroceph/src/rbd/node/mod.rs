@@ -35,6 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
+mod cephcsi;
+
 /// Deadline of one mount/umount/losetup/rbd call.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of mkfs (lazy init keeps it short even for large volumes).
@@ -258,6 +260,51 @@ fn record_for_device(device: &str) -> Option<Record> {
     }
     let rec_path = record::record_for_fuse_dir(backing.parent()?)?;
     record::read_at(&rec_path).ok().flatten()
+}
+
+/// The staging of a volume ceph-csi staged, as a record (never written) to publish from,
+/// after checking it is the volume's image. FailedPrecondition when there is none, or when
+/// it is encrypted: a pod must never get the raw LUKS container.
+async fn cephcsi_view(staging: &Path, vid: &str, block: bool) -> Result<Record, Status> {
+    let not_staged = || {
+        Status::failed_precondition(format!(
+            "volume {vid} is not staged at {}; NodeStageVolume first",
+            staging.display()
+        ))
+    };
+    let Some(st) = cephcsi::find(staging, vid)? else {
+        return Err(not_staged());
+    };
+    if st.meta.encrypted {
+        return Err(Status::failed_precondition(format!(
+            "volume {vid} was staged by ceph-csi as an encrypted volume, and ferroceph does not implement volume encryption yet; it is not published (that would hand the pod the raw LUKS container): drain the node's pods of it and stage it with ceph-csi, or copy its data to an unencrypted volume"
+        )));
+    }
+    if st.mount.is_none() {
+        return Err(not_staged());
+    }
+    let dev = cephcsi::candidate_device(&st, mount_device).ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "cannot tell which device is mounted at {}",
+            st.inner.display()
+        ))
+    })?;
+    if cephcsi::device_is_image(&st.meta, &dev, EXEC_TIMEOUT).await? == Some(false) {
+        return Err(Status::failed_precondition(format!(
+            "{dev} mounted at {} does not map {} as ceph-csi's {} says",
+            st.inner.display(),
+            st.meta.spec(),
+            cephcsi::META_FILE
+        )));
+    }
+    let rec = cephcsi::as_record(&st, vid, &dev);
+    if rec.block != block {
+        return Err(Status::invalid_argument(format!(
+            "volume {vid} is staged (by ceph-csi) as a {} volume",
+            if rec.block { "block" } else { "filesystem" }
+        )));
+    }
+    Ok(rec)
 }
 
 impl RbdNode {
@@ -750,6 +797,16 @@ impl Inner {
                 "staging path {} is already a mount point that ferroceph did not make",
                 staging.display()
             )));
+        } else if let Some(st) = cephcsi::find(&staging, vid)? {
+            if st.mount.is_some() {
+                // Staged by ceph-csi and still mounted: it is served from there (a second
+                // mapping mounted beside it would corrupt the filesystem).
+                cephcsi_view(&staging, vid, summary.block).await?;
+                tracing::info!(volume = %vid, staging = %staging.display(), "already staged by ceph-csi; served as it is");
+                return Ok(());
+            }
+            // What a ceph-csi stage left without a mount: finish undoing it, then stage.
+            cephcsi::unstage(&st, vid, EXEC_TIMEOUT).await?;
         }
 
         let loc = self.locate(vid, ctx, &creds).await?;
@@ -816,10 +873,12 @@ impl Inner {
             [format!("node:{vid}"), format!("path:{}", staging.display())],
         )?;
         match record::read(&staging).map_err(Status::failed_precondition)? {
-            None => {
+            None => match cephcsi::find(&staging, vid)? {
+                // staged by ceph-csi before its node plugin was replaced by ours
+                Some(st) => cephcsi::unstage(&st, vid, EXEC_TIMEOUT).await?,
                 // Nothing recorded: nothing of ours is attached; only a mount may remain.
-                unmount_all(&staging).await?;
-            }
+                None => unmount_all(&staging).await?,
+            },
             Some(rec) if rec.volume_id != vid => {
                 return Err(Status::failed_precondition(format!(
                     "staging path {} holds volume {}, not {vid}",
@@ -856,11 +915,16 @@ impl Inner {
             "volume",
             [format!("node:{vid}"), format!("path:{}", target.display())],
         )?;
-        let Some(mut rec) = record::read(&staging).map_err(Status::failed_precondition)? else {
-            return Err(Status::failed_precondition(format!(
-                "volume {vid} is not staged at {}; NodeStageVolume first",
-                staging.display()
-            )));
+        // ceph-csi's staged volumes are served from `<staging>/<volume id>`
+        let (mut rec, staged_by_cephcsi) =
+            match record::read(&staging).map_err(Status::failed_precondition)? {
+                Some(r) => (r, false),
+                None => (cephcsi_view(&staging, vid, summary.block).await?, true),
+            };
+        let staging = if staged_by_cephcsi {
+            rec.staging_path.clone()
+        } else {
+            staging
         };
         if rec.volume_id != vid {
             return Err(Status::failed_precondition(format!(
@@ -882,6 +946,11 @@ impl Inner {
             )));
         }
         if let Health::Broken(why) = health {
+            if staged_by_cephcsi {
+                return Err(Status::failed_precondition(format!(
+                    "the attachment ceph-csi made for volume {vid} is dead ({why}); NodeUnstageVolume and NodeStageVolume it again"
+                )));
+            }
             let Some(creds) = self.cached_key(vid) else {
                 return Err(Status::failed_precondition(format!(
                     "the attachment of volume {vid} is dead ({why}); NodeStageVolume re-attaches it"
@@ -1108,7 +1177,29 @@ impl Inner {
     ) -> Result<pb::NodeGetVolumeStatsResponse, Status> {
         use pb::volume_usage::Unit;
         validate::id(&req.volume_id, "volume_id")?;
-        let path = mount::volume_path(&req.volume_path, &req.volume_id)?;
+        let mut path = mount::volume_path(&req.volume_path, &req.volume_id)?;
+        let mut problems: Vec<String> = Vec::new();
+        let staging = Path::new(&req.staging_target_path);
+        if !req.staging_target_path.is_empty() && record::read(staging).ok().flatten().is_none() {
+            if let Ok(Some(st)) = cephcsi::find(staging, &req.volume_id) {
+                // staged by ceph-csi: its staging mount is one level down
+                if path == staging {
+                    path = st.inner.clone();
+                }
+                if let Some(dev) = cephcsi::candidate_device(&st, mount_device) {
+                    match cephcsi::device_is_image(&st.meta, &dev, PROBE_TIMEOUT).await {
+                        Ok(Some(true)) => {}
+                        Ok(Some(false)) => {
+                            problems.push(format!("{dev} does not map {}", st.meta.spec()))
+                        }
+                        Ok(None) => {
+                            problems.push(format!("{dev} ({}) is no longer mapped", st.meta.spec()))
+                        }
+                        Err(e) => problems.push(e.message()),
+                    }
+                }
+            }
+        }
         let p = path.clone();
         let what = format!("stat of {}", path.display());
         match stats::bounded(PROBE_TIMEOUT, &what, move || std::fs::symlink_metadata(&p)).await {
@@ -1129,7 +1220,6 @@ impl Inner {
                 })
             }
         }
-        let mut problems: Vec<String> = Vec::new();
         let rec = self.find_record(&req.staging_target_path, &path);
         if let Some(r) = &rec {
             if r.volume_id != req.volume_id {
