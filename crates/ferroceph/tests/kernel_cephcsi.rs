@@ -103,22 +103,6 @@ fn cephcsi_stage(v: &Vol, staging: &Path, nbd: bool, fs: Option<&str>) -> String
     dev
 }
 
-async fn stats(
-    node: &mut NodeClient,
-    v: &Vol,
-    path: &Path,
-    staging: &Path,
-) -> pb::NodeGetVolumeStatsResponse {
-    node.node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
-        volume_id: v.id.clone(),
-        volume_path: path.display().to_string(),
-        staging_target_path: staging.display().to_string(),
-    })
-    .await
-    .expect("NodeGetVolumeStats")
-    .into_inner()
-}
-
 async fn cephcsi_staged_volume(nbd: bool, fs: Option<&str>) {
     let n = rbd_nodes();
     let mut scratch = Scratch::new();

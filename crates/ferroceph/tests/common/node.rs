@@ -41,6 +41,7 @@ pub fn rbd_nodes() -> Nodes {
     }
 }
 
+#[derive(Clone)]
 pub struct Vol {
     pub id: String,
     pub ctx: HashMap<String, String>,
@@ -352,4 +353,36 @@ pub fn blkid_type(device: &str) -> String {
         .output()
         .expect("blkid");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Writes `data` to a new file at `path` and fsyncs it.
+pub fn write_synced(path: &Path, data: &[u8]) {
+    let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(data).expect("write");
+    f.sync_all().expect("fsync");
+}
+
+/// The filesystem UUID on `device` (empty when none).
+pub fn fs_uuid(device: &str) -> String {
+    let out = Command::new("blkid")
+        .args(["-p", "-s", "UUID", "-o", "value", device])
+        .output()
+        .expect("blkid");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub async fn stats(
+    node: &mut NodeClient,
+    v: &Vol,
+    path: &Path,
+    staging: &Path,
+) -> pb::NodeGetVolumeStatsResponse {
+    node.node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+        volume_id: v.id.clone(),
+        volume_path: path.display().to_string(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await
+    .expect("NodeGetVolumeStats")
+    .into_inner()
 }
