@@ -3,6 +3,7 @@
 //! a slow mount is not torn down.
 
 mod common;
+use common::node::{fs_uuid, unpublish, unstage, write_synced, CtlClient, NodeClient, Vol};
 use common::*;
 use csi::v1 as pb;
 use ferroceph::node::record;
@@ -11,17 +12,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use tonic::transport::Channel;
 use tonic::Code;
-
-type NodeClient = pb::node_client::NodeClient<Channel>;
-type CtlClient = pb::controller_client::ControllerClient<Channel>;
-
-#[derive(Clone)]
-struct Vol {
-    id: String,
-    ctx: HashMap<String, String>,
-}
 
 async fn create(ctl: &mut CtlClient, s: &mut Scratch, name: &str, size: i64) -> Vol {
     let v = ctl
@@ -31,10 +22,12 @@ async fn create(ctl: &mut CtlClient, s: &mut Scratch, name: &str, size: i64) -> 
         .into_inner()
         .volume
         .expect("volume");
-    s.images.push(v.volume_context["imageName"].clone());
+    let image = v.volume_context["imageName"].clone();
+    s.images.push(image.clone());
     Vol {
         id: v.volume_id,
         ctx: v.volume_context,
+        image,
     }
 }
 
@@ -73,12 +66,6 @@ async fn publish(
     .unwrap_or_else(|e| panic!("NodePublishVolume {}: {e:?}", target.display()));
 }
 
-async fn unpublish(node: &mut NodeClient, v: &Vol, target: &Path) {
-    node.node_unpublish_volume(unpublish_req(&v.id, target))
-        .await
-        .expect("NodeUnpublishVolume");
-}
-
 /// NodeUnstageVolume that must be refused because of `user`.
 async fn unstage_refused(node: &mut NodeClient, id: &str, staging: &Path, user: &str) {
     let e = node
@@ -89,31 +76,11 @@ async fn unstage_refused(node: &mut NodeClient, id: &str, staging: &Path, user: 
     assert!(e.message().contains(user), "{}", e.message());
 }
 
-async fn unstage(node: &mut NodeClient, v: &Vol, staging: &Path) {
-    node.node_unstage_volume(unstage_req(&v.id, staging))
-        .await
-        .expect("NodeUnstageVolume");
-}
-
 fn device_of(staging: &Path) -> String {
     let p = record::paths(staging).record;
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let rec: record::Record = serde_json::from_str(&text).expect("record");
     rec.device.expect("device")
-}
-
-fn fs_uuid(device: &str) -> String {
-    let out = Command::new("blkid")
-        .args(["-p", "-s", "UUID", "-o", "value", device])
-        .output()
-        .expect("blkid");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn write_synced(path: &Path, data: &[u8]) {
-    let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    f.write_all(data).expect("write");
-    f.sync_all().expect("fsync");
 }
 
 /// Item 2: reads of the image fail (an OSD restarting) while NodeStageVolume probes a
@@ -429,10 +396,12 @@ async fn block_expansion_reaches_the_pods_device() {
         .into_inner()
         .volume
         .expect("volume");
-    s.images.push(vol.volume_context["imageName"].clone());
+    let image = vol.volume_context["imageName"].clone();
+    s.images.push(image.clone());
     let v = Vol {
         id: vol.volume_id,
         ctx: vol.volume_context,
+        image,
     };
     let staging = s.path("blk/staging");
     let target = s.path("pods/p/dev");

@@ -3,6 +3,9 @@
 //! raw block, read-only, expansion, stats, plugin crash and restart, snapshot restore.
 
 mod common;
+use common::node::{
+    fs_uuid, pattern, stats, unpublish, unstage, write_synced, CtlClient, NodeClient, Vol,
+};
 use common::*;
 use csi::v1 as pb;
 use ferroceph::node::record;
@@ -13,19 +16,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Code;
-
-type NodeClient = pb::node_client::NodeClient<Channel>;
-type CtlClient = pb::controller_client::ControllerClient<Channel>;
-
-/// A provisioned volume.
-#[derive(Clone)]
-struct Vol {
-    id: String,
-    ctx: HashMap<String, String>,
-    image: String,
-}
 
 fn fs_cap(mode: Mode) -> pb::VolumeCapability {
     mount_cap(mode)
@@ -87,18 +78,6 @@ async fn publish(
         .unwrap_or_else(|e| panic!("NodePublishVolume {}: {e:?}", target.display()));
 }
 
-async fn unpublish(node: &mut NodeClient, v: &Vol, target: &Path) {
-    node.node_unpublish_volume(unpublish_req(&v.id, target))
-        .await
-        .expect("NodeUnpublishVolume");
-}
-
-async fn unstage(node: &mut NodeClient, v: &Vol, staging: &Path) {
-    node.node_unstage_volume(unstage_req(&v.id, staging))
-        .await
-        .expect("NodeUnstageVolume");
-}
-
 /// The record of a staged volume, and a check that it carries no key.
 fn read_record(staging: &Path) -> record::Record {
     let p = record::paths(staging).record;
@@ -127,37 +106,10 @@ fn assert_clean(staging: &Path) {
     );
 }
 
-/// Pseudo-random bytes (xorshift), reproducible from `seed`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn checksum(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-fn write_synced(path: &Path, data: &[u8]) {
-    let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    f.write_all(data).expect("write");
-    f.sync_all().expect("fsync");
-}
-
-fn fs_uuid(device: &str) -> String {
-    let out = Command::new("blkid")
-        .args(["-p", "-s", "UUID", "-o", "value", device])
-        .output()
-        .expect("blkid");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn df_size(path: &Path) -> u64 {
@@ -179,22 +131,6 @@ fn mount_is_ro(path: &Path) -> bool {
         .flatten()
         .expect("mounted")
         .read_only()
-}
-
-async fn stats(
-    node: &mut NodeClient,
-    v: &Vol,
-    path: &Path,
-    staging: &Path,
-) -> pb::NodeGetVolumeStatsResponse {
-    node.node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
-        volume_id: v.id.clone(),
-        volume_path: path.display().to_string(),
-        staging_target_path: staging.display().to_string(),
-    })
-    .await
-    .expect("NodeGetVolumeStats")
-    .into_inner()
 }
 
 fn usage(r: &pb::NodeGetVolumeStatsResponse, unit: pb::volume_usage::Unit) -> pb::VolumeUsage {
