@@ -6,7 +6,8 @@ use super::journal::{
     all_snapshots, dir_prefix, entry_prefix, image_spec, journal_error, kind_word, pool_io,
     read_dir,
 };
-use super::{Check, DoctorArgs, Status as Verdict};
+use super::report::{Check, Verdict};
+use super::DoctorArgs;
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Kind, IMAGE_NAME};
 use std::collections::BTreeSet;

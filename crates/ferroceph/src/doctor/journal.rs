@@ -10,7 +10,8 @@
 //! reported, never removed.
 
 use super::fix::{self, Action};
-use super::{Check, DoctorArgs, Status as Verdict};
+use super::report::{Check, Verdict};
+use super::DoctorArgs;
 use crate::error::{Error, Result};
 use crate::journal::{Attrs, Journal, JournalError, Kind, IMAGE_ID, IMAGE_NAME, JOURNAL_POOL};
 use crate::volid::CsiId;
@@ -244,17 +245,18 @@ pub(super) fn run(
             )
         }
     };
-    let images: BTreeMap<String, String> =
-        match rados::rbd::list_image_specs(&io) {
-            Ok(i) => i.into_iter().map(|s| (s.name, s.id)).collect(),
-            Err(e) => return fail(
+    let images: BTreeMap<String, String> = match rados::rbd::list_image_specs(&io) {
+        Ok(i) => i.into_iter().map(|s| (s.name, s.id)).collect(),
+        Err(e) => {
+            return fail(
                 format!(
                     "listing the images of pool {pool:?} failed: {e}; nothing was checked or fixed"
                 ),
                 "orphans can only be told apart from volumes with a complete image listing",
                 "see the ceph.pool check".into(),
-            ),
-        };
+            )
+        }
+    };
     let mut entries = Vec::new();
     for kind in [Kind::Volume, Kind::Snapshot] {
         match read_dir(conn, &io, kind, &args.instanceid) {
