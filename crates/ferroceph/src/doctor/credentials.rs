@@ -56,78 +56,11 @@ pub(super) fn credential_checks(
     path: &Path,
     clusters: &[ClusterInfo],
 ) -> Vec<Check> {
+    let (creds, cluster) = match secrets_and_cluster(args, path, clusters) {
+        Ok(found) => found,
+        Err(problem) => return vec![problem],
+    };
     let mut out = Vec::new();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            out.push(Check::problem(
-                "ceph.auth",
-                Verdict::Fail,
-                format!("cannot read {}: {e}", path.display()),
-                "the credentials to try are in this file",
-                "pass a readable file with userID/userKey (JSON or KEY=VALUE lines)",
-            ));
-            return out;
-        }
-    };
-    let secrets = match parse_secrets(&text) {
-        Ok(s) => s,
-        Err(e) => {
-            out.push(Check::problem(
-                "ceph.auth",
-                Verdict::Fail,
-                format!("{}: {e}", path.display()),
-                "the credentials to try are in this file",
-                "write it as {\"userID\": \"...\", \"userKey\": \"...\"} or userID=... / userKey=... lines",
-            ));
-            return out;
-        }
-    };
-    let creds = credentials(&secrets);
-    if creds.is_empty() {
-        out.push(Check::problem(
-            "ceph.auth",
-            Verdict::Fail,
-            format!(
-                "{} has neither userID+userKey nor adminID+adminKey",
-                path.display()
-            ),
-            "these are the keys ceph-csi secrets carry (RBD: userID/userKey; CephFS: adminID/adminKey)",
-            "add userID (without client.) and userKey (ceph auth get-key client.<id>)",
-        ));
-        return out;
-    }
-    let cluster = match &args.clusterid {
-        Some(id) => clusters.iter().find(|c| &c.cluster_id == id),
-        None if clusters.len() == 1 => clusters.first(),
-        None => {
-            out.push(Check::problem(
-                "ceph.auth",
-                Verdict::Fail,
-                format!(
-                    "the map has {} clusters: which one should the secrets be tried on?",
-                    clusters.len()
-                ),
-                "each clusterID has its own users",
-                "pass --clusterid <clusterID>",
-            ));
-            return out;
-        }
-    };
-    let Some(cluster) = cluster else {
-        out.push(Check::problem(
-            "ceph.auth",
-            Verdict::Fail,
-            format!(
-                "clusterID {:?} is not in {}",
-                args.clusterid.as_deref().unwrap_or(""),
-                args.configpath.display()
-            ),
-            "StorageClasses and the driver find monitors by clusterID",
-            "add it to config.json or pass one of the listed clusterIDs",
-        ));
-        return out;
-    };
     let mut first_connected: Option<(String, rados::Cluster)> = None;
     for (role, user, key) in creds {
         let id = format!("ceph.auth.{role}");
@@ -135,30 +68,7 @@ pub(super) fn credential_checks(
             .with_timeout(args.timeout);
         match rados::Cluster::connect(&cfg) {
             Ok(conn) => {
-                let fsid = conn.fsid().unwrap_or_else(|e| format!("unknown ({e})"));
-                if looks_like_fsid(&cluster.cluster_id)
-                    && fsid.len() == 36
-                    && !fsid.eq_ignore_ascii_case(&cluster.cluster_id)
-                {
-                    out.push(Check::problem(
-                        id,
-                        Verdict::Warn,
-                        format!(
-                            "client.{user} authenticated; the cluster's fsid is {fsid}, but its clusterID is {:?}",
-                            cluster.cluster_id
-                        ),
-                        "a clusterID shaped like an fsid but naming another cluster usually means the monitors of a different cluster are listed",
-                        "compare `ceph fsid` with the clusterID and the monitors in config.json",
-                    ));
-                } else {
-                    out.push(Check::ok(
-                        id,
-                        format!(
-                            "client.{user} authenticated to clusterID {:?} (fsid {fsid})",
-                            cluster.cluster_id
-                        ),
-                    ));
-                }
+                out.push(authenticated(id, &user, &conn, cluster));
                 if first_connected.is_none() {
                     first_connected = Some((user, conn));
                 }
@@ -191,6 +101,99 @@ pub(super) fn credential_checks(
         )),
     }
     out
+}
+
+type Credential = (&'static str, String, String);
+
+/// The users of the secrets file and the cluster to try them on, or the problem.
+fn secrets_and_cluster<'c>(
+    args: &DoctorArgs,
+    path: &Path,
+    clusters: &'c [ClusterInfo],
+) -> Result<(Vec<Credential>, &'c ClusterInfo), Check> {
+    let auth_problem = |summary: String, why: &str, fix: &str| {
+        Check::problem("ceph.auth", Verdict::Fail, summary, why, fix)
+    };
+    let from_file = "the credentials to try are in this file";
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        auth_problem(
+            format!("cannot read {}: {e}", path.display()),
+            from_file,
+            "pass a readable file with userID/userKey (JSON or KEY=VALUE lines)",
+        )
+    })?;
+    let secrets = parse_secrets(&text).map_err(|e| {
+        auth_problem(
+            format!("{}: {e}", path.display()),
+            from_file,
+            "write it as {\"userID\": \"...\", \"userKey\": \"...\"} or userID=... / userKey=... lines",
+        )
+    })?;
+    let creds = credentials(&secrets);
+    if creds.is_empty() {
+        return Err(auth_problem(
+            format!(
+                "{} has neither userID+userKey nor adminID+adminKey",
+                path.display()
+            ),
+            "these are the keys ceph-csi secrets carry (RBD: userID/userKey; CephFS: adminID/adminKey)",
+            "add userID (without client.) and userKey (ceph auth get-key client.<id>)",
+        ));
+    }
+    let cluster = match &args.clusterid {
+        Some(id) => clusters.iter().find(|c| &c.cluster_id == id),
+        None if clusters.len() == 1 => clusters.first(),
+        None => {
+            return Err(auth_problem(
+                format!(
+                    "the map has {} clusters: which one should the secrets be tried on?",
+                    clusters.len()
+                ),
+                "each clusterID has its own users",
+                "pass --clusterid <clusterID>",
+            ))
+        }
+    };
+    let cluster = cluster.ok_or_else(|| {
+        auth_problem(
+            format!(
+                "clusterID {:?} is not in {}",
+                args.clusterid.as_deref().unwrap_or(""),
+                args.configpath.display()
+            ),
+            "StorageClasses and the driver find monitors by clusterID",
+            "add it to config.json or pass one of the listed clusterIDs",
+        )
+    })?;
+    Ok((creds, cluster))
+}
+
+/// A user that connected: OK, or a warning when the fsid contradicts an fsid-shaped
+/// clusterID.
+fn authenticated(id: String, user: &str, conn: &rados::Cluster, cluster: &ClusterInfo) -> Check {
+    let fsid = conn.fsid().unwrap_or_else(|e| format!("unknown ({e})"));
+    if looks_like_fsid(&cluster.cluster_id)
+        && fsid.len() == 36
+        && !fsid.eq_ignore_ascii_case(&cluster.cluster_id)
+    {
+        return Check::problem(
+            id,
+            Verdict::Warn,
+            format!(
+                "client.{user} authenticated; the cluster's fsid is {fsid}, but its clusterID is {:?}",
+                cluster.cluster_id
+            ),
+            "a clusterID shaped like an fsid but naming another cluster usually means the monitors of a different cluster are listed",
+            "compare `ceph fsid` with the clusterID and the monitors in config.json",
+        );
+    }
+    Check::ok(
+        id,
+        format!(
+            "client.{user} authenticated to clusterID {:?} (fsid {fsid})",
+            cluster.cluster_id
+        ),
+    )
 }
 
 fn auth_failure(id: String, user: &str, e: &rados::Error) -> Check {
