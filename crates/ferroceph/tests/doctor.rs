@@ -485,6 +485,24 @@ impl JournalMess {
             .expect("reserve journal entry");
         self.entries.push((name.to_string(), uuid.to_string()));
     }
+    /// Clones `parent` into `child` the way ceph-csi does: a snapshot of the parent named
+    /// after the child, the clone, then the snapshot removed (with clone v2 it lives on in
+    /// the trash namespace as long as the child does).
+    fn clone_image(&mut self, parent: &str, child: &str) {
+        let p = rados::rbd::Image::open(&self.io, parent).expect("open parent");
+        p.snap_create(child).expect("snap create");
+        rados::rbd::clone(
+            &self.io,
+            parent,
+            child,
+            &self.io,
+            child,
+            &rados::rbd::CloneOptions::default(),
+        )
+        .expect("clone");
+        p.snap_remove(child).expect("snap remove");
+        self.images.push(child.to_string());
+    }
     fn image_exists(&self, name: &str) -> bool {
         rados::rbd::list_images(&self.io)
             .expect("list images")
@@ -509,7 +527,8 @@ impl JournalMess {
 
 impl Drop for JournalMess {
     fn drop(&mut self) {
-        for i in &self.images {
+        // Clones were created after their parents: removed before them.
+        for i in self.images.iter().rev() {
             let _ = rados::rbd::remove(&self.io, i);
         }
         for (name, uuid) in &self.entries {
@@ -642,9 +661,21 @@ fn journal_orphans_are_reported_and_fixed() {
         )),
         "{f}"
     );
-    one("journal.orphan-image", &dangling);
-    let f = one("journal.dangling-object", &dangling);
-    assert!(s(&f["fix"]).contains(&format!("rm {dangling_obj}")), "{f}");
+    // An image with a per-volume object but no key in this instance's directory may be
+    // another instance's volume: reported, never called an orphan.
+    assert!(
+        findings(&r, "journal.orphan-image", &dangling).is_empty(),
+        "{}",
+        r.stdout
+    );
+    let f = findings(&r, "journal.dangling-object", &dangling);
+    assert_eq!(f.len(), 1, "{}", r.stdout);
+    assert_eq!(f[0]["status"], "warn", "{}", f[0]);
+    assert!(
+        s(&f[0]["fix"]).contains(&format!("rm {dangling_obj}")),
+        "{}",
+        f[0]
+    );
     let f = one("journal.no-pv", &healthy);
     assert!(s(&f["summary"]).contains(&handle), "{f}");
     // The healthy volume is reported for nothing else.
@@ -668,26 +699,24 @@ fn journal_orphans_are_reported_and_fixed() {
         .unwrap_or_else(|| panic!("no plan before the report:\n{}", r.stdout));
     assert!(plan.starts_with("--fix will remove:"), "{}", r.stdout);
     let plan_lines: Vec<&str> = plan.lines().skip(1).collect();
-    assert_eq!(plan_lines.len(), 4, "{plan}");
-    for u in [&orphan_img, &dangling] {
-        assert!(
-            plan_lines
-                .iter()
-                .any(|l| l.contains(&format!("image {pool}/{}", img(u)))),
-            "{plan}"
-        );
-    }
+    assert_eq!(plan_lines.len(), 2, "{plan}");
+    assert!(
+        plan_lines
+            .iter()
+            .any(|l| l.contains(&format!("image {pool}/{}", img(&orphan_img)))),
+        "{plan}"
+    );
     assert!(
         plan.contains(&format!("journal key csi.volume.{key_name}")),
         "{plan}"
     );
-    assert!(plan.contains(&format!("object {dangling_obj}")), "{plan}");
+    assert!(!plan.contains(&dangling), "{plan}");
     assert!(!plan.contains(&healthy), "{plan}");
     assert!(report.contains("fixed: removed"), "{}", r.stdout);
     r.assert_no_keys(&[]);
     assert!(!m.image_exists(&img(&orphan_img)));
-    assert!(!m.image_exists(&img(&dangling)));
-    assert!(!m.object_exists(&dangling_obj));
+    assert!(m.image_exists(&img(&dangling)));
+    assert!(m.object_exists(&dangling_obj));
     assert!(!m.key_exists(&key_name));
     assert!(!m.object_exists(&format!("csi.volume.{orphan_key}")));
     // The healthy volume is untouched.
@@ -695,7 +724,11 @@ fn journal_orphans_are_reported_and_fixed() {
     assert!(m.key_exists(&healthy_name));
     assert!(m.object_exists(&format!("csi.volume.{healthy}")));
 
-    // 3. Clean afterwards, with a PV list that has the volume.
+    // 3. Clean afterwards (once the dangling object is gone), with a PV list that has the
+    // volume.
+    m.io.remove_object(&dangling_obj)
+        .expect("remove dangling object");
+    assert!(rados::rbd::remove(&m.io, &img(&dangling)).is_ok());
     let pv_full_s = pv_full.display().to_string();
     let r = run(&["--json", "--pv-json", &pv_full_s]);
     assert_eq!(r.code, 0, "{}", r.stdout);
@@ -823,4 +856,288 @@ fn a_fresh_incomplete_entry_is_a_create_in_flight() {
         m.key_exists(&name),
         "--fix removed an entry that may be in flight"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// --fix never removes what another journal references (issue 14 item 6)
+// ---------------------------------------------------------------------------------------
+
+/// `doctor --role controller --json` on `pool` for instance `tag` (prefixes `<tag>-vol-`,
+/// `<tag>-snap-`), plus `extra`.
+fn journal_doctor(cfg: &str, sec: &str, pool: &str, tag: &str, extra: &[&str]) -> Run {
+    let (vol_prefix, snap_prefix) = (format!("{tag}-vol-"), format!("{tag}-snap-"));
+    let mut a = vec![
+        "--role",
+        "controller",
+        "--json",
+        "--configpath",
+        cfg,
+        "--secrets-file",
+        sec,
+        "--pool",
+        pool,
+        "--instanceid",
+        tag,
+        "--volume-name-prefix",
+        &vol_prefix,
+        "--snapshot-name-prefix",
+        &snap_prefix,
+    ];
+    a.extend_from_slice(extra);
+    doctor(&a)
+}
+
+fn mess(conn: &rados::Cluster, pool: &str, instance: &str) -> JournalMess {
+    JournalMess {
+        io: conn.ioctx(pool, "").expect("ioctx"),
+        instance: instance.to_string(),
+        images: Vec::new(),
+        entries: Vec::new(),
+        objects: Vec::new(),
+    }
+}
+
+/// Every check that mentions `needle`.
+fn mentioning<'a>(r: &'a Run, needle: &str) -> Vec<&'a Value> {
+    r.report["checks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|c| s(&c["summary"]).contains(needle))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn fix_keeps_the_volumes_of_another_instance() {
+    let c = common::cluster();
+    let pool = c.get("FERRO_RBD_POOL");
+    let (user, key) = rbd_user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, sec) = setup(dir.path(), &[c.monitors()], &user, &key);
+    let conn = admin();
+    let tag = common::unique("doctorinst");
+    // Another driver instance (its own --instanceid) with the same name prefixes in the
+    // same pool: its volume has a directory key in csi.volumes.<other> only.
+    let mut other = mess(&conn, &pool, &format!("{tag}-other"));
+    let u = uuid::Uuid::new_v4().to_string();
+    let (name, image) = (format!("pvc-{u}"), format!("{tag}-vol-{u}"));
+    other.entry(&name, &u, &image);
+    other.image(&image);
+    let r = journal_doctor(&cfg, &sec, &pool, &tag, &["--fix"]);
+    assert!(
+        other.image_exists(&image),
+        "another instance's volume was removed: {}",
+        r.stdout
+    );
+    assert!(
+        other.object_exists(&format!("csi.volume.{u}")),
+        "{}",
+        r.stdout
+    );
+    assert!(other.key_exists(&name), "{}", r.stdout);
+    for f in mentioning(&r, &u) {
+        assert_ne!(f["status"], "fail", "reported as an orphan: {f}");
+    }
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    r.assert_no_keys(&[]);
+}
+
+/// Objects written by hand in another pool, removed when dropped.
+struct Objects<'a> {
+    io: &'a rados::IoCtx,
+    names: Vec<String>,
+}
+
+impl Drop for Objects<'_> {
+    fn drop(&mut self) {
+        for o in &self.names {
+            let _ = self.io.remove_object(o);
+        }
+    }
+}
+
+#[test]
+fn fix_keeps_volumes_whose_journal_is_in_another_pool() {
+    let c = common::cluster();
+    let pool = c.get("FERRO_RBD_POOL");
+    let (user, key) = rbd_user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, sec) = setup(dir.path(), &[c.monitors()], &user, &key);
+    let conn = admin();
+    let tag = common::unique("doctorxpool");
+    // ceph-csi with StorageClass journalPool=cephfs_data, pool=rbd: the directory is in the
+    // journal pool with the value <image pool id>/<uuid>; the per-volume object, with
+    // csi.journalpool, and the image are in the image pool.
+    let journal_io = conn.ioctx("cephfs_data", "").expect("journal pool");
+    let m = {
+        let mut m = mess(&conn, &pool, &tag);
+        let u = uuid::Uuid::new_v4().to_string();
+        m.image(&format!("{tag}-vol-{u}"));
+        (m, u)
+    };
+    let (mut m, u) = m;
+    let (name, image) = (format!("pvc-{u}"), format!("{tag}-vol-{u}"));
+    let per_volume = format!("csi.volume.{u}");
+    m.io.create_with_omap(
+        &per_volume,
+        &[
+            ("csi.volname", name.as_bytes()),
+            ("csi.imagename", image.as_bytes()),
+            ("csi.imageid", b"1234abcd"),
+            (
+                "csi.journalpool",
+                format!("{:016x}", journal_io.pool_id()).as_bytes(),
+            ),
+        ],
+    )
+    .expect("per-volume object");
+    m.objects.push(per_volume.clone());
+    let directory = format!("csi.volumes.{tag}");
+    let mut journal = Objects {
+        io: &journal_io,
+        names: Vec::new(),
+    };
+    journal_io
+        .omap_set(
+            &directory,
+            &[(
+                format!("csi.volume.{name}").as_str(),
+                format!("{:016x}/{u}", m.io.pool_id()).as_bytes(),
+            )],
+        )
+        .expect("directory key");
+    journal.names.push(directory.clone());
+
+    // From the image pool: the image and its object belong to a journal elsewhere.
+    let r = journal_doctor(&cfg, &sec, &pool, &tag, &["--fix"]);
+    assert!(
+        m.image_exists(&image),
+        "a volume journaled in another pool was removed: {}",
+        r.stdout
+    );
+    assert!(m.object_exists(&per_volume), "{}", r.stdout);
+    for f in mentioning(&r, &u) {
+        assert_ne!(f["status"], "fail", "reported as an orphan: {f}");
+    }
+
+    // From the journal pool (a user who may read it): the entry's image is in pool rbd, so
+    // the entry is healthy and --fix leaves the key.
+    let (_, admin_sec) = setup(
+        dir.path(),
+        &[c.monitors()],
+        "admin",
+        &c.get("FERRO_ADMIN_KEY"),
+    );
+    let r = journal_doctor(&cfg, &admin_sec, "cephfs_data", &tag, &["--fix"]);
+    let keys = journal_io
+        .omap_list(&directory, "", "", 10)
+        .expect("read directory");
+    assert_eq!(
+        keys.len(),
+        1,
+        "the journal key of a live volume was removed: {}",
+        r.stdout
+    );
+    for f in mentioning(&r, &u) {
+        assert_ne!(f["status"], "fail", "reported as an orphan: {f}");
+    }
+    assert!(m.image_exists(&image));
+    let j = r.check("journal");
+    assert_eq!(j["status"], "ok", "{}", r.stdout);
+    assert!(s(&j["summary"]).contains("1 entry with an image"), "{j}");
+    drop(journal);
+}
+
+#[test]
+fn temp_clones_in_use_are_kept_and_leftovers_removed() {
+    let c = common::cluster();
+    let pool = c.get("FERRO_RBD_POOL");
+    let (user, key) = rbd_user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, sec) = setup(dir.path(), &[c.monitors()], &user, &key);
+    let conn = admin();
+    let tag = common::unique("doctortemp");
+    let mut m = mess(&conn, &pool, &tag);
+    let vol = |u: &str| format!("{tag}-vol-{u}");
+    let uuid = || uuid::Uuid::new_v4().to_string();
+    let (source, cloned, leftover, busy, parent) = (uuid(), uuid(), uuid(), uuid(), uuid());
+    // A volume cloned from a volume, as ceph-csi lays it out: source -> <vol>-temp -> vol.
+    m.entry(&format!("pvc-{source}"), &source, &vol(&source));
+    m.image(&vol(&source));
+    let temp = format!("{}-temp", vol(&cloned));
+    m.clone_image(&vol(&source), &temp);
+    m.entry(&format!("pvc-{cloned}"), &cloned, &vol(&cloned));
+    m.clone_image(&temp, &vol(&cloned));
+    // A -temp image whose volume is gone (a failed clone or delete): a leftover.
+    let leftover_temp = format!("{}-temp", vol(&leftover));
+    m.image(&leftover_temp);
+    // A -temp image without its volume that still has a clone: not removable.
+    let busy_temp = format!("{}-temp", vol(&busy));
+    m.image(&busy_temp);
+    m.clone_image(&busy_temp, &format!("{tag}-child-{busy}"));
+    // A volume image no journal references whose clone a journal snapshot references.
+    m.image(&vol(&parent));
+    let snap_u = uuid();
+    let snap_image = format!("{tag}-snap-{snap_u}");
+    m.clone_image(&vol(&parent), &snap_image);
+    ferroceph::journal::Journal::new(&m.io, ferroceph::journal::Kind::Snapshot, &tag)
+        .reserve(
+            &format!("snapshot-{snap_u}"),
+            &snap_u,
+            &std::collections::BTreeMap::from([
+                ("csi.imagename".to_string(), snap_image.clone()),
+                ("csi.imageid".to_string(), "1234abcd".to_string()),
+                ("csi.source".to_string(), vol(&parent)),
+            ]),
+        )
+        .expect("reserve snapshot");
+    let snap_dir = format!("csi.snaps.{tag}");
+    m.objects.push(format!("csi.snap.{snap_u}"));
+    m.objects.push(snap_dir);
+
+    // 1. Report: the leftover temp is an orphan; nothing in use is.
+    let r = journal_doctor(&cfg, &sec, &pool, &tag, &[]);
+    let f = findings(&r, "journal.orphan-temp", &leftover_temp);
+    assert_eq!(
+        f.len(),
+        1,
+        "a leftover -temp image is reported: {}",
+        r.stdout
+    );
+    assert_eq!(f[0]["status"], "fail", "{}", f[0]);
+    assert!(mentioning(&r, &temp).is_empty(), "{}", r.stdout);
+    for f in mentioning(&r, &busy_temp) {
+        assert_ne!(
+            f["status"], "fail",
+            "a parent with clones is not an orphan: {f}"
+        );
+    }
+    for f in mentioning(&r, &vol(&parent)) {
+        assert_ne!(
+            f["status"], "fail",
+            "a parent with clones is not an orphan: {f}"
+        );
+    }
+
+    // 2. --fix removes the leftover only.
+    let r = journal_doctor(&cfg, &sec, &pool, &tag, &["--fix"]);
+    assert!(!m.image_exists(&leftover_temp), "{}", r.stdout);
+    for i in [
+        &vol(&source),
+        &temp,
+        &vol(&cloned),
+        &busy_temp,
+        &vol(&parent),
+        &snap_image,
+    ] {
+        assert!(m.image_exists(i), "{i} was removed: {}", r.stdout);
+    }
+    let trash = rados::rbd::trash_list(&m.io).expect("trash list");
+    assert!(
+        trash.iter().all(|t| !t.name.starts_with(&tag)),
+        "moved to the trash: {trash:?}"
+    );
+    r.assert_no_keys(&[]);
 }
