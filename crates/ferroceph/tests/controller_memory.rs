@@ -244,7 +244,13 @@ async fn pages_skip_nothing_when_volumes_go_between_pages() {
         .iter()
         .find(|e| e.volume.as_ref().unwrap().volume_id == *victim)
         .expect("the volume is still in the journal");
-    let cond = entry.status.as_ref().unwrap().volume_condition.as_ref().unwrap();
+    let cond = entry
+        .status
+        .as_ref()
+        .unwrap()
+        .volume_condition
+        .as_ref()
+        .unwrap();
     assert!(cond.abnormal, "{cond:?}");
     assert!(cond.message.contains(&uuid_of(victim)), "{}", cond.message);
 
@@ -275,7 +281,11 @@ async fn without_configured_secrets_a_restarted_controller_says_how_to_fix() {
         .await
         .expect_err("no credentials are known after a restart");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("--controllersecrets"), "{}", e.message());
+    assert!(
+        e.message().contains("--controllersecrets"),
+        "{}",
+        e.message()
+    );
     ctl.delete_volume(del_req(&v.volume_id))
         .await
         .expect("DeleteVolume");
