@@ -1,4 +1,5 @@
 //! ferroceph: a Kubernetes CSI driver for Ceph RBD and CephFS.
+#![deny(unsafe_code)]
 
 pub mod bench;
 pub mod ceph;
@@ -21,5 +22,6 @@ pub mod node;
 pub mod options;
 pub mod rbd;
 pub mod server;
+pub mod sys;
 pub mod validate;
 pub mod volid;

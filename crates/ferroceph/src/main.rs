@@ -1,3 +1,5 @@
+#![deny(unsafe_code)]
+
 use clap::Parser;
 use ferroceph::cli::{normalize_go_flags, Cli, Command};
 
@@ -25,20 +27,8 @@ fn init_logging(json: bool) {
     }
 }
 
-/// glibc gives threads that allocate concurrently their own malloc arenas (up to eight per
-/// core); librados and librbd run many threads, so a burst of requests spreads small
-/// allocations over many mostly-empty heaps that stay resident. Two arenas do the same work
-/// with a fraction of the memory.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn main() {
-    limit_malloc_arenas();
+    ferroceph::sys::limit_malloc_arenas();
     let cli = Cli::parse_from(normalize_go_flags(std::env::args()));
     let command = match cli.command {
         Some(Command::Launch(args)) => std::process::exit(ferroceph::node::outlive::launch(args)),

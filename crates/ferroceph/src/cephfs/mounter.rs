@@ -392,26 +392,8 @@ pub async fn mount_fuse(
         .env_remove("CEPH_ARGS")
         .env_remove("CEPH_KEYRING")
         .kill_on_drop(false);
-    // SAFETY: the closure runs in the forked child before exec and only makes two
-    // async-signal-safe system calls: setsid() puts ceph-fuse in its own session (and
-    // process group) so it outlives the plugin and no signal for the plugin's group reaches
-    // it; close_range(CLOEXEC) keeps descriptors the plugin inherited (locks, pipes of
-    // whoever started it) from living on in a long-running ceph-fuse. Marking instead of
-    // closing keeps the pipe that reports a failed exec; kernels without the flag just
-    // leave the descriptors as they are.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close_range(
-                3,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-            );
-            Ok(())
-        });
-    }
+    // its own session, so it outlives the plugin; no inherited descriptors live on in it
+    crate::sys::detach_at_exec(&mut cmd);
     let what = format!("ceph-fuse {}", args.join(" "));
     let mut child = cmd.spawn().map_err(|e| {
         Status::failed_precondition(format!("cannot run {what}: {e} (is ceph-fuse installed?)"))
