@@ -5,13 +5,13 @@ use csi::v1::identity_server::Identity;
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 
-pub struct IdentityService {
+pub(crate) struct IdentityService {
     name: String,
     controller: bool,
 }
 
 impl IdentityService {
-    pub fn new(name: String, controller: bool) -> Self {
+    pub(crate) fn new(name: String, controller: bool) -> Self {
         IdentityService { name, controller }
     }
 }

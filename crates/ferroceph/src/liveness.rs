@@ -5,7 +5,7 @@
 use crate::cli::ServeArgs;
 use csi::v1 as pb;
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.metricsport == 0 {
         anyhow::bail!("--type=liveness needs --metricsport to export csi_liveness");
     }
@@ -27,7 +27,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
-pub async fn probe(endpoint: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+pub(crate) async fn probe(endpoint: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
     let work = async {
         let channel = crate::client::connect(endpoint, timeout).await?;
         let resp = pb::identity_client::IdentityClient::new(channel)

@@ -14,41 +14,41 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RpcLabels {
-    pub method: String,
-    pub code: String,
+pub(crate) struct RpcLabels {
+    pub(crate) method: String,
+    pub(crate) code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabels {
-    pub method: String,
+pub(crate) struct MethodLabels {
+    pub(crate) method: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OpLabels {
-    pub op: String,
+pub(crate) struct OpLabels {
+    pub(crate) op: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MounterLabels {
-    pub driver: String,
-    pub mounter: String,
+pub(crate) struct MounterLabels {
+    pub(crate) driver: String,
+    pub(crate) mounter: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabels {
-    pub version: String,
-    pub commit: String,
+pub(crate) struct BuildLabels {
+    pub(crate) version: String,
+    pub(crate) commit: String,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// staging path → (driver, mounter) of the volumes staged on this node.
     staged_paths: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
-    pub rpc_total: Family<RpcLabels, Counter>,
-    pub rpc_seconds: Family<MethodLabels, Histogram>,
-    pub rpc_in_flight: Family<MethodLabels, Gauge>,
-    pub ceph_seconds: Family<OpLabels, Histogram>,
-    pub staged: Family<MounterLabels, Gauge>,
+    pub(crate) rpc_total: Family<RpcLabels, Counter>,
+    pub(crate) rpc_seconds: Family<MethodLabels, Histogram>,
+    pub(crate) rpc_in_flight: Family<MethodLabels, Gauge>,
+    pub(crate) ceph_seconds: Family<OpLabels, Histogram>,
+    pub(crate) staged: Family<MounterLabels, Gauge>,
     liveness: Gauge,
     registry: std::sync::Mutex<Registry>,
     liveness_exported: std::sync::Once,
@@ -59,7 +59,7 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
-pub fn get() -> &'static Metrics {
+pub(crate) fn get() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
 }
@@ -130,7 +130,7 @@ impl Metrics {
     /// Adds `csi_liveness` to what this process exports and returns the gauge. Only the
     /// liveness sidecar calls it: a driver container cannot probe itself, and a
     /// `csi_liveness 0` beside the sidecar's `1` would make alerts fire for a healthy plugin.
-    pub fn export_liveness(&self) -> &Gauge {
+    pub(crate) fn export_liveness(&self) -> &Gauge {
         self.liveness_exported.call_once(|| {
             self.registry
                 .lock()
@@ -144,7 +144,7 @@ impl Metrics {
         &self.liveness
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
@@ -153,7 +153,7 @@ impl Metrics {
         out
     }
 
-    pub fn rpc_started(&self, method: &str) {
+    pub(crate) fn rpc_started(&self, method: &str) {
         self.rpc_in_flight
             .get_or_create(&MethodLabels {
                 method: method.to_string(),
@@ -161,7 +161,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn rpc_finished(&self, method: &str, code: &str, elapsed: Duration) {
+    pub(crate) fn rpc_finished(&self, method: &str, code: &str, elapsed: Duration) {
         let m = MethodLabels {
             method: method.to_string(),
         };
@@ -178,7 +178,7 @@ impl Metrics {
     }
 
     /// Records that a volume is staged at `staging` (idempotent) and refreshes the gauge.
-    pub fn volume_staged(&self, driver: &str, staging: &str, mounter: &str) {
+    pub(crate) fn volume_staged(&self, driver: &str, staging: &str, mounter: &str) {
         let mut paths = self.staged_paths.lock().unwrap_or_else(|p| p.into_inner());
         paths.insert(
             staging.to_string(),
@@ -187,7 +187,7 @@ impl Metrics {
         self.refresh_staged(&paths);
     }
 
-    pub fn volume_unstaged(&self, staging: &str) {
+    pub(crate) fn volume_unstaged(&self, staging: &str) {
         let mut paths = self.staged_paths.lock().unwrap_or_else(|p| p.into_inner());
         paths.remove(staging);
         self.refresh_staged(&paths);
@@ -205,7 +205,7 @@ impl Metrics {
         }
     }
 
-    pub fn ceph_op(&self, op: &str, elapsed: Duration) {
+    pub(crate) fn ceph_op(&self, op: &str, elapsed: Duration) {
         self.ceph_seconds
             .get_or_create(&OpLabels { op: op.to_string() })
             .observe(elapsed.as_secs_f64());
@@ -214,7 +214,7 @@ impl Metrics {
 
 /// Serves the metrics over plain HTTP until the process ends, and `GET /healthz` (200 `ok`)
 /// as a health endpoint. Port 0 disables it.
-pub async fn serve(addr: &str, port: u16, path: &str) -> std::io::Result<()> {
+pub(crate) async fn serve(addr: &str, port: u16, path: &str) -> std::io::Result<()> {
     if port == 0 {
         return Ok(());
     }

@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 /// Parses `unix:///abs/path`, `unix:/abs/path` or a bare absolute path.
-pub fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
+pub(crate) fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
     let path = if let Some(rest) = endpoint.strip_prefix("unix://") {
         rest
     } else if let Some(rest) = endpoint.strip_prefix("unix:") {
@@ -38,7 +38,7 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
 
 /// Creates the socket's directory and removes a stale socket left by an earlier run.
 /// Refuses to remove anything that is not a socket.
-pub fn prepare_socket(path: &Path) -> std::io::Result<()> {
+pub(crate) fn prepare_socket(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -102,7 +102,7 @@ struct HeaderBlock {
 
 /// The client-to-server half of an HTTP/2 connection, as a byte-stream rewriter: bytes go in
 /// with `feed`, and come out (changed only as described above) with `take`.
-pub struct AuthorityRewriter {
+pub(crate) struct AuthorityRewriter {
     input: Vec<u8>,
     output: Vec<u8>,
     output_pos: usize,
@@ -144,12 +144,12 @@ fn authority_ok(value: &[u8]) -> bool {
 
 impl AuthorityRewriter {
     /// Whether bytes are waiting to be taken.
-    pub fn has_output(&self) -> bool {
+    pub(crate) fn has_output(&self) -> bool {
         self.output_pos < self.output.len()
     }
 
     /// Moves up to `max` processed bytes out.
-    pub fn take(&mut self, max: usize) -> &[u8] {
+    pub(crate) fn take(&mut self, max: usize) -> &[u8] {
         let start = self.output_pos;
         let end = self.output.len().min(start + max);
         self.output_pos = end;
@@ -158,7 +158,7 @@ impl AuthorityRewriter {
 
     /// Takes bytes the client sent; an error means the connection cannot go on (h2 would
     /// end it for the same input).
-    pub fn feed(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.output_pos == self.output.len() {
             self.output.clear();
             self.output_pos = 0;
@@ -212,7 +212,7 @@ impl AuthorityRewriter {
     }
 
     /// The client closed its side: what could not be parsed goes on as it is, for h2 to judge.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(block) = self.block.take() {
             self.output.extend_from_slice(&block.raw);
         }
@@ -350,7 +350,7 @@ impl AuthorityRewriter {
 }
 
 /// A server-side connection whose incoming HTTP/2 passes through an `AuthorityRewriter`.
-pub struct FixAuthority<S> {
+pub(crate) struct FixAuthority<S> {
     io: S,
     rewriter: AuthorityRewriter,
     scratch: Box<[u8]>,
@@ -359,7 +359,7 @@ pub struct FixAuthority<S> {
 }
 
 impl<S> FixAuthority<S> {
-    pub fn new(io: S) -> Self {
+    pub(crate) fn new(io: S) -> Self {
         FixAuthority {
             io,
             rewriter: AuthorityRewriter::default(),
@@ -445,7 +445,7 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 }
 
 /// The connections of a CSI socket, each through `FixAuthority`.
-pub fn incoming(
+pub(crate) fn incoming(
     listener: tokio::net::UnixListener,
 ) -> impl futures::Stream<Item = std::io::Result<FixAuthority<tokio::net::UnixStream>>> {
     use futures::StreamExt;
@@ -457,32 +457,28 @@ static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 tokio::task_local! {
     /// The RPC the current task serves, for metrics recorded deeper down.
-    pub static RPC_METHOD: String;
+    pub(crate) static RPC_METHOD: String;
     /// When the current RPC's deadline passes.
     static RPC_DEADLINE: Instant;
 }
 
 /// How long the current RPC may still take (None outside an RPC).
-pub fn time_left() -> Option<Duration> {
+pub(crate) fn time_left() -> Option<Duration> {
     RPC_DEADLINE
         .try_with(|d| d.saturating_duration_since(Instant::now()))
         .ok()
 }
 
 /// Adds the volume (or request name) an RPC works on to its log lines.
-pub fn note_volume(id: &str) {
+pub(crate) fn note_volume(id: &str) {
     if !id.is_empty() {
         tracing::Span::current().record("volume", id);
     }
 }
 
-/// The id of the request being served, for handlers' own log lines.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
-
 #[derive(Clone)]
-pub struct RpcLayer {
-    pub deadline: Duration,
+pub(crate) struct RpcLayer {
+    pub(crate) deadline: Duration,
 }
 
 impl<S> Layer<S> for RpcLayer {
@@ -496,7 +492,7 @@ impl<S> Layer<S> for RpcLayer {
 }
 
 #[derive(Clone)]
-pub struct RpcService<S> {
+pub(crate) struct RpcService<S> {
     inner: S,
     deadline: Duration,
 }
@@ -517,7 +513,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         // Take the service that was polled ready, leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -535,7 +531,6 @@ where
             .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string)
             .unwrap_or_else(|| format!("req-{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)));
-        req.extensions_mut().insert(RequestId(request_id.clone()));
         let deadline = client_deadline(&req)
             .map(|d| d.min(self.deadline))
             .unwrap_or(self.deadline);
@@ -653,7 +648,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());

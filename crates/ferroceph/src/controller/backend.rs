@@ -17,11 +17,11 @@ use std::time::Duration;
 /// subvolume group (empty for RBD) and the driver instance whose journal it reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Site {
-    pub cluster_id: String,
-    pub monitors: Vec<String>,
-    pub namespace: String,
-    pub group: String,
-    pub instance: String,
+    pub(crate) cluster_id: String,
+    pub(crate) monitors: Vec<String>,
+    pub(crate) namespace: String,
+    pub(crate) group: String,
+    pub(crate) instance: String,
 }
 
 /// A location of volumes inside a cluster: an RBD pool or a CephFS filesystem, by the id
@@ -34,58 +34,58 @@ pub(crate) enum At {
 
 /// A CreateVolume, validated.
 pub(crate) struct NewVolume<P> {
-    pub name: String,
-    pub params: P,
-    pub range: Option<pb::CapacityRange>,
-    pub source: Option<ContentSource>,
+    pub(crate) name: String,
+    pub(crate) params: P,
+    pub(crate) range: Option<pb::CapacityRange>,
+    pub(crate) source: Option<ContentSource>,
     /// What is left of the RPC's deadline when the Ceph work starts.
-    pub time_left: Option<Duration>,
+    pub(crate) time_left: Option<Duration>,
 }
 
 pub(crate) struct MadeVolume {
-    pub uuid: String,
+    pub(crate) uuid: String,
     /// Pool id or fscid: the handle's location field.
-    pub location: i64,
-    pub capacity: u64,
-    pub context: BTreeMap<String, String>,
+    pub(crate) location: i64,
+    pub(crate) capacity: u64,
+    pub(crate) context: BTreeMap<String, String>,
 }
 
 pub(crate) struct MadeSnapshot {
-    pub uuid: String,
-    pub location: i64,
-    pub size: u64,
-    pub created_nanos: i64,
+    pub(crate) uuid: String,
+    pub(crate) location: i64,
+    pub(crate) size: u64,
+    pub(crate) created_nanos: i64,
 }
 
 /// One snapshot of a journal: its uuid, the uuid of the volume it was taken from (None when
 /// that volume's name does not end in a uuid), size and creation time.
 pub(crate) struct SnapshotEntry {
-    pub uuid: String,
-    pub source_uuid: Option<String>,
-    pub size: u64,
-    pub created_nanos: i64,
+    pub(crate) uuid: String,
+    pub(crate) source_uuid: Option<String>,
+    pub(crate) size: u64,
+    pub(crate) created_nanos: i64,
 }
 
 /// One volume of a journal with its condition (is its image or subvolume there?).
 pub(crate) struct VolumeEntry {
-    pub uuid: String,
-    pub condition: Condition,
+    pub(crate) uuid: String,
+    pub(crate) condition: Condition,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Condition {
-    pub abnormal: bool,
-    pub message: String,
+    pub(crate) abnormal: bool,
+    pub(crate) message: String,
 }
 
 impl Condition {
-    pub fn healthy(message: impl Into<String>) -> Condition {
+    pub(crate) fn healthy(message: impl Into<String>) -> Condition {
         Condition {
             abnormal: false,
             message: message.into(),
         }
     }
-    pub fn abnormal(message: impl Into<String>) -> Condition {
+    pub(crate) fn abnormal(message: impl Into<String>) -> Condition {
         Condition {
             abnormal: true,
             message: message.into(),
@@ -94,8 +94,8 @@ impl Condition {
 }
 
 pub(crate) struct Expanded {
-    pub capacity: u64,
-    pub node_expansion_required: bool,
+    pub(crate) capacity: u64,
+    pub(crate) node_expansion_required: bool,
 }
 
 pub(crate) trait Backend: Send + Sync + 'static {

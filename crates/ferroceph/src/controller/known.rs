@@ -14,10 +14,10 @@ use std::sync::Mutex;
 /// A cluster the controller has worked with.
 #[derive(Clone)]
 pub(crate) struct Known {
-    pub site: Site,
-    pub creds: Option<Credentials>,
+    pub(crate) site: Site,
+    pub(crate) creds: Option<Credentials>,
     /// Pools or filesystems it provisioned into or deleted from.
-    pub locations: BTreeSet<String>,
+    pub(crate) locations: BTreeSet<String>,
 }
 
 pub(crate) struct Registry {
@@ -29,14 +29,19 @@ pub(crate) struct Registry {
 const MAX_SECRET_FILE: u64 = 4096;
 
 impl Registry {
-    pub fn new(secrets_dir: Option<PathBuf>) -> Registry {
+    pub(crate) fn new(secrets_dir: Option<PathBuf>) -> Registry {
         Registry {
             known: Mutex::new(BTreeMap::new()),
             secrets_dir,
         }
     }
 
-    pub fn remember(&self, site: &Site, creds: Option<&Credentials>, location: Option<&str>) {
+    pub(crate) fn remember(
+        &self,
+        site: &Site,
+        creds: Option<&Credentials>,
+        location: Option<&str>,
+    ) {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let entry = known
             .entry(site.cluster_id.clone())
@@ -54,22 +59,25 @@ impl Registry {
         }
     }
 
-    pub fn all(&self) -> BTreeMap<String, Known> {
+    pub(crate) fn all(&self) -> BTreeMap<String, Known> {
         self.known.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn get(&self, cluster_id: &str) -> Option<Known> {
+    pub(crate) fn get(&self, cluster_id: &str) -> Option<Known> {
         self.all().remove(cluster_id)
     }
 
-    pub fn has_secrets_dir(&self) -> bool {
+    pub(crate) fn has_secrets_dir(&self) -> bool {
         self.secrets_dir.is_some()
     }
 
     /// The configured secret for a cluster: `<dir>/<clusterID>/` when that directory
     /// exists, else `<dir>/` itself. None without `--controllersecrets` or when it holds no
     /// keys.
-    pub fn configured_secrets(&self, cluster_id: &str) -> Result<Option<HashMap<String, String>>> {
+    pub(crate) fn configured_secrets(
+        &self,
+        cluster_id: &str,
+    ) -> Result<Option<HashMap<String, String>>> {
         let Some(dir) = &self.secrets_dir else {
             return Ok(None);
         };

@@ -58,9 +58,9 @@ pub(crate) fn page_after<T: Clone>(
 /// What a ListSnapshots request narrows the listing to.
 pub(crate) struct SnapshotFilter {
     /// The (clusterID, pool id or fscid) its ids name; None: every place the driver knows.
-    pub target: Option<(String, i64)>,
-    pub snapshot_uuid: Option<String>,
-    pub source: Option<CsiId>,
+    pub(crate) target: Option<(String, i64)>,
+    pub(crate) snapshot_uuid: Option<String>,
+    pub(crate) source: Option<CsiId>,
 }
 
 /// The filter of a ListSnapshots request; None when an id does not decode, since then

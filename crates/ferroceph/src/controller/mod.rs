@@ -50,13 +50,13 @@ const CAPABILITIES: [CapType; 10] = [
 
 /// A cluster the controller can reach for a listing, with the locations to look in.
 pub(crate) struct Target {
-    pub site: Site,
-    pub creds: Credentials,
-    pub locations: BTreeSet<String>,
+    pub(crate) site: Site,
+    pub(crate) creds: Credentials,
+    pub(crate) locations: BTreeSet<String>,
 }
 
 impl<B: Backend> ControllerCore<B> {
-    pub fn new(
+    pub(crate) fn new(
         instance: String,
         clusters: Arc<ClusterMap>,
         ceph: Ceph,
