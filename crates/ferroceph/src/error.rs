@@ -187,22 +187,17 @@ impl From<crate::config::ConfigError> for Error {
     }
 }
 
-/// What a timed-out Ceph call waited for, from the kind of operation: connecting and mon
-/// commands wait for the monitor quorum, everything else for the OSDs serving the object.
+/// What a timed-out Ceph call waited for, as the access layer classified the operation.
 fn timed_out_hint(e: &rados::Error) -> &'static str {
-    let op = e.op.as_ref();
-    if op.contains("connect")
-        || op.contains("monitor")
-        || op.starts_with("mon")
-        || op.ends_with("fsid")
-    {
-        "no monitor answered in time: is the monitor quorum up?"
-    } else if op.starts_with("mgr") {
-        "the mgr did not answer in time (its volumes module waits for the MDS): are the mgr and the filesystem's MDS up?"
-    } else if op.starts_with("look up pool") {
-        "the cluster did not answer in time: are the monitors up?"
-    } else {
-        "waited for the OSDs: no OSD answered in time; are the OSDs up and the pool's PGs active?"
+    match e.service {
+        rados::Service::Monitor => "no monitor answered in time: is the monitor quorum up?",
+        rados::Service::Manager => {
+            "the mgr did not answer in time (its volumes module waits for the MDS): are the mgr and the filesystem's MDS up?"
+        }
+        rados::Service::Osd => {
+            "waited for the OSDs: no OSD answered in time; are the OSDs up and the pool's PGs active?"
+        }
+        rados::Service::Client => "the Ceph client library did not answer in time",
     }
 }
 
@@ -225,7 +220,8 @@ mod tests {
         assert!(osd.message().contains("OSD"), "{}", osd.message());
         let mon: Status = Error::ceph(
             "read pool usage",
-            rados::Error::new("mon command", libc::ETIMEDOUT, "df"),
+            rados::Error::new("mon command", libc::ETIMEDOUT, "df")
+                .from_service(rados::Service::Monitor),
         )
         .into();
         assert_eq!(mon.code(), Code::Unavailable);

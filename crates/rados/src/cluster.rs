@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Service};
 use crate::ioctx::IoCtx;
 use crate::sys;
 
@@ -242,21 +242,21 @@ impl Cluster {
     pub fn fsid(&self) -> Result<String> {
         self.handle
             .fsid()
-            .map_err(|e| Error::new("get fsid", e, ""))
+            .map_err(|e| Error::new("get fsid", e, "").from_service(Service::Monitor))
     }
 
     /// The id of pool `name`; `NotFound` if there is none.
     pub fn pool_lookup(&self, name: &str) -> Result<i64> {
-        self.handle
-            .pool_lookup(name)
-            .map_err(|e| Error::new("look up pool", e, name.to_string()))
+        self.handle.pool_lookup(name).map_err(|e| {
+            Error::new("look up pool", e, name.to_string()).from_service(Service::Monitor)
+        })
     }
 
     /// The name of pool `id`; `NotFound` if there is none.
     pub fn pool_name(&self, id: i64) -> Result<String> {
-        self.handle
-            .pool_reverse_lookup(id)
-            .map_err(|e| Error::new("look up pool id", e, id.to_string()))
+        self.handle.pool_reverse_lookup(id).map_err(|e| {
+            Error::new("look up pool id", e, id.to_string()).from_service(Service::Monitor)
+        })
     }
 
     /// An io context on pool `pool`, in RADOS namespace `namespace` (`""` is
@@ -305,15 +305,18 @@ pub(crate) fn connect_handle(cfg: &ConnectConfig, mon_op_timeout: bool) -> Resul
     }
 
     sys::load().map_err(|why| {
-        Error::new("load the Ceph client libraries", libc::ELIBACC, "").with_detail(why)
+        Error::new("load the Ceph client libraries", libc::ELIBACC, "")
+            .with_detail(why)
+            .from_service(Service::Client)
     })?;
-    let mut h = sys::Rados::create(&user)
-        .map_err(|e| Error::new("rados create", e, format!("for client.{user}")))?;
+    let mut h = sys::Rados::create(&user).map_err(|e| {
+        Error::new("rados create", e, format!("for client.{user}")).from_service(Service::Client)
+    })?;
     for (name, value, required) in options(cfg, &mon_host, mon_op_timeout) {
         if let Err(e) = h.conf_set(name, &value) {
             if required {
                 // Never include the value: it may be the key.
-                return Err(Error::new("set config option", e, name));
+                return Err(Error::new("set config option", e, name).from_service(Service::Client));
             }
             tracing::debug!(option = name, errno = e, "optional librados option not set");
         }
@@ -401,7 +404,7 @@ fn describe_pool(pool: &str, ns: &str) -> String {
 /// Turns a `rados_connect` failure into a clear message (never containing
 /// the key).
 fn connect_error(errno: i32, mon_host: &str, user: &str, secs: u64) -> Error {
-    match errno {
+    let e = match errno {
         libc::ETIMEDOUT => Error::new(
             "cannot reach monitors",
             errno,
@@ -433,7 +436,8 @@ fn connect_error(errno: i32, mon_host: &str, user: &str, secs: u64) -> Error {
             errno,
             format!("to monitors {mon_host} as client.{user}"),
         ),
-    }
+    };
+    e.from_service(Service::Monitor)
 }
 
 #[cfg(test)]

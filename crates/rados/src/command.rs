@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use crate::cluster::{connect_handle, Cluster, ConnectConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Service};
 use crate::sys;
 
 /// How many manager commands of one [`Cluster`] may wait for a reply after their caller gave
@@ -55,8 +55,14 @@ fn run(c: &Cluster, mgr: bool, json: &str, input: &[u8]) -> Result<CommandOutput
 
 fn finish(mgr: bool, json: &str, r: i32, out: Vec<u8>, status: String) -> Result<CommandOutput> {
     if r != 0 {
-        let op = if mgr { "mgr command" } else { "mon command" };
-        return Err(Error::new(op, r, describe(json)).with_detail(status));
+        let (op, service) = if mgr {
+            ("mgr command", Service::Manager)
+        } else {
+            ("mon command", Service::Monitor)
+        };
+        return Err(Error::new(op, r, describe(json))
+            .with_detail(status)
+            .from_service(service));
     }
     Ok(CommandOutput { out, status })
 }
@@ -91,11 +97,11 @@ impl MgrLane {
     fn run(&self, json: &str, input: &[u8]) -> Result<CommandOutput> {
         let waiting = self.abandoned.load(Ordering::SeqCst);
         if waiting >= MAX_ABANDONED {
-            return Err(
-                Error::new("mgr command", libc::ETIMEDOUT, describe(json)).with_detail(format!(
+            return Err(Error::new("mgr command", libc::ETIMEDOUT, describe(json))
+                .with_detail(format!(
                     "{waiting} earlier mgr commands are still waiting for the manager's reply"
-                )),
-            );
+                ))
+                .from_service(Service::Manager));
         }
         let handle = self.handle()?;
         let (tx, rx) = mpsc::sync_channel(1);
@@ -114,7 +120,8 @@ impl MgrLane {
             });
         if let Err(e) = spawned {
             return Err(Error::new("mgr command", libc::EAGAIN, describe(json))
-                .with_detail(format!("cannot start a thread: {e}")));
+                .with_detail(format!("cannot start a thread: {e}"))
+                .from_service(Service::Client));
         }
         match rx.recv_timeout(self.cfg.timeout) {
             Ok((r, out, status)) => finish(true, json, r, out, status),
@@ -122,15 +129,13 @@ impl MgrLane {
                 if !done.swap(true, Ordering::SeqCst) {
                     self.abandoned.fetch_add(1, Ordering::SeqCst);
                 }
-                Err(
-                    Error::new("mgr command", libc::ETIMEDOUT, describe(json)).with_detail(
-                        format!(
-                            "no reply from the manager within {:?} (the command may still \
+                Err(Error::new("mgr command", libc::ETIMEDOUT, describe(json))
+                    .with_detail(format!(
+                        "no reply from the manager within {:?} (the command may still \
                              take effect)",
-                            self.cfg.timeout
-                        ),
-                    ),
-                )
+                        self.cfg.timeout
+                    ))
+                    .from_service(Service::Manager))
             }
         }
     }

@@ -28,6 +28,19 @@ pub enum ErrorKind {
     Other,
 }
 
+/// Which part of the cluster an operation waits for: what a timeout means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// The monitor quorum (connecting, monitor commands, the cluster maps).
+    Monitor,
+    /// The active mgr (its modules, e.g. CephFS `volumes`).
+    Manager,
+    /// The OSDs serving the object or image.
+    Osd,
+    /// Nothing remote: loading the libraries, configuring the handle.
+    Client,
+}
+
 /// A failed Ceph operation.
 ///
 /// `Display` renders as `"{op} {context}: {strerror} (errno {errno})"`,
@@ -47,6 +60,8 @@ pub struct Error {
     pub context: String,
     /// Extra explanation, e.g. the status string of a failed command.
     pub detail: Option<String>,
+    /// What the operation waited for; OSDs unless the operation says otherwise.
+    pub service: Service,
 }
 
 impl Error {
@@ -57,7 +72,14 @@ impl Error {
             errno: errno.saturating_abs(),
             context: context.into(),
             detail: None,
+            service: Service::Osd,
         }
+    }
+
+    /// The same error, marked as waiting for `service`.
+    pub fn from_service(mut self, service: Service) -> Error {
+        self.service = service;
+        self
     }
 
     /// Adds an explanation (ignored when empty).

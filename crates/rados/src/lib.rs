@@ -25,7 +25,7 @@ mod sys;
 
 pub use cluster::{Cluster, ConnectConfig, DEFAULT_TIMEOUT};
 pub use command::CommandOutput;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, Service};
 pub use ioctx::{IoCtx, ObjectStat};
 pub use omap::{OmapPage, PendingWrite};
 pub use pool::{ClusterPool, DEFAULT_IDLE_TTL};
