@@ -136,16 +136,6 @@ pub fn content_source(
     }))
 }
 
-/// The locks a CreateVolume holds: its name, and its content source (so the source cannot
-/// be deleted under the clone).
-pub fn create_lock_keys(name: &str, source: Option<&ContentSource>) -> Vec<String> {
-    let mut keys = vec![format!("create:{name}")];
-    if let Some(s) = source {
-        keys.push(format!("id:{}", s.raw));
-    }
-    keys
-}
-
 pub fn size_fits(size: u64, range: Option<&pb::CapacityRange>) -> bool {
     let Some(r) = range else { return true };
     (r.required_bytes <= 0 || size >= r.required_bytes as u64)

@@ -20,7 +20,7 @@ use crate::cephfs::params::{
 use crate::cephfs::subvolume::{self, FsPlace};
 use crate::config::{ClusterInfo, ClusterMap, ConfigError};
 use crate::error::Error;
-use crate::locks::OpLocks;
+use crate::locks::{LockKey, OpLocks};
 use crate::node::keyfile::KeyFile;
 use crate::node::{inuse, mount};
 use crate::validate::{self, CapSummary, CEPHFS_MODES};
@@ -123,7 +123,9 @@ impl CephFsNode {
     }
 
     fn lock(&self, volume_id: &str) -> Result<crate::locks::OpGuard, Status> {
-        self.locks.acquire("volume", [format!("node:{volume_id}")])
+        Ok(self
+            .locks
+            .acquire("volume", [LockKey::node_volume(volume_id)])?)
     }
 
     /// Asks the cluster for what the volume_context lacks (volumes made by older

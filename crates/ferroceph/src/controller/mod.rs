@@ -9,7 +9,7 @@ pub(crate) mod listing;
 use crate::ceph::Ceph;
 use crate::config::ClusterMap;
 use crate::error::{Error, Result};
-use crate::locks::OpLocks;
+use crate::locks::{LockKey, OpLocks};
 use crate::rbd::params::Credentials;
 use crate::validate;
 use crate::volid::CsiId;
@@ -183,7 +183,7 @@ impl<B: Backend> ControllerCore<B> {
             return Ok(());
         };
         let creds = self.creds_for(secrets, &id.cluster_id)?;
-        let guard = self.locks.acquire(kind, [format!("id:{handle}")])?;
+        let guard = self.locks.acquire(kind, [LockKey::handle(handle)])?;
         let location = self
             .on_site(&site, &creds, move |c, site| {
                 let _guard = guard;
@@ -207,10 +207,10 @@ impl<B: Backend> ControllerCore<B> {
         let cluster_id = B::cluster_id(&params).to_string();
         let site = B::site(&self.clusters, &cluster_id, Some(&params), &self.instance)?;
         let source = validate::content_source(&req, &cluster_id)?;
-        let guard = self.locks.acquire(
-            "volume",
-            validate::create_lock_keys(&req.name, source.as_ref()),
-        )?;
+        // the source too, so it cannot be deleted under the clone
+        let mut keys = vec![LockKey::create_name(&req.name)];
+        keys.extend(source.as_ref().map(|s| LockKey::handle(&s.raw)));
+        let guard = self.locks.acquire("volume", keys)?;
         let location = B::location_name(&params).to_string();
         let new = NewVolume {
             name: req.name.clone(),
@@ -397,8 +397,8 @@ impl<B: Backend> ControllerCore<B> {
         let guard = self.locks.acquire(
             "snapshot",
             [
-                format!("snap:{}", req.name),
-                format!("id:{}", req.source_volume_id),
+                LockKey::snapshot_name(&req.name),
+                LockKey::handle(&req.source_volume_id),
             ],
         )?;
         let (name, raw) = (req.name.clone(), req.source_volume_id.clone());
@@ -541,7 +541,7 @@ impl<B: Backend> ControllerCore<B> {
         let creds = self.creds_for(&req.secrets, &id.cluster_id)?;
         let guard = self
             .locks
-            .acquire("volume", [format!("id:{}", req.volume_id)])?;
+            .acquire("volume", [LockKey::handle(&req.volume_id)])?;
         let raw = req.volume_id.clone();
         let done = self
             .on_site(&site, &creds, move |c, site| {

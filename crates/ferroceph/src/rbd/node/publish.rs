@@ -2,6 +2,7 @@
 //! with read-only views of block volumes.
 
 use super::*;
+use crate::locks::LockKey;
 
 /// Whether `device` is a read-only view publish made for a block volume: a second loop
 /// device on the FUSE export, or a loop device on a krbd/rbd-nbd device.
@@ -41,7 +42,7 @@ impl Inner {
         let flags = mount_flags(cap)?;
         let _guard = self.locks.acquire(
             "volume",
-            [format!("node:{vid}"), format!("path:{}", target.display())],
+            [LockKey::node_volume(vid), LockKey::node_path(&target)],
         )?;
         // ceph-csi's staged volumes are served from `<staging>/<volume id>`
         let (mut rec, staged_by_cephcsi) =
@@ -184,7 +185,7 @@ impl Inner {
         let target = mount::check_path(&req.target_path, "target_path")?;
         let _guard = self.locks.acquire(
             "volume",
-            [format!("node:{vid}"), format!("path:{}", target.display())],
+            [LockKey::node_volume(vid), LockKey::node_path(&target)],
         )?;
         // A read-only view of a block volume (see publish) goes with its target.
         let view = mount::mount_at(&target)

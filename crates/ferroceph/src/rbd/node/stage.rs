@@ -2,6 +2,7 @@
 //! only a blank device, mount; re-attach a dead attachment.
 
 use super::*;
+use crate::locks::LockKey;
 
 impl Inner {
     /// Where the image lives, from the handle and the volume context.
@@ -279,7 +280,7 @@ impl Inner {
 
         let _guard = self.locks.acquire(
             "volume",
-            [format!("node:{vid}"), format!("path:{}", staging.display())],
+            [LockKey::node_volume(vid), LockKey::node_path(&staging)],
         )?;
         self.remember_key(vid, &creds);
 

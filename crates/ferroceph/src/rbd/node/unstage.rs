@@ -2,6 +2,7 @@
 //! what ceph-csi staged).
 
 use super::*;
+use crate::locks::LockKey;
 
 /// NodeUnstageVolume must not unmount and detach a volume under its users (the FUSE
 /// exporter would die under a mounted filesystem): FailedPrecondition naming every publish
@@ -49,7 +50,7 @@ impl Inner {
         let staging = mount::check_path(&req.staging_target_path, "staging_target_path")?;
         let _guard = self.locks.acquire(
             "volume",
-            [format!("node:{vid}"), format!("path:{}", staging.display())],
+            [LockKey::node_volume(vid), LockKey::node_path(&staging)],
         )?;
         match record::read(&staging).map_err(Status::failed_precondition)? {
             None => match cephcsi::find(&staging, vid)? {

@@ -1,6 +1,7 @@
 //! NodeGetVolumeStats and NodeExpandVolume.
 
 use super::*;
+use crate::locks::LockKey;
 
 impl Inner {
     /// The record for a request that may or may not name the staging path.
@@ -134,7 +135,7 @@ impl Inner {
             .as_ref()
             .map(|r| r.required_bytes.max(0) as u64)
             .unwrap_or(0);
-        let _guard = self.locks.acquire("volume", [format!("node:{vid}")])?;
+        let _guard = self.locks.acquire("volume", [LockKey::node_volume(vid)])?;
         if !path.exists() {
             return Err(Status::not_found(format!(
                 "volume path {} does not exist",
