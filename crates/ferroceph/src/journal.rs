@@ -302,6 +302,22 @@ impl<'a> Journal<'a> {
         Ok(())
     }
 
+    /// The entries' attributes: of `only` when given, else of every directory entry;
+    /// entries whose per-entry object is gone are left out.
+    pub fn entries(&self, only: Option<&str>) -> Result<Vec<(String, Attrs)>, JournalError> {
+        let uuids: Vec<String> = match only {
+            Some(u) => vec![u.to_string()],
+            None => self.list_all()?.into_iter().map(|(_, u)| u).collect(),
+        };
+        let mut out = Vec::with_capacity(uuids.len());
+        for uuid in uuids {
+            if let Some(attrs) = self.get(&uuid)? {
+                out.push((uuid, attrs));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every directory entry (request name → uuid), read in batches.
     pub fn list_all(&self) -> Result<Vec<(String, String)>, JournalError> {
         let mut out: Vec<(String, String)> = Vec::new();

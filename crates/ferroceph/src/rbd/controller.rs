@@ -340,24 +340,12 @@ impl Backend for RbdBackend {
         let Some(place) = place_at(c, site, at)? else {
             return Ok(None);
         };
-        let journal = place.snaps();
-        let uuids: Vec<String> = match only {
-            Some(u) => vec![u.to_string()],
-            None => journal
-                .list_all()
-                .map_err(|e| image::jerr("list snapshot journal", e))?
-                .into_iter()
-                .map(|(_, u)| u)
-                .collect(),
-        };
+        let entries = place
+            .snaps()
+            .entries(only)
+            .map_err(|e| image::jerr("read snapshot journal", e))?;
         let mut out = Vec::new();
-        for uuid in uuids {
-            let Some(attrs) = journal
-                .get(&uuid)
-                .map_err(|e| image::jerr("read snapshot journal", e))?
-            else {
-                continue;
-            };
+        for (uuid, attrs) in entries {
             if !attrs.contains_key(journal::IMAGE_ID) {
                 continue; // not finished
             }
