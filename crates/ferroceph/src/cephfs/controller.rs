@@ -1,6 +1,7 @@
 //! CephFS Controller service: validation and CSI shapes here, Ceph work in `subvolume.rs`.
 
 use crate::ceph::Ceph;
+use crate::cephfs::backing;
 use crate::cephfs::params::{
     admin_credentials, snapshot_prefix, FsParams, DEFAULT_JOURNAL_NAMESPACE,
 };
@@ -171,6 +172,9 @@ impl Controller for CephFsController {
         let creds = admin_credentials(&req.secrets).map_err(invalid)?;
         let info = cluster_info(&self.clusters, &params.cluster_id)?;
 
+        if params.backing_snapshot {
+            backing::check_capabilities(&req.volume_capabilities)?;
+        }
         let source = validate::content_source(&req, &params.cluster_id)?;
         let source_id = source.as_ref().map(|s| s.raw.clone()).unwrap_or_default();
         let guard = self.locks.acquire(
@@ -227,7 +231,11 @@ impl Controller for CephFsController {
                     source_id: &src_id,
                     clone_wait,
                 };
-                let created = subvolume::create_volume(&place, &spec)?;
+                let created = if p.backing_snapshot {
+                    backing::create_volume(&place, &spec)?
+                } else {
+                    subvolume::create_volume(&place, &spec)?
+                };
                 Ok((created, place.fs.fscid))
             })
             .await?;
@@ -271,7 +279,7 @@ impl Controller for CephFsController {
         let done = self
             .on_fs(&id, &info, &creds, move |place| {
                 let _guard = guard;
-                subvolume::delete_volume(place, &uuid)
+                Ok(backing::delete_volume(place, &uuid)?)
             })
             .await?;
         if done.is_none() {
@@ -564,10 +572,11 @@ impl Controller for CephFsController {
             .locks
             .acquire("snapshot", [format!("id:{}", req.snapshot_id)])?;
         let uuid = id.uuid.clone();
+        let snapshot_id = req.snapshot_id.clone();
         let done = self
             .on_fs(&id, &info, &creds, move |place| {
                 let _guard = guard;
-                subvolume::delete_snapshot(place, &uuid)
+                Ok(backing::delete_snapshot(place, &snapshot_id, &uuid)?)
             })
             .await?;
         self.remember(

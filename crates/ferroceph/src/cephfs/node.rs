@@ -173,27 +173,47 @@ impl CephFsNode {
         }
         .map_err(invalid)?;
 
-        let (fs_name, root) =
-            if vol.is_static || (!vol.fs_name.is_empty() && !vol.root_path.is_empty()) {
-                (vol.fs_name.clone(), vol.root_path.clone())
-            } else {
-                let id = handle
-                    .as_ref()
-                    .ok_or_else(|| Status::invalid_argument("not a CephFS volume handle"))?;
-                let (fs, path) = self.lookup(id, &info, &creds.user, &creds.key).await?;
-                (
-                    if vol.fs_name.is_empty() {
-                        fs
-                    } else {
-                        vol.fs_name.clone()
-                    },
-                    if vol.root_path.is_empty() {
-                        path
-                    } else {
-                        vol.root_path.clone()
-                    },
-                )
-            };
+        if vol.backing_snapshot && !r.cap.read_only {
+            return Err(Status::invalid_argument(
+                "a snapshot-backed volume supports only read-only access modes",
+            ));
+        }
+        let from_context = vol.is_static
+            || (!vol.backing_snapshot && !vol.fs_name.is_empty() && !vol.root_path.is_empty());
+        let (fs_name, root) = if from_context {
+            (vol.fs_name.clone(), vol.root_path.clone())
+        } else {
+            let id = handle
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("not a CephFS volume handle"))?;
+            let (fs, path) = self.lookup(id, &info, &creds.user, &creds.key).await?;
+            (
+                if vol.fs_name.is_empty() {
+                    fs
+                } else {
+                    vol.fs_name.clone()
+                },
+                if vol.root_path.is_empty() || vol.backing_snapshot {
+                    path
+                } else {
+                    vol.root_path.clone()
+                },
+            )
+        };
+        // A snapshot-backed volume: the snapshot's subvolume directory is mounted and its
+        // snapshot root bound read-only over it (neither client mounts a .snap path).
+        let (root, snap_root) = match vol.backing_snapshot {
+            false => (root, None),
+            true => match root.split_once("/.snap/") {
+                Some((dir, rel)) => (format!("{dir}/"), Some(format!(".snap/{rel}"))),
+                None => {
+                    return Err(Status::internal(format!(
+                        "snapshot-backed volume {} resolved to {root:?}, not a snapshot path",
+                        r.volume_id
+                    )))
+                }
+            },
+        };
         let which = match vol.mounter {
             Some(m) => m,
             None => self.default_mounter().await,
@@ -236,6 +256,11 @@ impl CephFsNode {
         if mount::is_mount_point(r.staging).unwrap_or(false) {
             let rec = mounter::read_record(r.staging);
             match mounter::probe(r.staging, PROBE_TIMEOUT).await {
+                // No record for a snapshot-backed volume: a crash may have come before
+                // the snapshot was bound; mount it again rather than adopt the directory.
+                Health::Ok(_) if rec.is_none() && snap_root.is_some() => {
+                    self.teardown(r.staging, None).await?;
+                }
                 Health::Ok(_) => {
                     return match rec {
                         Some(rec) if rec.volume_id == r.volume_id => {
@@ -302,6 +327,14 @@ impl CephFsNode {
             Mounter::Kernel => mounter::mount_kernel(&spec, MOUNT_TIMEOUT).await?,
         }
         drop(key);
+        if let Some(rel) = &snap_root {
+            if let Err(e) = bind_snapshot(r.staging, rel).await {
+                if let Err(t) = self.teardown(r.staging, Some(&rec)).await {
+                    tracing::warn!(staging = %r.staging.display(), "cannot undo the mount: {t}");
+                }
+                return Err(e);
+            }
+        }
         if let Err(e) = mounter::write_record(r.staging, &rec) {
             // Without a record unstage still works (it finds ceph-fuse by its command line).
             tracing::warn!(staging = %r.staging.display(), "cannot write the stage record: {e}");
@@ -358,6 +391,24 @@ impl CephFsNode {
         }
         Ok(())
     }
+}
+
+/// Binds the snapshot root `rel` of the directory mounted at `staging` over `staging`,
+/// read-only.
+async fn bind_snapshot(staging: &Path, rel: &str) -> Result<(), Status> {
+    let source = staging.join(rel);
+    if rel.split('/').any(|c| c == "..") {
+        return Err(Status::internal(format!("bad snapshot path {rel:?}")));
+    }
+    mount::bind(&source, staging, true, &[], MOUNT_TIMEOUT)
+        .await
+        .map_err(|e| {
+            Status::internal(format!(
+                "cannot bind the snapshot {} over {}: {e}",
+                source.display(),
+                staging.display()
+            ))
+        })
 }
 
 /// Unavailable for a mount that answers slowly or oddly but is not known to be broken: it

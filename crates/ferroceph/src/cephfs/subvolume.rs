@@ -480,7 +480,7 @@ pub fn merr(what: &str, e: &rados::Error) -> Status {
 }
 
 /// Looks `name` up, clearing a dangling directory key left by a crash.
-fn find(journal: &Journal<'_>, name: &str) -> Result<Option<Entry>, Status> {
+pub(crate) fn find(journal: &Journal<'_>, name: &str) -> Result<Option<Entry>, Status> {
     match journal
         .lookup(name)
         .map_err(|e| jerr("journal lookup", e))?
@@ -498,7 +498,7 @@ fn find(journal: &Journal<'_>, name: &str) -> Result<Option<Entry>, Status> {
 
 /// Reserves `name` under a fresh uuid; `attrs` gives the per-entry keys for a uuid (the
 /// entry object is created with all of them in one step).
-fn reserve_new(
+pub(crate) fn reserve_new(
     journal: &Journal<'_>,
     name: &str,
     attrs: impl Fn(&str) -> Attrs,
@@ -693,6 +693,7 @@ fn plan_source(
                 .get(uuid)
                 .map_err(|e| jerr("read the source volume's journal entry", e))?
                 .ok_or_else(missing)?;
+            refuse_backing(&attrs, spec.source_id, "cloned")?;
             let (group, sub) = place.volume_names(uuid, &attrs);
             let info = match existing(place, &group, &sub, attrs.contains_key(CLONE_FROM_KEY))? {
                 Existing::Ready(i) => i,
@@ -717,6 +718,17 @@ fn plan_source(
         }
     }
     Ok(Some((src, temp)))
+}
+
+/// Snapshot-backed volumes have no subvolume: they cannot be cloned, snapshotted or
+/// expanded (ceph-csi refuses the last two as well).
+fn refuse_backing(attrs: &Attrs, id: &str, what: &str) -> Result<(), Status> {
+    if crate::cephfs::backing::backing_of(attrs).is_some() {
+        return Err(Status::invalid_argument(format!(
+            "volume {id} is snapshot-backed (a read-only view of a snapshot) and cannot be {what}"
+        )));
+    }
+    Ok(())
 }
 
 fn has_clone_record(entry: &Entry) -> bool {
@@ -759,6 +771,12 @@ pub fn create_volume(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Creat
     let journal = place.volumes();
     let found = find(&journal, spec.name)?;
     if let Some(entry) = &found {
+        if crate::cephfs::backing::backing_of(&entry.attrs).is_some() {
+            return Err(Status::already_exists(format!(
+                "volume {:?} already exists as a snapshot-backed volume (backingSnapshot: \"true\")",
+                spec.name
+            )));
+        }
         let recorded = entry.attr(SOURCE_ID_KEY).unwrap_or("");
         if recorded != spec.source_id {
             return Err(Status::already_exists(format!(
@@ -1072,6 +1090,7 @@ pub fn create_snapshot(
         .get(source_uuid)
         .map_err(|e| jerr("read volume journal", e))?
         .ok_or_else(missing)?;
+    refuse_backing(&vol_attrs, source_id, "snapshotted")?;
     let (group, sub) = place.volume_names(source_uuid, &vol_attrs);
     let journal = place.snaps();
     let found = find(&journal, name)?;
@@ -1193,6 +1212,7 @@ pub fn expand(place: &FsPlace<'_>, uuid: &str, volume_id: &str, size: u64) -> Re
         .get(uuid)
         .map_err(|e| jerr("read volume journal", e))?
         .ok_or_else(missing)?;
+    refuse_backing(&attrs, volume_id, "expanded")?;
     let (group, sub) = place.volume_names(uuid, &attrs);
     let info = match existing(place, &group, &sub, attrs.contains_key(CLONE_FROM_KEY))? {
         Existing::Ready(i) => i,
@@ -1240,7 +1260,8 @@ pub fn volume_condition(
     ))
 }
 
-/// The path of a provisioned volume's subvolume (for nodes given no subvolumePath).
+/// The path of a provisioned volume's subvolume (for nodes given no subvolumePath); for a
+/// snapshot-backed volume, the root of its snapshot.
 pub fn volume_path(place: &FsPlace<'_>, uuid: &str) -> Result<Option<String>, Status> {
     let Some(attrs) = place
         .volumes()
@@ -1249,6 +1270,11 @@ pub fn volume_path(place: &FsPlace<'_>, uuid: &str) -> Result<Option<String>, St
     else {
         return Ok(None);
     };
+    if let Some(snapshot_id) = crate::cephfs::backing::backing_of(&attrs) {
+        return crate::cephfs::backing::mount_root(place, snapshot_id)
+            .map(Some)
+            .map_err(Status::from);
+    }
     let (group, sub) = place.volume_names(uuid, &attrs);
     match existing(place, &group, &sub, attrs.contains_key(CLONE_FROM_KEY))? {
         Existing::Ready(i) if !i.path.is_empty() => Ok(Some(i.path)),

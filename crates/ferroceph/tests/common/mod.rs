@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+pub mod cephfs;
 mod scratch;
 pub mod vm;
 #[allow(unused_imports)] // not every test binary uses it
