@@ -6,6 +6,7 @@ pub mod cephfs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod credentials;
 pub mod doctor;
 pub mod driver;
 pub mod duration;

@@ -7,13 +7,13 @@ use crate::cephfs::params::{
 };
 use crate::cephfs::subvolume::{self, CreateSpec, FsPlace, Source};
 use crate::config::{ClusterInfo, ClusterMap, ConfigError};
+use crate::credentials::Credentials;
 use crate::error::Error;
 use crate::journal;
 use crate::listing::{
     controller_capabilities, invalid, page, snapshot_filter, timestamp, uuid_tail,
 };
 use crate::locks::OpLocks;
-use crate::rbd::params::Credentials;
 use crate::validate::{self, CEPHFS_MODES};
 use crate::volid::CsiId;
 use csi::v1 as pb;

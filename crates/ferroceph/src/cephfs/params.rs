@@ -2,7 +2,7 @@
 //! ceph-csi's names, checked up front so a typo answers InvalidArgument naming the
 //! parameter instead of a half-made volume.
 
-use crate::rbd::params::Credentials;
+use crate::credentials::{self, Credentials};
 use std::collections::{BTreeMap, HashMap};
 
 pub const DEFAULT_VOL_PREFIX: &str = "csi-vol-";
@@ -212,47 +212,15 @@ pub fn snapshot_prefix(params: &HashMap<String, String>) -> Result<String, Param
     Ok(prefix)
 }
 
-fn pick(
-    secrets: &HashMap<String, String>,
-    order: [(&str, &str); 2],
-) -> Result<Credentials, ParamError> {
-    let s = |k: &str| secrets.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-    for (id, key) in order {
-        if let (Some(u), Some(k)) = (s(id), s(key)) {
-            let user = u.strip_prefix("client.").unwrap_or(u);
-            if user
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == ',')
-            {
-                return err(format!("secret {id} must be a plain cephx user name"));
-            }
-            return Ok(Credentials {
-                user: user.to_string(),
-                key: k.to_string(),
-            });
-        }
-    }
-    let mut present: Vec<&str> = secrets.keys().map(String::as_str).collect();
-    present.sort_unstable();
-    err(format!(
-        "secrets must hold {} and {} (or {} and {}); got keys: [{}]",
-        order[0].0,
-        order[0].1,
-        order[1].0,
-        order[1].1,
-        present.join(", ")
-    ))
-}
-
 /// Provisioning (and node staging of provisioned volumes): adminID/adminKey, else
 /// userID/userKey.
 pub fn admin_credentials(secrets: &HashMap<String, String>) -> Result<Credentials, ParamError> {
-    pick(secrets, [("adminID", "adminKey"), ("userID", "userKey")])
+    credentials::admin_first(secrets).map_err(|e| ParamError(e.message()))
 }
 
 /// Static volumes: userID/userKey, else adminID/adminKey.
 pub fn user_credentials(secrets: &HashMap<String, String>) -> Result<Credentials, ParamError> {
-    pick(secrets, [("userID", "userKey"), ("adminID", "adminKey")])
+    credentials::user_first(secrets).map_err(|e| ParamError(e.message()))
 }
 
 /// What the node needs to mount a volume, from the volume_context (and the handle).
