@@ -214,7 +214,7 @@ pub(crate) fn delete_volume(place: &FsPlace<'_>, uuid: &str) -> Result<()> {
         .get(uuid)
         .map_err(|e| jerr("read volume journal", e))?;
     let Some(snapshot_id) = attrs.as_ref().and_then(backing_of) else {
-        return Ok(subvolume::delete_volume(place, uuid)?);
+        return subvolume::delete_volume(place, uuid);
     };
     let attrs = attrs.clone().unwrap_or_default();
     let (_, vol_ref) = place.volume_names(uuid, &attrs);
@@ -241,10 +241,10 @@ pub(crate) fn delete_volume(place: &FsPlace<'_>, uuid: &str) -> Result<()> {
 pub(crate) fn delete_snapshot(place: &FsPlace<'_>, snapshot_id: &str, uuid: &str) -> Result<()> {
     let tracker = tracker_name(snapshot_id);
     let removed = reftracker::remove(&place.io, &tracker, &[(snapshot_id, RefType::Mask)], || {
-        Ok(subvolume::delete_snapshot(place, uuid)?)
+        subvolume::delete_snapshot(place, uuid)
     })?;
     match removed {
-        Removed::Absent => Ok(subvolume::delete_snapshot(place, uuid)?),
+        Removed::Absent => subvolume::delete_snapshot(place, uuid),
         Removed::LastGone => Ok(()),
         Removed::Unchanged | Removed::Kept(_) => {
             tracing::info!(

@@ -731,7 +731,7 @@ impl Controller for CephFsController {
         let got = self
             .on_fs(&id, &info, &creds, move |place| {
                 let _guard = guard;
-                subvolume::expand(place, &uuid, &vid, size)
+                Ok(subvolume::expand(place, &uuid, &vid, size)?)
             })
             .await?;
         let Some((quota, _)) = got else {
@@ -772,7 +772,7 @@ impl Controller for CephFsController {
         let uuid = id.uuid.clone();
         let got = self
             .on_fs(&id, &info, &creds, move |place| {
-                subvolume::volume_condition(place, &uuid)
+                Ok(subvolume::volume_condition(place, &uuid)?)
             })
             .await?;
         let Some((Some((quota, abnormal, message)), _)) = got else {
