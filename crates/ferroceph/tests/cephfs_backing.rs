@@ -490,3 +490,39 @@ fn cephcsi_tracker_add(snap_id: &str, key: &str) {
     )
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_backed_volume_clones_from_its_snapshot() {
+    let d = fs_driver(true, None);
+    let mut ctl = d.controller().await;
+    let (src, _, snap) = source_and_snapshot(&d, "bk-clone").await;
+    let sid = snap.snapshot_id.clone();
+    let b = ctl
+        .create_volume(backing_req(
+            &unique("pvc-bk-src"),
+            &sid,
+            Mode::MultiNodeReaderOnly,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    // read-only again (another snapshot-backed volume from a volume): not a snapshot source
+    let mut ro = from_volume(&unique("pvc-bk-ro"), 0, &b.volume_id);
+    ro.parameters
+        .insert("backingSnapshot".to_string(), "true".to_string());
+    ro.volume_capabilities = vec![mount_cap(Mode::MultiNodeReaderOnly)];
+    let e = ctl.create_volume(ro).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // a writable clone comes from the backing snapshot
+    let (c, _) = create_until_ready(&d, from_volume(&unique("pvc-bk-rw"), 0, &b.volume_id)).await;
+    let sub = c.volume_context["subvolumeName"].clone();
+    assert!(sub_info(GROUP, &sub).is_some());
+    assert_eq!(c.capacity_bytes, 8 * MIB);
+    ctl.delete_volume(fs_del(&c.volume_id)).await.unwrap();
+    ctl.delete_snapshot(fs_del_snap(&sid)).await.unwrap();
+    ctl.delete_volume(fs_del(&b.volume_id)).await.unwrap();
+    assert_eq!(tracker(&sid), None);
+    ctl.delete_volume(fs_del(&src.volume_id)).await.unwrap();
+}

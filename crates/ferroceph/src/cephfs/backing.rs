@@ -104,7 +104,7 @@ fn resolve(place: &FsPlace<'_>, uuid: &str, snapshot_id: &str) -> Result<Backing
 }
 
 /// The snapshot a backing volume uses, on the same filesystem.
-fn snapshot_uuid(place: &FsPlace<'_>, snapshot_id: &str) -> Result<String> {
+pub(crate) fn snapshot_uuid(place: &FsPlace<'_>, snapshot_id: &str) -> Result<String> {
     let id = CsiId::decode(snapshot_id).map_err(|e| {
         Error::internal(format!(
             "backing snapshot id {snapshot_id:?} in the journal does not decode: {e}"

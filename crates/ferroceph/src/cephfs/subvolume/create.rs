@@ -101,25 +101,32 @@ pub(super) fn remove_temp_snapshot(place: &FsPlace<'_>, attrs: &Attrs) -> bool {
     }
 }
 
+/// The snapshot with journal uuid `uuid` (CSI id `id`) and its size; NotFound when gone.
+fn snapshot_source(place: &FsPlace<'_>, uuid: &str, id: &str) -> Result<(SnapRef, Option<u64>)> {
+    let missing = || Error::not_found(format!("snapshot {id} does not exist"));
+    let attrs = place
+        .snaps()
+        .get(uuid)
+        .map_err(|e| jerr("read the snapshot's journal entry", e))?
+        .ok_or_else(missing)?;
+    let src = place.snapshot_ref(uuid, &attrs).ok_or_else(missing)?;
+    place
+        .mgr()
+        .snapshot_info(&src.group, &src.sub, &src.snap)
+        .map_err(|e| merr("read the snapshot", &e))?
+        .ok_or_else(missing)?;
+    let size = attrs.get(SIZE_KEY).and_then(|s| s.parse::<u64>().ok());
+    Ok((src, size.filter(|s| *s > 0)))
+}
+
 /// Checks the content source and says which snapshot to clone from, and how big it is.
+/// A snapshot-backed source volume is cloned from its snapshot (as ceph-csi does).
 fn plan_source(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Option<(SnapRef, bool)>> {
-    let mgr = place.mgr();
     let (src, temp, size) = match &spec.source {
         Source::Blank => return Ok(None),
         Source::Snapshot(uuid) => {
-            let missing =
-                || Error::not_found(format!("snapshot {} does not exist", spec.source_id));
-            let attrs = place
-                .snaps()
-                .get(uuid)
-                .map_err(|e| jerr("read the snapshot's journal entry", e))?
-                .ok_or_else(missing)?;
-            let src = place.snapshot_ref(uuid, &attrs).ok_or_else(missing)?;
-            mgr.snapshot_info(&src.group, &src.sub, &src.snap)
-                .map_err(|e| merr("read the snapshot", &e))?
-                .ok_or_else(missing)?;
-            let size = attrs.get(SIZE_KEY).and_then(|s| s.parse::<u64>().ok());
-            (src, false, size.filter(|s| *s > 0))
+            let (src, size) = snapshot_source(place, uuid, spec.source_id)?;
+            (src, false, size)
         }
         Source::Volume(uuid) => {
             let missing =
@@ -129,21 +136,27 @@ fn plan_source(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Option<(Sna
                 .get(uuid)
                 .map_err(|e| jerr("read the source volume's journal entry", e))?
                 .ok_or_else(missing)?;
-            refuse_backing(&attrs, spec.source_id, "cloned")?;
-            let (group, sub) = place.volume_names(uuid, &attrs);
-            let info = match existing(place, &group, &sub, attrs.contains_key(CLONE_FROM_KEY))? {
-                Existing::Ready(i) => i,
-                Existing::Cloning(s) => {
-                    return Err(Error::Aborted(format!(
-                        "source volume {} is still being cloned ({s}); retry when it is ready",
-                        spec.source_id
-                    )))
-                }
-                Existing::Absent | Existing::Failed(_) => return Err(missing()),
-            };
-            // The temporary snapshot is named after the new subvolume (set when reserving).
-            let snap = String::new();
-            (SnapRef { group, sub, snap }, true, info.quota)
+            if let Some(sid) = crate::cephfs::backing::backing_of(&attrs) {
+                let snap = crate::cephfs::backing::snapshot_uuid(place, sid)?;
+                let (src, size) = snapshot_source(place, &snap, sid)?;
+                (src, false, size)
+            } else {
+                let (group, sub) = place.volume_names(uuid, &attrs);
+                let info = match existing(place, &group, &sub, attrs.contains_key(CLONE_FROM_KEY))?
+                {
+                    Existing::Ready(i) => i,
+                    Existing::Cloning(s) => {
+                        return Err(Error::Aborted(format!(
+                            "source volume {} is still being cloned ({s}); retry when it is ready",
+                            spec.source_id
+                        )))
+                    }
+                    Existing::Absent | Existing::Failed(_) => return Err(missing()),
+                };
+                // The temporary snapshot is named after the new subvolume (set when reserving).
+                let snap = String::new();
+                (SnapRef { group, sub, snap }, true, info.quota)
+            }
         }
     };
     if let (Some(want), Some(have)) = (spec.quota, size) {
