@@ -526,3 +526,48 @@ async fn a_backed_volume_clones_from_its_snapshot() {
     assert_eq!(tracker(&sid), None);
     ctl.delete_volume(fs_del(&src.volume_id)).await.unwrap();
 }
+
+/// Two controllers (separate processes, so no shared locks) add and drop references to one
+/// tracker at the same time: every update lands (each write asserts the version it read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_controllers_keep_the_count_exact() {
+    let d = fs_driver(true, None);
+    let (src, src_sub, snap) = source_and_snapshot(&d, "bk-race").await;
+    let sid = snap.snapshot_id.clone();
+    let (d1, d2) = (fs_driver(true, None), fs_driver(true, None));
+    let (c1, c2) = (d1.controller().await, d2.controller().await);
+    let make = |mut ctl: pb::controller_client::ControllerClient<_>, tag: &'static str| {
+        let sid = sid.clone();
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..5 {
+                let name = unique(&format!("pvc-bk-{tag}{i}"));
+                let v = ctl
+                    .create_volume(backing_req(&name, &sid, Mode::MultiNodeReaderOnly))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .volume
+                    .unwrap();
+                ids.push(v.volume_id);
+            }
+            (ctl, ids)
+        }
+    };
+    let ((c1, a), (c2, b)) = tokio::join!(make(c1, "a"), make(c2, "b"));
+    let (count, held) = tracker(&sid).expect("tracker");
+    assert_eq!(count, 11);
+    assert_eq!(held.len(), 11);
+
+    let mut ctl = d.controller().await;
+    ctl.delete_snapshot(fs_del_snap(&sid)).await.unwrap();
+    let drop_all = |mut ctl: pb::controller_client::ControllerClient<_>, ids: Vec<String>| async move {
+        for id in ids {
+            ctl.delete_volume(fs_del(&id)).await.unwrap();
+        }
+    };
+    tokio::join!(drop_all(c1, a), drop_all(c2, b));
+    assert_eq!(tracker(&sid), None);
+    assert!(!snapshots(GROUP, &src_sub).contains(&snap_name(&snap)));
+    ctl.delete_volume(fs_del(&src.volume_id)).await.unwrap();
+}
