@@ -268,6 +268,17 @@ async fn ferroceph_backed_volume_is_a_journal_entry_and_a_reference() {
     assert_eq!(entry["csi.imagename"], vref.as_bytes());
     assert_eq!(entry["csi.volname"], name.as_bytes());
     assert_eq!(tracker(&sid), Some((2, refs(&[(&sid, 1), (&vref, 1)]))));
+    let got = ctl
+        .controller_get_volume(pb::ControllerGetVolumeRequest {
+            volume_id: v.volume_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.volume.unwrap().capacity_bytes, 8 * MIB);
+    let cond = got.status.unwrap().volume_condition.unwrap();
+    assert!(!cond.abnormal, "{cond:?}");
+    assert!(cond.message.contains(&sid), "{cond:?}");
 
     // Not a plain volume under the same name, and no subvolume to expand or snapshot.
     let e = ctl

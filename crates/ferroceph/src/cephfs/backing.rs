@@ -262,3 +262,28 @@ pub(crate) fn mount_root(place: &FsPlace<'_>, snapshot_id: &str) -> Result<Strin
     let b = resolve(place, &uuid, snapshot_id)?;
     Ok(format!("{}{}", b.sub_dir, b.snap_root))
 }
+
+/// ControllerGetVolume of a snapshot-backed volume: (size, abnormal, message) from its
+/// snapshot.
+pub(crate) fn condition(
+    place: &FsPlace<'_>,
+    snapshot_id: &str,
+) -> Result<(Option<u64>, bool, String)> {
+    let uuid = snapshot_uuid(place, snapshot_id)?;
+    match resolve(place, &uuid, snapshot_id) {
+        Ok(b) => Ok((
+            b.size,
+            false,
+            format!(
+                "backed by snapshot {snapshot_id} ({}{})",
+                b.sub_dir, b.snap_root
+            ),
+        )),
+        Err(e) if e.is_not_found() => Ok((
+            None,
+            true,
+            format!("its backing snapshot {snapshot_id} is missing"),
+        )),
+        Err(e) => Err(e),
+    }
+}

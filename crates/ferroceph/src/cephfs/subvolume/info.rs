@@ -109,6 +109,9 @@ pub fn volume_condition(
     else {
         return Ok(None);
     };
+    if let Some(snapshot_id) = crate::cephfs::backing::backing_of(&attrs) {
+        return Ok(Some(crate::cephfs::backing::condition(place, snapshot_id)?));
+    }
     let (group, sub) = place.volume_names(uuid, &attrs);
     Ok(Some(
         match existing(place, &group, &sub, attrs.contains_key(CLONE_FROM_KEY))? {
