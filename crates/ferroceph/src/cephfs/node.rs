@@ -136,7 +136,7 @@ impl CephFsNode {
         info: &ClusterInfo,
         user: &str,
         key: &str,
-    ) -> Result<(String, String), Status> {
+    ) -> Result<(String, String), Error> {
         let cfg = self.ceph.connect_config(&info.monitors, user, key);
         let ns = journal_namespace(info);
         let group = info.subvolume_group().to_string();
@@ -158,11 +158,10 @@ impl CephFsNode {
                 Ok((place.fs.name.clone(), path))
             })
             .await
-            .map_err(Status::from)
     }
 
     /// Mounts the volume at the staging path, or confirms it is already mounted there.
-    async fn stage(&self, r: StageRequest<'_>) -> Result<(), Status> {
+    async fn stage(&self, r: StageRequest<'_>) -> Result<(), Error> {
         let handle = CsiId::decode(r.volume_id).ok();
         let vol = NodeVolume::parse(r.context, handle.as_ref().map(|h| h.cluster_id.as_str()))
             .map_err(invalid)?;
@@ -209,7 +208,7 @@ impl CephFsNode {
         std::fs::create_dir_all(r.staging)
             .map_err(|e| io_status("cannot create the staging directory", r.staging, e))?;
         let key = KeyFile::create(&self.keys_dir, &creds.key)
-            .map_err(|e| Status::internal(format!("cannot write a key file: {e}")))?;
+            .map_err(|e| Error::internal(format!("cannot write a key file: {e}")))?;
         let spec = MountSpec {
             monitors: &info.monitors,
             user: &creds.user,
@@ -261,9 +260,9 @@ impl CephFsNode {
         handle: Option<&CsiId>,
         info: &ClusterInfo,
         creds: &Credentials,
-    ) -> Result<(String, String, Option<String>), Status> {
+    ) -> Result<(String, String, Option<String>), Error> {
         if vol.backing_snapshot && !r.cap.read_only {
-            return Err(Status::invalid_argument(
+            return Err(Error::invalid(
                 "a snapshot-backed volume supports only read-only access modes",
             ));
         }
@@ -272,8 +271,7 @@ impl CephFsNode {
         let (fs_name, root) = if from_context {
             (vol.fs_name.clone(), vol.root_path.clone())
         } else {
-            let id =
-                handle.ok_or_else(|| Status::invalid_argument("not a CephFS volume handle"))?;
+            let id = handle.ok_or_else(|| Error::invalid("not a CephFS volume handle"))?;
             let (fs, path) = self.lookup(id, info, &creds.user, &creds.key).await?;
             (
                 if vol.fs_name.is_empty() {
@@ -295,7 +293,7 @@ impl CephFsNode {
             true => match root.split_once("/.snap/") {
                 Some((dir, rel)) => (format!("{dir}/"), Some(format!(".snap/{rel}"))),
                 None => {
-                    return Err(Status::internal(format!(
+                    return Err(Error::internal(format!(
                         "snapshot-backed volume {} resolved to {root:?}, not a snapshot path",
                         r.volume_id
                     )))
@@ -312,7 +310,7 @@ impl CephFsNode {
         r: &StageRequest<'_>,
         record: &StageRecord,
         snapshot_backed: bool,
-    ) -> Result<bool, Status> {
+    ) -> Result<bool, Error> {
         let rec = mounter::read_record(r.staging);
         match mounter::probe(r.staging, PROBE_TIMEOUT).await {
             // No record for a snapshot-backed volume: a crash may have come before
@@ -326,7 +324,7 @@ impl CephFsNode {
                     self.readopt(r.staging, rec);
                     Ok(true)
                 }
-                Some(rec) => Err(Status::already_exists(format!(
+                Some(rec) => Err(Error::AlreadyExists(format!(
                     "staging path {} already holds volume {}",
                     r.staging.display(),
                     rec.volume_id
@@ -343,7 +341,7 @@ impl CephFsNode {
                         }
                         Ok(true)
                     }
-                    None => Err(Status::already_exists(format!(
+                    None => Err(Error::AlreadyExists(format!(
                         "staging path {} is already mounted, and not with this volume",
                         r.staging.display()
                     ))),
@@ -412,7 +410,7 @@ fn mount_options(
     vol: &NodeVolume,
     info: &ClusterInfo,
     which: Mounter,
-) -> Result<Vec<String>, Status> {
+) -> Result<Vec<String>, Error> {
     let options = match which {
         Mounter::Kernel => vol
             .kernel_mount_options
@@ -438,15 +436,15 @@ fn mount_options(
 
 /// Binds the snapshot root `rel` of the directory mounted at `staging` over `staging`,
 /// read-only.
-async fn bind_snapshot(staging: &Path, rel: &str) -> Result<(), Status> {
+async fn bind_snapshot(staging: &Path, rel: &str) -> Result<(), Error> {
     let source = staging.join(rel);
     if rel.split('/').any(|c| c == "..") {
-        return Err(Status::internal(format!("bad snapshot path {rel:?}")));
+        return Err(Error::internal(format!("bad snapshot path {rel:?}")));
     }
     mount::bind(&source, staging, true, &[], MOUNT_TIMEOUT)
         .await
         .map_err(|e| {
-            Status::internal(format!(
+            Error::internal(format!(
                 "cannot bind the snapshot {} over {}: {e}",
                 source.display(),
                 staging.display()
@@ -456,8 +454,8 @@ async fn bind_snapshot(staging: &Path, rel: &str) -> Result<(), Status> {
 
 /// Unavailable for a mount that answers slowly or oddly but is not known to be broken: it
 /// is left alone for the pods using it.
-fn slow(volume_id: &str, path: &Path, h: &Health) -> Status {
-    Status::unavailable(format!(
+fn slow(volume_id: &str, path: &Path, h: &Health) -> Error {
+    Error::unavailable(format!(
         "the mount of volume {volume_id} at {} {}; it is left alone for the pods using it: retry when the cluster answers again (MDS failover?)",
         path.display(),
         match h {
@@ -581,7 +579,7 @@ impl Node for CephFsNode {
                 &h,
                 mounter::fuse_gone(mounter::read_record(&staging).as_ref()),
             ) {
-                return Err(slow(&req.volume_id, &staging, &h));
+                return Err(slow(&req.volume_id, &staging, &h).into());
             }
             if req.secrets.is_empty() {
                 return Err(Status::failed_precondition(format!(
@@ -610,7 +608,7 @@ impl Node for CephFsNode {
             match mounter::probe(&target, PROBE_TIMEOUT).await {
                 Health::Ok(_) => return Ok(Response::new(pb::NodePublishVolumeResponse {})),
                 h if !mounter::needs_remount(&h, false) => {
-                    return Err(slow(&req.volume_id, &target, &h));
+                    return Err(slow(&req.volume_id, &target, &h).into());
                 }
                 _ => {
                     // A bind of a ceph-fuse that died: bind the fresh staging mount again.
