@@ -582,3 +582,57 @@ async fn concurrent_controllers_keep_the_count_exact() {
     assert!(!snapshots(GROUP, &src_sub).contains(&snap_name(&snap)));
     ctl.delete_volume(fs_del(&src.volume_id)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_deleted_snapshot_is_not_handed_out_again_by_name() {
+    let d = fs_driver(true, None);
+    let mut ctl = d.controller().await;
+    let src = ctl
+        .create_volume(fs_create(&unique("pvc-bk-name"), 8 * MIB))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let sname = unique("snap-bk-name");
+    let snap = ctl
+        .create_snapshot(fs_snap_req(&sname, &src.volume_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    let sid = snap.snapshot_id.clone();
+    let v = ctl
+        .create_volume(backing_req(
+            &unique("pvc-bk-n"),
+            &sid,
+            Mode::MultiNodeReaderOnly,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    ctl.delete_snapshot(fs_del_snap(&sid)).await.unwrap();
+    let e = ctl
+        .create_snapshot(fs_snap_req(&sname, &src.volume_id))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    ctl.delete_volume(fs_del(&v.volume_id)).await.unwrap();
+    assert_eq!(tracker(&sid), None);
+    // once gone, the name makes a new snapshot
+    let again = ctl
+        .create_snapshot(fs_snap_req(&sname, &src.volume_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_ne!(again.snapshot_id, sid);
+    ctl.delete_snapshot(fs_del_snap(&again.snapshot_id))
+        .await
+        .unwrap();
+    ctl.delete_volume(fs_del(&src.volume_id)).await.unwrap();
+}

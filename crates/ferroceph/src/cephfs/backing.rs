@@ -287,3 +287,30 @@ pub(crate) fn condition(
         Err(e) => Err(e),
     }
 }
+
+/// CreateSnapshot under the name of a snapshot the CO deleted but snapshot-backed volumes
+/// still use: not a retry of the old request (answering with the old snapshot would also
+/// let its last volume remove it under the new one), so FailedPrecondition until it is gone.
+/// `source_id` is the source volume's CSI id (for the cluster id of the snapshot's id).
+pub(crate) fn refuse_deleted(
+    place: &FsPlace<'_>,
+    source_id: &str,
+    snap_uuid: &str,
+    name: &str,
+) -> Result<()> {
+    let Ok(src) = CsiId::decode(source_id) else {
+        return Ok(());
+    };
+    let Ok(sid) = CsiId::new(&src.cluster_id, place.fs.fscid, snap_uuid) else {
+        return Ok(());
+    };
+    let sid = sid.to_string();
+    let masked = reftracker::read(&place.io, &tracker_name(&sid), &[&sid])?
+        .is_some_and(|st| st.refs.get(sid.as_str()) == Some(&RefType::Mask));
+    if masked {
+        return Err(Error::precondition(format!(
+            "snapshot {name:?} ({sid}) was deleted and is kept only while snapshot-backed volumes use it; a new snapshot of that name can be made once they are gone"
+        )));
+    }
+    Ok(())
+}
