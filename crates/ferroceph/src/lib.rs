@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub(crate) mod controller;
+pub mod credentials;
 pub mod doctor;
 pub mod driver;
 pub(crate) mod duration;

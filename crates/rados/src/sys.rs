@@ -316,6 +316,15 @@ ceph_api! {
         key_lens: *const size_t,
         keys_len: size_t,
     );
+    fn rados_write_op_assert_version(write_op: rados_write_op_t, ver: u64);
+    fn rados_write_op_setxattr(
+        write_op: rados_write_op_t,
+        name: *const c_char,
+        value: *const c_char,
+        value_len: size_t,
+    );
+    fn rados_write_op_write_full(write_op: rados_write_op_t, buffer: *const c_char, len: size_t);
+    fn rados_write_op_remove(write_op: rados_write_op_t);
     fn rados_write_op_operate(
         write_op: rados_write_op_t,
         io: rados_ioctx_t,
@@ -360,6 +369,23 @@ ceph_api! {
         iter: *mut rados_omap_iter_t,
         prval: *mut c_int,
     );
+    fn rados_read_op_assert_version(read_op: rados_read_op_t, ver: u64);
+    fn rados_read_op_read(
+        read_op: rados_read_op_t,
+        offset: u64,
+        len: size_t,
+        buffer: *mut c_char,
+        bytes_read: *mut size_t,
+        prval: *mut c_int,
+    );
+    fn rados_getxattr(
+        io: rados_ioctx_t,
+        o: *const c_char,
+        name: *const c_char,
+        buf: *mut c_char,
+        len: size_t,
+    ) -> c_int;
+    fn rados_get_last_version(io: rados_ioctx_t) -> u64;
     fn rados_read_op_operate(
         read_op: rados_read_op_t,
         io: rados_ioctx_t,
@@ -935,6 +961,87 @@ impl Ioctx {
         rc(prval)?;
         iter.drain()
     }
+
+    /// The value of xattr `name` of `oid` (at most `max` bytes) and the object's version
+    /// as this read saw it.
+    pub(crate) fn getxattr_versioned(
+        &self,
+        oid: &str,
+        name: &str,
+        max: usize,
+    ) -> SysResult<(Vec<u8>, u64)> {
+        let (o, n) = (cstr(oid)?, cstr(name)?);
+        let mut buf = vec![0u8; max];
+        // SAFETY: valid io context and C strings; `buf` is valid for `max` bytes.
+        let len = rc(unsafe {
+            rados_getxattr(
+                self.ptr,
+                o.as_ptr(),
+                n.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                max,
+            )
+        })?;
+        // SAFETY: valid io context; the version of this io context's last synchronous
+        // operation, which is the read above (an `Ioctx` is used from one thread at a time).
+        let ver = unsafe { rados_get_last_version(self.ptr) };
+        buf.truncate(usize::try_from(len).unwrap_or(0).min(max));
+        Ok((buf, ver))
+    }
+
+    /// Reads up to `len` bytes from offset 0 and the values of `keys`, in one operation
+    /// that fails (`ERANGE` / `EOVERFLOW`) unless the object is at version `ver`.
+    pub(crate) fn read_at_version(
+        &self,
+        oid: &str,
+        ver: u64,
+        len: usize,
+        keys: &[&[u8]],
+    ) -> SysResult<(Vec<u8>, OmapEntries)> {
+        let o = cstr(oid)?;
+        let kptr: Vec<*const c_char> = keys.iter().map(|k| k.as_ptr().cast()).collect();
+        let klen: Vec<size_t> = keys.iter().map(|k| k.len()).collect();
+        let mut buf = vec![0u8; len];
+        let mut read: size_t = 0;
+        let mut read_rv: c_int = 0;
+        let mut iter = OmapIter(ptr::null_mut());
+        let mut omap_rv: c_int = 0;
+        let op = ReadOp::new()?;
+        // SAFETY: valid op; `buf`, `read`, the key arrays, `iter` and the two result slots
+        // outlive `operate` below and are not moved before it.
+        unsafe {
+            rados_read_op_assert_version(op.0, ver);
+            rados_read_op_read(
+                op.0,
+                0,
+                len,
+                buf.as_mut_ptr().cast(),
+                &mut read,
+                &mut read_rv,
+            );
+            if !keys.is_empty() {
+                rados_read_op_omap_get_vals_by_keys2(
+                    op.0,
+                    kptr.as_ptr(),
+                    keys.len(),
+                    klen.as_ptr(),
+                    &mut iter.0,
+                    &mut omap_rv,
+                );
+            }
+        }
+        // SAFETY: valid op, io context and C string.
+        rc(unsafe { rados_read_op_operate(op.0, self.ptr, o.as_ptr(), 0) })?;
+        rc(read_rv)?;
+        rc(omap_rv)?;
+        buf.truncate(read.min(len));
+        let entries = if keys.is_empty() {
+            Vec::new()
+        } else {
+            iter.drain()?
+        };
+        Ok((buf, entries))
+    }
 }
 
 impl Drop for Ioctx {
@@ -955,6 +1062,11 @@ pub(crate) enum WriteAction<'a> {
     /// Fails the whole op with `ECANCELED` unless omap key `.0` holds `.1`; a missing key
     /// compares as empty.
     OmapCmpEq(&'a str, &'a [u8]),
+    /// Fails the whole op (`ERANGE` / `EOVERFLOW`) unless the object is at this version.
+    AssertVersion(u64),
+    SetXattr(&'a str, &'a [u8]),
+    WriteFull(&'a [u8]),
+    Remove,
 }
 
 /// Adds `actions` to `op`. `prvals` has one slot per action for those that report a
@@ -1004,6 +1116,26 @@ fn fill_write_op(op: &WriteOp, actions: &[WriteAction<'_>], prvals: &mut [c_int]
                         prvals.get_mut(i).ok_or(libc::EINVAL)?,
                     )
                 }
+            }
+            WriteAction::AssertVersion(v) => {
+                // SAFETY: valid op.
+                unsafe { rados_write_op_assert_version(op.0, *v) }
+            }
+            WriteAction::SetXattr(name, value) => {
+                let n = cstr(name)?;
+                // SAFETY: valid op and C string; `value` is valid for its length; librados
+                // copies both into the op.
+                unsafe {
+                    rados_write_op_setxattr(op.0, n.as_ptr(), value.as_ptr().cast(), value.len())
+                }
+            }
+            WriteAction::WriteFull(data) => {
+                // SAFETY: valid op; `data` is valid for its length and copied into the op.
+                unsafe { rados_write_op_write_full(op.0, data.as_ptr().cast(), data.len()) }
+            }
+            WriteAction::Remove => {
+                // SAFETY: valid op.
+                unsafe { rados_write_op_remove(op.0) }
             }
             WriteAction::OmapRmKeys(ks) => {
                 if ks.is_empty() {

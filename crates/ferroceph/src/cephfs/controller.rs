@@ -1,6 +1,7 @@
 //! The CephFS backend of the controller core: the Ceph work of each Controller RPC on
 //! subvolumes (in `subvolume.rs`), and CephFS's StorageClass parameters and secrets.
 
+use crate::cephfs::backing;
 use crate::cephfs::params::{
     admin_credentials, snapshot_prefix, FsParams, DEFAULT_JOURNAL_NAMESPACE,
 };
@@ -12,9 +13,9 @@ use crate::controller::backend::{
 };
 use crate::controller::listing::uuid_tail;
 use crate::controller::ControllerCore;
+use crate::credentials::Credentials;
 use crate::error::{Error, Result};
 use crate::journal;
-use crate::rbd::params::Credentials;
 use crate::validate::{self, ModeRules, CEPHFS_MODES};
 use crate::volid::CsiId;
 use csi::v1 as pb;
@@ -147,6 +148,9 @@ impl Backend for CephFsBackend {
 
     fn create_volume(c: &Cluster, site: &Site, v: NewVolume<FsParams>) -> Result<MadeVolume> {
         let p = &v.params;
+        if p.backing_snapshot {
+            backing::check_capabilities(&v.capabilities)?;
+        }
         let place = FsPlace::by_name(c, &p.fs_name, &site.namespace, &site.instance, &site.group)?;
         let source_id = v.source.as_ref().map(|s| s.raw.clone()).unwrap_or_default();
         let source = match v.source {
@@ -177,7 +181,11 @@ impl Backend for CephFsBackend {
             source_id: &source_id,
             clone_wait,
         };
-        let created = subvolume::create_volume(&place, &spec)?;
+        let created = if p.backing_snapshot {
+            backing::create_volume(&place, &spec)?
+        } else {
+            subvolume::create_volume(&place, &spec)?
+        };
         let mut context = p.context.clone();
         context.insert("clusterID".into(), p.cluster_id.clone());
         context.insert("fsName".into(), p.fs_name.clone());
@@ -195,7 +203,8 @@ impl Backend for CephFsBackend {
         let Some(place) = place_at(c, site, &At::Id(id.location))? else {
             return Ok(None);
         };
-        subvolume::delete_volume(&place, &id.uuid)?;
+        // a snapshot-backed volume drops its reference; others remove their subvolume
+        backing::delete_volume(&place, &id.uuid)?;
         Ok(Some(place.fs.name.clone()))
     }
 
@@ -203,7 +212,8 @@ impl Backend for CephFsBackend {
         let Some(place) = place_at(c, site, &At::Id(id.location))? else {
             return Ok(None);
         };
-        subvolume::delete_snapshot(&place, &id.uuid)?;
+        // kept while snapshot-backed volumes still use it (ceph-csi's reference tracker)
+        backing::delete_snapshot(&place, &id.to_string(), &id.uuid)?;
         Ok(Some(place.fs.name.clone()))
     }
 

@@ -19,6 +19,7 @@ use crate::cephfs::params::{
 };
 use crate::cephfs::subvolume::{self, FsPlace};
 use crate::config::{ClusterInfo, ClusterMap, ConfigError};
+use crate::credentials::Credentials;
 use crate::error::Error;
 use crate::locks::{LockKey, OpLocks};
 use crate::node::keyfile::KeyFile;
@@ -137,7 +138,7 @@ impl CephFsNode {
         info: &ClusterInfo,
         user: &str,
         key: &str,
-    ) -> Result<(String, String), Status> {
+    ) -> Result<(String, String), Error> {
         let cfg = self.ceph.connect_config(&info.monitors, user, key);
         let ns = journal_namespace(info);
         let group = info.subvolume_group().to_string();
@@ -159,11 +160,10 @@ impl CephFsNode {
                 Ok((place.fs.name.clone(), path))
             })
             .await
-            .map_err(Status::from)
     }
 
     /// Mounts the volume at the staging path, or confirms it is already mounted there.
-    async fn stage(&self, r: StageRequest<'_>) -> Result<(), Status> {
+    async fn stage(&self, r: StageRequest<'_>) -> Result<(), Error> {
         let handle = CsiId::decode(r.volume_id).ok();
         let vol = NodeVolume::parse(r.context, handle.as_ref().map(|h| h.cluster_id.as_str()))
             .map_err(invalid)?;
@@ -175,51 +175,14 @@ impl CephFsNode {
         }
         .map_err(invalid)?;
 
-        let (fs_name, root) =
-            if vol.is_static || (!vol.fs_name.is_empty() && !vol.root_path.is_empty()) {
-                (vol.fs_name.clone(), vol.root_path.clone())
-            } else {
-                let id = handle
-                    .as_ref()
-                    .ok_or_else(|| Status::invalid_argument("not a CephFS volume handle"))?;
-                let (fs, path) = self.lookup(id, &info, &creds.user, &creds.key).await?;
-                (
-                    if vol.fs_name.is_empty() {
-                        fs
-                    } else {
-                        vol.fs_name.clone()
-                    },
-                    if vol.root_path.is_empty() {
-                        path
-                    } else {
-                        vol.root_path.clone()
-                    },
-                )
-            };
+        let (fs_name, root, snap_root) = self
+            .mount_source(&r, &vol, handle.as_ref(), &info, &creds)
+            .await?;
         let which = match vol.mounter {
             Some(m) => m,
             None => self.default_mounter().await,
         };
-        let options = match which {
-            Mounter::Kernel => vol
-                .kernel_mount_options
-                .clone()
-                .unwrap_or_else(|| info.cephfs.kernel_mount_options.clone()),
-            Mounter::Fuse => vol
-                .fuse_mount_options
-                .clone()
-                .unwrap_or_else(|| info.cephfs.fuse_mount_options.clone()),
-        };
-        let mut options = check_mount_options("mount options", &options).map_err(invalid)?;
-        for f in &r.flags {
-            if !options.contains(f) {
-                options.push(f.clone());
-            }
-        }
-        if r.cap.read_only && !options.iter().any(|o| o == "ro") {
-            options.push("ro".to_string());
-        }
-
+        let options = mount_options(&r, &vol, &info, which)?;
         let record = StageRecord {
             volume_id: r.volume_id.to_string(),
             mounter: which.as_str().to_string(),
@@ -235,55 +198,19 @@ impl CephFsNode {
         };
 
         // Already mounted: the same volume and healthy is success; broken is cleaned up.
-        if mount::is_mount_point(r.staging).unwrap_or(false) {
-            let rec = mounter::read_record(r.staging);
-            match mounter::probe(r.staging, PROBE_TIMEOUT).await {
-                Health::Ok(_) => {
-                    return match rec {
-                        Some(rec) if rec.volume_id == r.volume_id => {
-                            self.readopt(r.staging, rec);
-                            Ok(())
-                        }
-                        Some(rec) => Err(Status::already_exists(format!(
-                            "staging path {} already holds volume {}",
-                            r.staging.display(),
-                            rec.volume_id
-                        ))),
-                        // Mounted by us just before a crash that kept the record from
-                        // being written: adopt it when it is the same path.
-                        None => match mounter::adoptable(r.staging, &root) {
-                            Some(pid) => {
-                                let mut rec = record;
-                                rec.fuse_pid = pid.map(|p| p.pid);
-                                rec.fuse_start = pid.map(|p| p.start);
-                                if let Err(e) = mounter::write_record(r.staging, &rec) {
-                                    tracing::warn!("cannot write the stage record: {e}");
-                                }
-                                Ok(())
-                            }
-                            None => Err(Status::already_exists(format!(
-                                "staging path {} is already mounted, and not with this volume",
-                                r.staging.display()
-                            ))),
-                        },
-                    };
-                }
-                h if mounter::needs_remount(&h, mounter::fuse_gone(rec.as_ref())) => {
-                    tracing::warn!(
-                        staging = %r.staging.display(),
-                        "the staged mount is broken ({h:?}); mounting it again"
-                    );
-                    self.teardown(r.staging, rec.as_ref()).await?;
-                }
-                h => return Err(slow(r.volume_id, r.staging, &h)),
-            }
+        if mount::is_mount_point(r.staging).unwrap_or(false)
+            && self
+                .already_staged(&r, &record, snap_root.is_some())
+                .await?
+        {
+            return Ok(());
         }
 
         mount::check_no_symlinks(r.staging, "staging_target_path")?;
         std::fs::create_dir_all(r.staging)
             .map_err(|e| io_status("cannot create the staging directory", r.staging, e))?;
         let key = KeyFile::create(&self.keys_dir, &creds.key)
-            .map_err(|e| Status::internal(format!("cannot write a key file: {e}")))?;
+            .map_err(|e| Error::internal(format!("cannot write a key file: {e}")))?;
         let spec = MountSpec {
             monitors: &info.monitors,
             user: &creds.user,
@@ -304,6 +231,14 @@ impl CephFsNode {
             Mounter::Kernel => mounter::mount_kernel(&spec, MOUNT_TIMEOUT).await?,
         }
         drop(key);
+        if let Some(rel) = &snap_root {
+            if let Err(e) = bind_snapshot(r.staging, rel).await {
+                if let Err(t) = self.teardown(r.staging, Some(&rec)).await {
+                    tracing::warn!(staging = %r.staging.display(), "cannot undo the mount: {t}");
+                }
+                return Err(e);
+            }
+        }
         if let Err(e) = mounter::write_record(r.staging, &rec) {
             // Without a record unstage still works (it finds ceph-fuse by its command line).
             tracing::warn!(staging = %r.staging.display(), "cannot write the stage record: {e}");
@@ -316,6 +251,114 @@ impl CephFsNode {
             "staged"
         );
         Ok(())
+    }
+
+    /// The filesystem and directory to mount, and for a snapshot-backed volume the
+    /// snapshot root to bind over it: from the volume context, else asked from the cluster.
+    async fn mount_source(
+        &self,
+        r: &StageRequest<'_>,
+        vol: &NodeVolume,
+        handle: Option<&CsiId>,
+        info: &ClusterInfo,
+        creds: &Credentials,
+    ) -> Result<(String, String, Option<String>), Error> {
+        if vol.backing_snapshot && !r.cap.read_only {
+            return Err(Error::invalid(
+                "a snapshot-backed volume supports only read-only access modes",
+            ));
+        }
+        let from_context = vol.is_static
+            || (!vol.backing_snapshot && !vol.fs_name.is_empty() && !vol.root_path.is_empty());
+        let (fs_name, root) = if from_context {
+            (vol.fs_name.clone(), vol.root_path.clone())
+        } else {
+            let id = handle.ok_or_else(|| Error::invalid("not a CephFS volume handle"))?;
+            let (fs, path) = self.lookup(id, info, &creds.user, &creds.key).await?;
+            (
+                if vol.fs_name.is_empty() {
+                    fs
+                } else {
+                    vol.fs_name.clone()
+                },
+                if vol.root_path.is_empty() || vol.backing_snapshot {
+                    path
+                } else {
+                    vol.root_path.clone()
+                },
+            )
+        };
+        // A snapshot-backed volume: the snapshot's subvolume directory is mounted and its
+        // snapshot root bound read-only over it (neither client mounts a .snap path).
+        let (root, snap_root) = match vol.backing_snapshot {
+            false => (root, None),
+            true => match root.split_once("/.snap/") {
+                Some((dir, rel)) => (format!("{dir}/"), Some(format!(".snap/{rel}"))),
+                None => {
+                    return Err(Error::internal(format!(
+                        "snapshot-backed volume {} resolved to {root:?}, not a snapshot path",
+                        r.volume_id
+                    )))
+                }
+            },
+        };
+        Ok((fs_name, root, snap_root))
+    }
+
+    /// A staging path that is already a mount point: Ok(true) when it holds this volume,
+    /// healthy (or adopted); Ok(false) when it was torn down to be mounted again.
+    async fn already_staged(
+        &self,
+        r: &StageRequest<'_>,
+        record: &StageRecord,
+        snapshot_backed: bool,
+    ) -> Result<bool, Error> {
+        let rec = mounter::read_record(r.staging);
+        match mounter::probe(r.staging, PROBE_TIMEOUT).await {
+            // No record for a snapshot-backed volume: a crash may have come before
+            // the snapshot was bound; mount it again rather than adopt the directory.
+            Health::Ok(_) if rec.is_none() && snapshot_backed => {
+                self.teardown(r.staging, None).await?;
+                Ok(false)
+            }
+            Health::Ok(_) => match rec {
+                Some(rec) if rec.volume_id == r.volume_id => {
+                    self.readopt(r.staging, rec);
+                    Ok(true)
+                }
+                Some(rec) => Err(Error::AlreadyExists(format!(
+                    "staging path {} already holds volume {}",
+                    r.staging.display(),
+                    rec.volume_id
+                ))),
+                // Mounted by us just before a crash that kept the record from
+                // being written: adopt it when it is the same path.
+                None => match mounter::adoptable(r.staging, &record.root_path) {
+                    Some(pid) => {
+                        let mut rec = record.clone();
+                        rec.fuse_pid = pid.map(|p| p.pid);
+                        rec.fuse_start = pid.map(|p| p.start);
+                        if let Err(e) = mounter::write_record(r.staging, &rec) {
+                            tracing::warn!("cannot write the stage record: {e}");
+                        }
+                        Ok(true)
+                    }
+                    None => Err(Error::AlreadyExists(format!(
+                        "staging path {} is already mounted, and not with this volume",
+                        r.staging.display()
+                    ))),
+                },
+            },
+            h if mounter::needs_remount(&h, mounter::fuse_gone(rec.as_ref())) => {
+                tracing::warn!(
+                    staging = %r.staging.display(),
+                    "the staged mount is broken ({h:?}); mounting it again"
+                );
+                self.teardown(r.staging, rec.as_ref()).await?;
+                Ok(false)
+            }
+            h => Err(slow(r.volume_id, r.staging, &h)),
+        }
     }
 
     /// A healthy mount found again (plugin restart or a repeated call): fill in the
@@ -362,10 +405,59 @@ impl CephFsNode {
     }
 }
 
+/// The mount options: the volume's or the cluster's for the mounter, the capability's
+/// flags, and `ro` for a read-only capability.
+fn mount_options(
+    r: &StageRequest<'_>,
+    vol: &NodeVolume,
+    info: &ClusterInfo,
+    which: Mounter,
+) -> Result<Vec<String>, Error> {
+    let options = match which {
+        Mounter::Kernel => vol
+            .kernel_mount_options
+            .clone()
+            .unwrap_or_else(|| info.cephfs.kernel_mount_options.clone()),
+        Mounter::Fuse => vol
+            .fuse_mount_options
+            .clone()
+            .unwrap_or_else(|| info.cephfs.fuse_mount_options.clone()),
+    };
+    let mut options = check_mount_options("mount options", &options).map_err(invalid)?;
+    for f in &r.flags {
+        if !options.contains(f) {
+            options.push(f.clone());
+        }
+    }
+    if r.cap.read_only && !options.iter().any(|o| o == "ro") {
+        options.push("ro".to_string());
+    }
+
+    Ok(options)
+}
+
+/// Binds the snapshot root `rel` of the directory mounted at `staging` over `staging`,
+/// read-only.
+async fn bind_snapshot(staging: &Path, rel: &str) -> Result<(), Error> {
+    let source = staging.join(rel);
+    if rel.split('/').any(|c| c == "..") {
+        return Err(Error::internal(format!("bad snapshot path {rel:?}")));
+    }
+    mount::bind(&source, staging, true, &[], MOUNT_TIMEOUT)
+        .await
+        .map_err(|e| {
+            Error::internal(format!(
+                "cannot bind the snapshot {} over {}: {e}",
+                source.display(),
+                staging.display()
+            ))
+        })
+}
+
 /// Unavailable for a mount that answers slowly or oddly but is not known to be broken: it
 /// is left alone for the pods using it.
-fn slow(volume_id: &str, path: &Path, h: &Health) -> Status {
-    Status::unavailable(format!(
+fn slow(volume_id: &str, path: &Path, h: &Health) -> Error {
+    Error::unavailable(format!(
         "the mount of volume {volume_id} at {} {}; it is left alone for the pods using it: retry when the cluster answers again (MDS failover?)",
         path.display(),
         match h {
@@ -489,7 +581,7 @@ impl Node for CephFsNode {
                 &h,
                 mounter::fuse_gone(mounter::read_record(&staging).as_ref()),
             ) {
-                return Err(slow(&req.volume_id, &staging, &h));
+                return Err(slow(&req.volume_id, &staging, &h).into());
             }
             if req.secrets.is_empty() {
                 return Err(Status::failed_precondition(format!(
@@ -518,7 +610,7 @@ impl Node for CephFsNode {
             match mounter::probe(&target, PROBE_TIMEOUT).await {
                 Health::Ok(_) => return Ok(Response::new(pb::NodePublishVolumeResponse {})),
                 h if !mounter::needs_remount(&h, false) => {
-                    return Err(slow(&req.volume_id, &target, &h));
+                    return Err(slow(&req.volume_id, &target, &h).into());
                 }
                 _ => {
                     // A bind of a ceph-fuse that died: bind the fresh staging mount again.

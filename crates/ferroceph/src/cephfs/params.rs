@@ -2,7 +2,7 @@
 //! ceph-csi's names, checked up front so a typo answers InvalidArgument naming the
 //! parameter instead of a half-made volume.
 
-use crate::rbd::params::Credentials;
+use crate::credentials::{self, Credentials};
 use std::collections::{BTreeMap, HashMap};
 
 pub const DEFAULT_VOL_PREFIX: &str = "csi-vol-";
@@ -56,6 +56,9 @@ pub struct FsParams {
     pub vol_prefix: String,
     pub snap_prefix: String,
     pub pvc_namespace: Option<String>,
+    /// `backingSnapshot: "true"`: a volume from a snapshot is the snapshot itself, read-only,
+    /// with no subvolume of its own (see `cephfs::backing`).
+    pub backing_snapshot: bool,
     /// Every parameter not under `csi.storage.k8s.io/`, returned in the volume_context.
     pub context: BTreeMap<String, String>,
 }
@@ -63,7 +66,18 @@ pub struct FsParams {
 /// Accepted and ignored (consumed by sidecars, or harmless defaults of ceph-csi).
 const IGNORED: &[&str] = &["provisionVolume", "cephLogDir", "cephLogStrategy"];
 /// ceph-csi parameters accepted with their harmless value only.
-const ONLY_DEFAULT: &[(&str, &str)] = &[("encrypted", "false"), ("backingSnapshot", "false")];
+const ONLY_DEFAULT: &[(&str, &str)] = &[("encrypted", "false")];
+
+/// A boolean parameter as ceph-csi reads it (Go's strconv.ParseBool).
+fn parse_bool(k: &str, v: &str) -> Result<bool, ParamError> {
+    match v.trim() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "" | "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        other => err(format!(
+            "parameter {k}={other:?} must be \"true\" or \"false\""
+        )),
+    }
+}
 
 /// Mount options from a parameter: comma separated, no spaces, and never a key or user
 /// (those come from the secrets only).
@@ -126,6 +140,7 @@ impl FsParams {
                     | "fuseMountOptions"
                     | "volumeNamePrefix"
                     | "snapshotNamePrefix"
+                    | "backingSnapshot"
             ) || k.starts_with("csi.storage.k8s.io/")
                 || IGNORED.contains(&k.as_str());
             if !known {
@@ -167,6 +182,10 @@ impl FsParams {
             vol_prefix,
             snap_prefix,
             pvc_namespace: get("csi.storage.k8s.io/pvc/namespace"),
+            backing_snapshot: parse_bool(
+                "backingSnapshot",
+                params.get("backingSnapshot").map_or("", String::as_str),
+            )?,
             context,
         })
     }
@@ -193,47 +212,15 @@ pub fn snapshot_prefix(params: &HashMap<String, String>) -> Result<String, Param
     Ok(prefix)
 }
 
-fn pick(
-    secrets: &HashMap<String, String>,
-    order: [(&str, &str); 2],
-) -> Result<Credentials, ParamError> {
-    let s = |k: &str| secrets.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-    for (id, key) in order {
-        if let (Some(u), Some(k)) = (s(id), s(key)) {
-            let user = u.strip_prefix("client.").unwrap_or(u);
-            if user
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == ',')
-            {
-                return err(format!("secret {id} must be a plain cephx user name"));
-            }
-            return Ok(Credentials {
-                user: user.to_string(),
-                key: k.to_string(),
-            });
-        }
-    }
-    let mut present: Vec<&str> = secrets.keys().map(String::as_str).collect();
-    present.sort_unstable();
-    err(format!(
-        "secrets must hold {} and {} (or {} and {}); got keys: [{}]",
-        order[0].0,
-        order[0].1,
-        order[1].0,
-        order[1].1,
-        present.join(", ")
-    ))
-}
-
 /// Provisioning (and node staging of provisioned volumes): adminID/adminKey, else
 /// userID/userKey.
 pub fn admin_credentials(secrets: &HashMap<String, String>) -> Result<Credentials, ParamError> {
-    pick(secrets, [("adminID", "adminKey"), ("userID", "userKey")])
+    credentials::admin_first(secrets).map_err(|e| ParamError(e.message()))
 }
 
 /// Static volumes: userID/userKey, else adminID/adminKey.
 pub fn user_credentials(secrets: &HashMap<String, String>) -> Result<Credentials, ParamError> {
-    pick(secrets, [("userID", "userKey"), ("adminID", "adminKey")])
+    credentials::user_first(secrets).map_err(|e| ParamError(e.message()))
 }
 
 /// What the node needs to mount a volume, from the volume_context (and the handle).
@@ -249,6 +236,9 @@ pub struct NodeVolume {
     pub mounter: Option<Mounter>,
     pub kernel_mount_options: Option<String>,
     pub fuse_mount_options: Option<String>,
+    /// `backingSnapshot: "true"`: a read-only view of a snapshot, whose path the node finds
+    /// from the journal (subvolumePath is the snapshot's subvolume, not the volume).
+    pub backing_snapshot: bool,
 }
 
 fn check_root(path: &str) -> Result<(), ParamError> {
@@ -287,6 +277,16 @@ impl NodeVolume {
             (None, Some(c)) => c.to_string(),
             (None, None) => return err("volume context lacks clusterID"),
         };
+        if is_static && get("backingSnapshotID").is_some() {
+            return err(
+                "pre-provisioned snapshot-backed volumes (backingSnapshotID) are not supported by ferroceph",
+            );
+        }
+        let backing_snapshot = !is_static
+            && parse_bool(
+                "backingSnapshot",
+                get("backingSnapshot").as_deref().unwrap_or(""),
+            )?;
         let (fs_name, root_path) = if is_static {
             let root = get("rootPath").ok_or(ParamError(
                 "a static volume needs rootPath in its volume attributes".into(),
@@ -334,6 +334,7 @@ impl NodeVolume {
             mounter,
             kernel_mount_options,
             fuse_mount_options,
+            backing_snapshot,
         })
     }
 }
@@ -395,10 +396,24 @@ mod tests {
         let e = FsParams::parse(&map(&[
             ("clusterID", "a"),
             ("fsName", "f"),
-            ("backingSnapshot", "true"),
+            ("backingSnapshot", "maybe"),
         ]))
         .unwrap_err();
         assert!(e.0.contains("backingSnapshot"), "{e}");
+        for (v, want) in [
+            ("true", true),
+            ("True", true),
+            ("1", true),
+            ("false", false),
+        ] {
+            let p = FsParams::parse(&map(&[
+                ("clusterID", "a"),
+                ("fsName", "f"),
+                ("backingSnapshot", v),
+            ]))
+            .unwrap();
+            assert_eq!(p.backing_snapshot, want, "{v}");
+        }
         assert!(FsParams::parse(&map(&[
             ("clusterID", "a"),
             ("fsName", "f"),

@@ -4,8 +4,8 @@
 //! it is written as associated functions taking everything they need by value or reference.
 
 use crate::config::ClusterMap;
+use crate::credentials::Credentials;
 use crate::error::Result;
-use crate::rbd::params::Credentials;
 use crate::validate::{ContentSource, ModeRules};
 use crate::volid::CsiId;
 use csi::v1 as pb;
@@ -36,6 +36,7 @@ pub(crate) enum At {
 pub(crate) struct NewVolume<P> {
     pub(crate) name: String,
     pub(crate) params: P,
+    pub(crate) capabilities: Vec<pb::VolumeCapability>,
     pub(crate) range: Option<pb::CapacityRange>,
     pub(crate) source: Option<ContentSource>,
     /// What is left of the RPC's deadline when the Ceph work starts.

@@ -5,8 +5,8 @@
 //! that carried secrets for that cluster (memory only).
 
 use crate::controller::backend::Site;
+use crate::credentials::Credentials;
 use crate::error::{Error, Result};
-use crate::rbd::params::Credentials;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

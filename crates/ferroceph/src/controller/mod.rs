@@ -8,9 +8,9 @@ pub(crate) mod listing;
 
 use crate::ceph::Ceph;
 use crate::config::ClusterMap;
+use crate::credentials::Credentials;
 use crate::error::{Error, Result};
 use crate::locks::{LockKey, OpLocks};
-use crate::rbd::params::Credentials;
 use crate::validate;
 use crate::volid::CsiId;
 use backend::{At, Backend, NewVolume, Site};
@@ -215,6 +215,7 @@ impl<B: Backend> ControllerCore<B> {
         let new = NewVolume {
             name: req.name.clone(),
             params,
+            capabilities: req.volume_capabilities,
             range: req.capacity_range,
             source,
             time_left: crate::server::time_left(),

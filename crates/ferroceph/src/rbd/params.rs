@@ -345,48 +345,17 @@ pub fn parse_map_options(s: &str) -> Result<Vec<(String, String)>, ParamError> {
     Ok(out)
 }
 
-/// Which cephx identity to use, from the request's secrets (and legacy parameters).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub user: String,
-    pub key: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ user: {:?}, key: *** }}", self.user)
-    }
-}
+/// Moved to [`crate::credentials`]; re-exported so existing paths keep working.
+pub use crate::credentials::Credentials;
 
 /// Provisioning credentials: adminID/adminKey, userID/userKey, or the legacy single `key`
-/// (user from the `adminId` parameter, in-tree default "admin").
+/// (user from the `adminId` parameter, in-tree default "admin"). See
+/// [`crate::credentials::rbd_provisioning`].
 pub fn controller_credentials(
     secrets: &HashMap<String, String>,
     legacy_user: Option<&str>,
 ) -> Result<Credentials, ParamError> {
-    let s = |k: &str| secrets.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-    let creds = if let (Some(u), Some(k)) = (s("adminID"), s("adminKey")) {
-        (u, k)
-    } else if let (Some(u), Some(k)) = (s("userID"), s("userKey")) {
-        (u, k)
-    } else if let Some(k) = s("key") {
-        (legacy_user.unwrap_or("admin"), k)
-    } else {
-        let present: Vec<&str> = {
-            let mut v: Vec<&str> = secrets.keys().map(String::as_str).collect();
-            v.sort_unstable();
-            v
-        };
-        return err(format!(
-            "secrets must hold userID and userKey (or adminID and adminKey, or the legacy key); got keys: [{}]",
-            present.join(", ")
-        ));
-    };
-    let user = creds.0.strip_prefix("client.").unwrap_or(creds.0);
-    Ok(Credentials {
-        user: user.to_string(),
-        key: creds.1.to_string(),
-    })
+    crate::credentials::rbd_provisioning(secrets, legacy_user).map_err(|e| ParamError(e.message()))
 }
 
 #[cfg(test)]
