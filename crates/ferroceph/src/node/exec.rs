@@ -1,6 +1,7 @@
 //! Child processes with a deadline. A process that overstays is killed, and the error
 //! names the command (never its environment, where keys may travel).
 
+use crate::error::Error;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
@@ -33,12 +34,26 @@ pub enum ExecError {
 }
 
 impl ExecError {
-    pub fn to_status(&self) -> tonic::Status {
+    /// The driver error for a failed child process: a deadline passed (DeadlineExceeded),
+    /// the program is missing (FailedPrecondition), it failed (Internal).
+    pub fn to_error(&self) -> Error {
         match self {
-            ExecError::TimedOut { .. } => tonic::Status::deadline_exceeded(self.to_string()),
-            ExecError::Spawn { .. } => tonic::Status::failed_precondition(self.to_string()),
-            ExecError::Failed { .. } => tonic::Status::internal(self.to_string()),
+            ExecError::TimedOut { .. } => Error::DeadlineExceeded(self.to_string()),
+            ExecError::Spawn { .. } => Error::precondition(self),
+            ExecError::Failed { .. } => Error::internal(self),
         }
+    }
+
+    /// Transitional, for callers that still return a `tonic::Status` (the CephFS node):
+    /// the same code and message as [`ExecError::to_error`].
+    pub fn to_status(&self) -> tonic::Status {
+        self.to_error().into()
+    }
+}
+
+impl From<ExecError> for Error {
+    fn from(e: ExecError) -> Error {
+        e.to_error()
     }
 }
 
@@ -126,7 +141,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ExecError::TimedOut { .. }), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
-        assert_eq!(e.to_status().code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(e.to_error().code(), tonic::Code::DeadlineExceeded);
         let e = run("false", &[], &[], Duration::from_secs(5))
             .await
             .unwrap_err();

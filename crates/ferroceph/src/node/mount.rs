@@ -1,6 +1,7 @@
 //! Mounts: reading /proc/self/mountinfo, mounting, bind-mounting and unmounting with
 //! deadlines, and checks that keep every mount inside the paths kubelet gave.
 
+use crate::error::{Error, Result};
 use crate::node::exec::{self, ExecError};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -94,25 +95,23 @@ pub fn is_mount_point(path: &Path) -> std::io::Result<bool> {
 
 /// CSI paths must be absolute, without `..`, NUL or control characters; kubelet never
 /// sends anything else, so anything else is refused rather than interpreted.
-pub fn check_path(path: &str, what: &str) -> Result<PathBuf, tonic::Status> {
+pub fn check_path(path: &str, what: &str) -> Result<PathBuf> {
     if path.is_empty() {
-        return Err(tonic::Status::invalid_argument(format!(
-            "{what} is required"
-        )));
+        return Err(Error::invalid(format!("{what} is required")));
     }
     if path.len() > 4096 || path.chars().any(char::is_control) {
-        return Err(tonic::Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "{what} contains control characters or is too long"
         )));
     }
     let p = Path::new(path);
     if !p.is_absolute() {
-        return Err(tonic::Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "{what} {path:?} must be an absolute path"
         )));
     }
     if p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(tonic::Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "{what} {path:?} must not contain '..'"
         )));
     }
@@ -123,12 +122,12 @@ pub fn check_path(path: &str, what: &str) -> Result<PathBuf, tonic::Status> {
 /// cannot hold the volume (relative, with `..`) holds none of it, which the spec answers
 /// with NotFound ("the volume does not exist on the specified path"). Nothing is ever done
 /// with such a path.
-pub fn volume_path(path: &str, volume_id: &str) -> Result<PathBuf, tonic::Status> {
+pub fn volume_path(path: &str, volume_id: &str) -> Result<PathBuf> {
     if path.is_empty() {
-        return Err(tonic::Status::invalid_argument("volume_path is required"));
+        return Err(Error::invalid("volume_path is required"));
     }
     check_path(path, "volume_path").map_err(|e| {
-        tonic::Status::not_found(format!(
+        Error::not_found(format!(
             "volume {volume_id} is not at {path:?}: {}",
             e.message()
         ))
@@ -137,13 +136,13 @@ pub fn volume_path(path: &str, volume_id: &str) -> Result<PathBuf, tonic::Status
 
 /// Refuses a path whose existing parent chain goes through a symlink, so a mount can not
 /// be redirected outside the directory kubelet named.
-pub fn check_no_symlinks(path: &Path, what: &str) -> Result<(), tonic::Status> {
+pub fn check_no_symlinks(path: &Path, what: &str) -> Result<()> {
     let mut cur = PathBuf::from("/");
     for c in path.components().skip(1) {
         cur.push(c);
         match std::fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(tonic::Status::invalid_argument(format!(
+                return Err(Error::invalid(format!(
                     "{what} {} goes through the symlink {}; refusing to mount there",
                     path.display(),
                     cur.display()

@@ -17,11 +17,11 @@ pub mod nbd;
 pub(crate) mod writers;
 
 use crate::ceph::Ceph;
+use crate::error::{Error, Result};
 use crate::node::record::{FuseState, ImageLocation, Paths, Record};
 use crate::rbd::params::parse_map_options;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mounter {
@@ -76,7 +76,7 @@ impl KernelSupport {
 
 /// Picks the mounter for a `mounter` parameter (absent = `auto`); returns it with the
 /// reason, or why the requested one cannot work here.
-pub fn choose(requested: Option<&str>, kernel: KernelSupport) -> Result<(Mounter, String), Status> {
+pub fn choose(requested: Option<&str>, kernel: KernelSupport) -> Result<(Mounter, String)> {
     let req = requested
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -100,7 +100,7 @@ pub fn choose(requested: Option<&str>, kernel: KernelSupport) -> Result<(Mounter
         });
     }
     let Some(m) = Mounter::parse(req) else {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "mounter {req:?} is not known: use krbd, rbd-nbd, fuse or auto"
         )));
     };
@@ -108,11 +108,11 @@ pub fn choose(requested: Option<&str>, kernel: KernelSupport) -> Result<(Mounter
 }
 
 /// The options of `mapOptions`/`unmapOptions` that apply to `m`, joined with ','.
-pub fn options_for(list: Option<&str>, m: Mounter) -> Result<Option<String>, Status> {
+pub fn options_for(list: Option<&str>, m: Mounter) -> Result<Option<String>> {
     let Some(list) = list.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    let parsed = parse_map_options(list).map_err(|e| Status::invalid_argument(e.0))?;
+    let parsed = parse_map_options(list).map_err(|e| Error::invalid(e.0))?;
     let opts: Vec<String> = parsed
         .into_iter()
         .filter(|(k, o)| k == m.options_key() && !o.is_empty())
@@ -166,18 +166,18 @@ pub trait Attacher: Send + Sync {
     fn mounter(&self) -> Mounter;
 
     /// Attaches the image; on failure nothing is left behind.
-    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached, Status>;
+    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached>;
 
     /// Detaches whatever the record says is (or may be) attached. Idempotent: an attachment
     /// that is already gone is fine.
-    async fn detach(&self, rec: &Record) -> Result<(), Status>;
+    async fn detach(&self, rec: &Record) -> Result<()>;
 
     /// Whether the attachment still works.
     async fn health(&self, rec: &Record) -> Health;
 
     /// Makes the device show the image's size after a resize, waiting for at least
     /// `want` bytes (0: whatever it is now); returns the device size.
-    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64, Status>;
+    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64>;
 }
 
 /// `rbd map --device-type <device_type>` arguments (krbd and rbd-nbd differ only there).
@@ -248,18 +248,18 @@ pub async fn wait_for_path(path: &Path, timeout: Duration) -> bool {
 }
 
 /// Waits until the block device is at least `want` bytes; returns its size.
-pub async fn wait_for_size(device: &str, want: u64, timeout: Duration) -> Result<u64, Status> {
+pub async fn wait_for_size(device: &str, want: u64, timeout: Duration) -> Result<u64> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let size =
             crate::node::stats::device_size_bounded(Path::new(device), Duration::from_secs(10))
                 .await
-                .map_err(|e| Status::internal(format!("cannot read the size of {device}: {e}")))?;
+                .map_err(|e| Error::internal(format!("cannot read the size of {device}: {e}")))?;
         if size >= want {
             return Ok(size);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Status::internal(format!(
+            return Err(Error::internal(format!(
                 "{device} is {size} bytes after the refresh, expected at least {want}; the image resize has not reached this node"
             )));
         }

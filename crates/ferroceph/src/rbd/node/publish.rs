@@ -27,7 +27,7 @@ pub(super) fn record_for_device(device: &str) -> Option<Record> {
 }
 
 impl Inner {
-    pub(super) async fn publish(&self, req: pb::NodePublishVolumeRequest) -> Result<(), Status> {
+    pub(super) async fn publish(&self, req: pb::NodePublishVolumeRequest) -> Result<()> {
         let vid = req.volume_id.as_str();
         validate::id(vid, "volume_id")?;
         let staging = mount::check_path(&req.staging_target_path, "staging_target_path")?;
@@ -36,51 +36,50 @@ impl Inner {
         let cap = req
             .volume_capability
             .as_ref()
-            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        let summary = validate::capability(cap, &RBD_MODES).map_err(invalid)?;
+            .ok_or_else(|| Error::invalid("volume_capability is required"))?;
+        let summary = validate::capability(cap, &RBD_MODES).map_err(Error::invalid)?;
         let flags = mount_flags(cap)?;
         let _guard = self.locks.acquire(
             "volume",
             [format!("node:{vid}"), format!("path:{}", target.display())],
         )?;
         // ceph-csi's staged volumes are served from `<staging>/<volume id>`
-        let (mut rec, staged_by_cephcsi) =
-            match record::read(&staging).map_err(Status::failed_precondition)? {
-                Some(r) => (r, false),
-                None => (cephcsi_view(&staging, vid, summary.block).await?, true),
-            };
+        let (mut rec, staged_by_cephcsi) = match record::read(&staging)? {
+            Some(r) => (r, false),
+            None => (cephcsi_view(&staging, vid, summary.block).await?, true),
+        };
         let staging = if staged_by_cephcsi {
             rec.staging_path.clone()
         } else {
             staging
         };
         if rec.volume_id != vid {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "staging path {} holds volume {}, not {vid}",
                 staging.display(),
                 rec.volume_id
             )));
         }
         if rec.block != summary.block {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "volume {vid} is staged as a {} volume",
                 if rec.block { "block" } else { "filesystem" }
             )));
         }
         let health = self.attacher_for(&rec)?.health(&rec).await;
         if let Health::Unresponsive(why) = health {
-            return Err(Status::unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "volume {vid} does not answer ({why}); its attachment is left alone: retry when the cluster answers again"
             )));
         }
         if let Health::Broken(why) = health {
             if staged_by_cephcsi {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::precondition(format!(
                     "the attachment ceph-csi made for volume {vid} is dead ({why}); NodeUnstageVolume and NodeStageVolume it again"
                 )));
             }
             let Some(creds) = self.cached_key(vid) else {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::precondition(format!(
                     "the attachment of volume {vid} is dead ({why}); NodeStageVolume re-attaches it"
                 )));
             };
@@ -102,7 +101,7 @@ impl Inner {
         let ro_view = rec.block && read_only && !rec.read_only;
         let fuse_file = rec.fuse.as_ref().map(|f| f.file.clone());
 
-        if let Some(m) = mount::mount_at(&target).map_err(internal)? {
+        if let Some(m) = mount::mount_at(&target).map_err(Error::internal)? {
             let dev = mount_device(&m).unwrap_or_default();
             let backing = attach::fuse::loop_backing(&dev);
             let same = dev == staged_dev
@@ -112,7 +111,7 @@ impl Inner {
                 return Ok(());
             }
             if same {
-                return Err(Status::already_exists(format!(
+                return Err(Error::AlreadyExists(format!(
                     "volume {vid} is already published at {} {}",
                     target.display(),
                     if m.read_only() {
@@ -136,7 +135,7 @@ impl Inner {
             PathBuf::from(staged_dev.clone())
         } else {
             if !mount::is_mount_point(&staging).unwrap_or(false) {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::precondition(format!(
                     "volume {vid} is not mounted at {}; NodeStageVolume again",
                     staging.display()
                 )));
@@ -146,7 +145,7 @@ impl Inner {
         if rec.block {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| {
-                    Status::internal(format!("cannot create {}: {e}", parent.display()))
+                    Error::internal(format!("cannot create {}: {e}", parent.display()))
                 })?;
             }
             if !target.exists() {
@@ -156,29 +155,25 @@ impl Inner {
                     .write(true)
                     .open(&target)
                     .map_err(|e| {
-                        Status::internal(format!("cannot create {}: {e}", target.display()))
+                        Error::internal(format!("cannot create {}: {e}", target.display()))
                     })?;
             }
         } else {
-            std::fs::create_dir_all(&target).map_err(|e| {
-                Status::internal(format!("cannot create {}: {e}", target.display()))
-            })?;
+            std::fs::create_dir_all(&target)
+                .map_err(|e| Error::internal(format!("cannot create {}: {e}", target.display())))?;
         }
         let view = ro_view.then(|| source.display().to_string());
         if let Err(e) = mount::bind(&source, &target, read_only, &opts, EXEC_TIMEOUT).await {
             if let Some(v) = &view {
                 let _ = crate::node::exec::output("losetup", &["-d", v], &[], EXEC_TIMEOUT).await;
             }
-            return Err(e.to_status());
+            return Err(e.into());
         }
         tracing::info!(volume = %vid, target = %target.display(), read_only, block = rec.block, "published");
         Ok(())
     }
 
-    pub(super) async fn unpublish(
-        &self,
-        req: pb::NodeUnpublishVolumeRequest,
-    ) -> Result<(), Status> {
+    pub(super) async fn unpublish(&self, req: pb::NodeUnpublishVolumeRequest) -> Result<()> {
         let vid = req.volume_id.as_str();
         validate::id(vid, "volume_id")?;
         let target = mount::check_path(&req.target_path, "target_path")?;

@@ -10,7 +10,7 @@ impl Inner {
         volume_id: &str,
         ctx: &HashMap<String, String>,
         creds: &Credentials,
-    ) -> Result<ImageLocation, Status> {
+    ) -> Result<ImageLocation> {
         let get = |k: &str| {
             ctx.get(k)
                 .map(|s| s.trim().to_string())
@@ -35,7 +35,7 @@ impl Inner {
         let (monitors, ns_cfg) = if !legacy.is_empty() {
             (legacy, String::new())
         } else if cluster_id.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(Error::invalid(
                 "volume_context lacks clusterID (or the legacy monitors list)",
             ));
         } else {
@@ -49,13 +49,13 @@ impl Inner {
                         String::new(),
                     )
                 }
-                Err(e @ ConfigError::UnknownCluster { .. }) => return Err(invalid(e)),
-                Err(e) => return Err(Status::failed_precondition(e.to_string())),
+                Err(e @ ConfigError::UnknownCluster { .. }) => return Err(Error::invalid(e)),
+                Err(e) => return Err(Error::precondition(e.to_string())),
             }
         };
         for m in &monitors {
             if m.starts_with('-') || m.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::invalid(format!(
                     "monitor address {m:?} is not valid"
                 )));
             }
@@ -88,7 +88,7 @@ impl Inner {
                     .await?
             }
             (None, None) => {
-                return Err(Status::invalid_argument(
+                return Err(Error::invalid(
                     "volume_context lacks pool (required for static volumes)",
                 ))
             }
@@ -107,12 +107,12 @@ impl Inner {
     }
 
     /// Unmounts the staging path, detaches, removes the record.
-    pub(super) async fn teardown(&self, rec: &Record) -> Result<(), Status> {
+    pub(super) async fn teardown(&self, rec: &Record) -> Result<()> {
         if !rec.block {
             unmount_all(&rec.staging_path).await?;
         }
         self.attacher_for(rec)?.detach(rec).await?;
-        record::remove(&rec.staging_path).map_err(internal)?;
+        record::remove(&rec.staging_path)?;
         self.set_broken(&rec.staging_path, false);
         Ok(())
     }
@@ -123,14 +123,14 @@ impl Inner {
         rec: &mut Record,
         key: &str,
         map_options: Option<&str>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let m = Mounter::parse(&rec.mounter)
-            .ok_or_else(|| Status::internal("unknown mounter in record"))?;
+            .ok_or_else(|| Error::internal("unknown mounter in record"))?;
         rec.state = StageState::Attaching;
         rec.device = None;
         rec.fuse = None;
         rec.nbd_pid = None;
-        record::write(rec).map_err(internal)?;
+        record::write(rec)?;
         let paths = record::paths(&rec.staging_path);
         let req = AttachRequest {
             loc: &rec.image,
@@ -150,9 +150,9 @@ impl Inner {
         rec.fuse = attached.fuse;
         rec.nbd_pid = attached.nbd_pid;
         rec.state = StageState::Attached;
-        record::write(rec).map_err(internal)?;
+        record::write(rec)?;
         if !attach::wait_for_path(Path::new(&attached.device), Duration::from_secs(10)).await {
-            return Err(Status::internal(format!(
+            return Err(Error::internal(format!(
                 "device {} did not appear",
                 attached.device
             )));
@@ -165,11 +165,11 @@ impl Inner {
         &self,
         rec: &mut Record,
         mkfs_options: Option<&str>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let dev = rec
             .device
             .clone()
-            .ok_or_else(|| Status::internal("no device recorded"))?;
+            .ok_or_else(|| Error::internal("no device recorded"))?;
         let wanted = rec.fs_type.clone().unwrap_or_else(|| "ext4".into());
         let probe = format::probe(&dev, EXEC_TIMEOUT).await?;
         let fs = match probe {
@@ -187,13 +187,13 @@ impl Inner {
                 t
             }
             format::Probe::Other(what) => {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::precondition(format!(
                     "{} ({dev}) holds {what}, not a filesystem; refusing to format or mount it",
                     rec.image.spec()
                 )))
             }
             format::Probe::Blank if rec.read_only => {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::precondition(format!(
                     "{} has no filesystem yet and is staged read-only; stage it read-write once so it is formatted",
                     rec.image.spec()
                 )))
@@ -214,11 +214,11 @@ impl Inner {
             opts.push("ro".into());
         }
         std::fs::create_dir_all(&rec.staging_path).map_err(|e| {
-            Status::internal(format!("cannot create {}: {e}", rec.staging_path.display()))
+            Error::internal(format!("cannot create {}: {e}", rec.staging_path.display()))
         })?;
         mount::mount(&dev, &rec.staging_path, &fs, &opts, EXEC_TIMEOUT)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(Error::from)?;
         rec.fs_type = Some(fs);
         Ok(())
     }
@@ -230,16 +230,16 @@ impl Inner {
         dev: &str,
         fs: &str,
         mkfs_options: Option<&str>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         rec.format_started = true;
-        record::write(rec).map_err(internal)?;
+        record::write(rec)?;
         crate::ceph::crash_point("stage.formatting");
         format::mkfs(fs, dev, mkfs_options, MKFS_TIMEOUT).await?;
         rec.format_started = false;
-        record::write(rec).map_err(internal)
+        record::write(rec)
     }
 
-    pub(super) async fn stage(&self, req: pb::NodeStageVolumeRequest) -> Result<(), Status> {
+    pub(super) async fn stage(&self, req: pb::NodeStageVolumeRequest) -> Result<()> {
         let vid = req.volume_id.as_str();
         validate::id(vid, "volume_id")?;
         let staging = mount::check_path(&req.staging_target_path, "staging_target_path")?;
@@ -247,8 +247,8 @@ impl Inner {
         let cap = req
             .volume_capability
             .as_ref()
-            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        let summary: CapSummary = validate::capability(cap, &RBD_MODES).map_err(invalid)?;
+            .ok_or_else(|| Error::invalid("volume_capability is required"))?;
+        let summary: CapSummary = validate::capability(cap, &RBD_MODES).map_err(Error::invalid)?;
         let ctx = &req.volume_context;
         // ceph-csi's encrypted volumes hold a LUKS container: handing it to a pod as it is
         // would show garbage and invite a format over the user's data.
@@ -256,7 +256,7 @@ impl Inner {
             .get("encrypted")
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
         {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "volume {vid} is encrypted (ceph-csi's encrypted: \"true\"), and ferroceph does not implement volume encryption yet; stage it with ceph-csi, or copy its data to an unencrypted volume"
             )));
         }
@@ -287,16 +287,16 @@ impl Inner {
         let mut previous_client = Vec::new();
         // and whether its mkfs was interrupted (the next attachment formats again)
         let mut format_started = false;
-        if let Some(mut rec) = record::read(&staging).map_err(Status::failed_precondition)? {
+        if let Some(mut rec) = record::read(&staging)? {
             if rec.volume_id != vid {
-                return Err(Status::already_exists(format!(
+                return Err(Error::AlreadyExists(format!(
                     "staging path {} already holds volume {}",
                     staging.display(),
                     rec.volume_id
                 )));
             }
             if rec.block != summary.block || rec.read_only != summary.read_only {
-                return Err(Status::already_exists(format!(
+                return Err(Error::AlreadyExists(format!(
                     "volume {vid} is already staged at {} as a {} {} volume; unstage it first",
                     staging.display(),
                     if rec.read_only {
@@ -324,11 +324,11 @@ impl Inner {
                             .await?;
                     }
                     rec.state = StageState::Staged;
-                    record::write(&mut rec).map_err(internal)?;
+                    record::write(&mut rec)?;
                     return Ok(());
                 }
                 Health::Unresponsive(why) => {
-                    return Err(Status::unavailable(format!(
+                    return Err(Error::unavailable(format!(
                         "volume {vid} is staged at {} but does not answer ({why}); it is left alone for the pods using it: retry when the cluster answers again",
                         staging.display()
                     )));
@@ -349,12 +349,12 @@ impl Inner {
                     self.release_dead_lock(&rec, &creds).await;
                     previous_client.extend(rec.fuse.as_ref().and_then(|f| f.client_id));
                     format_started = rec.format_started;
-                    record::remove(&staging).map_err(internal)?;
+                    record::remove(&staging)?;
                     self.set_broken(&staging, false);
                 }
             }
         } else if mount::is_mount_point(&staging).unwrap_or(false) {
-            return Err(Status::already_exists(format!(
+            return Err(Error::AlreadyExists(format!(
                 "staging path {} is already a mount point that ferroceph did not make",
                 staging.display()
             )));
@@ -412,7 +412,7 @@ impl Inner {
             }
         }
         rec.state = StageState::Staged;
-        record::write(&mut rec).map_err(internal)?;
+        record::write(&mut rec)?;
         tracing::info!(
             volume = %vid,
             image = %rec.image.spec(),
@@ -444,17 +444,16 @@ impl Inner {
             .env
             .ceph
             .run(cfg, move |c| {
-                let st = |what: &str, e: &rados::Error| crate::ceph::status(what, e);
                 let io = c
                     .ioctx(&loc.pool, &loc.namespace)
-                    .map_err(|e| st("open pool", &e))?;
+                    .map_err(Error::ceph_ctx("open pool"))?;
                 // Read-write: librbd answers lock queries only on such a handle.
-                let img =
-                    rados::rbd::Image::open(&io, &loc.image).map_err(|e| st("open image", &e))?;
+                let img = rados::rbd::Image::open(&io, &loc.image)
+                    .map_err(Error::ceph_ctx("open image"))?;
                 let Ok(owners) = img.lock_owners() else {
                     return Ok(None); // no exclusive-lock feature
                 };
-                let watchers = img.watchers().map_err(|e| st("list watchers", &e))?;
+                let watchers = img.watchers().map_err(Error::ceph_ctx("list watchers"))?;
                 let Some(w) = watchers
                     .into_iter()
                     .find(|w| u64::try_from(w.id).ok() == Some(id))
@@ -465,7 +464,7 @@ impl Inner {
                     return Ok(None);
                 }
                 img.lock_break(&w.addr)
-                    .map_err(|e| st("break the dead exporter's lock", &e))?;
+                    .map_err(Error::ceph_ctx("break the dead exporter's lock"))?;
                 Ok(Some(w.addr))
             })
             .await;
@@ -481,11 +480,7 @@ impl Inner {
     }
 
     /// Replaces a dead attachment with a fresh one (same image, same staging path).
-    pub(super) async fn reattach(
-        &self,
-        mut rec: Record,
-        creds: &Credentials,
-    ) -> Result<Record, Status> {
+    pub(super) async fn reattach(&self, mut rec: Record, creds: &Credentials) -> Result<Record> {
         if !rec.block && unmount_all(&rec.staging_path).await.is_err() {
             let s = rec.staging_path.display().to_string();
             let _ = crate::node::exec::output("umount", &["-l", &s], &[], EXEC_TIMEOUT).await;
@@ -498,7 +493,7 @@ impl Inner {
             self.mount_staging(&mut rec, None).await?;
         }
         rec.state = StageState::Staged;
-        record::write(&mut rec).map_err(internal)?;
+        record::write(&mut rec)?;
         self.set_broken(&rec.staging_path, false);
         Ok(rec)
     }
