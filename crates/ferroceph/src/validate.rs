@@ -6,15 +6,15 @@ use csi::v1 as pb;
 use pb::volume_capability::access_mode::Mode;
 use pb::volume_capability::AccessType;
 
-pub const MIB: u64 = 1 << 20;
-pub const GIB: u64 = 1 << 30;
-pub const DEFAULT_SIZE: u64 = GIB;
+pub(crate) const MIB: u64 = 1 << 20;
+pub(crate) const GIB: u64 = 1 << 30;
+pub(crate) const DEFAULT_SIZE: u64 = GIB;
 /// Larger requests are refused with OutOfRange instead of reaching Ceph.
-pub const MAX_SIZE: u64 = 1 << 56;
+pub(crate) const MAX_SIZE: u64 = 1 << 56;
 const MAX_ID: usize = 128;
 
 /// Names from the CO: non-empty, no control characters the spec bans.
-pub fn name(name: &str) -> Result<()> {
+pub(crate) fn name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid("name is required"));
     }
@@ -37,7 +37,7 @@ pub fn name(name: &str) -> Result<()> {
 }
 
 /// Volume and snapshot ids: required, at most 128 bytes, printable.
-pub fn id(id: &str, what: &str) -> Result<()> {
+pub(crate) fn id(id: &str, what: &str) -> Result<()> {
     if id.is_empty() {
         return Err(Error::invalid(format!("{what} is required")));
     }
@@ -57,7 +57,7 @@ pub fn id(id: &str, what: &str) -> Result<()> {
 
 /// The requested size: default when no range is given, rounded up to whole MiB, within
 /// `limit_bytes`.
-pub fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64> {
+pub(crate) fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64> {
     let (required, limit) = range
         .map(|r| (r.required_bytes, r.limit_bytes))
         .unwrap_or((0, 0));
@@ -97,7 +97,7 @@ pub fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64> {
 
 /// Checks a size that already exists against a request's range.
 /// A CreateVolume content source, decoded.
-pub struct ContentSource {
+pub(crate) struct ContentSource {
     pub id: crate::volid::CsiId,
     /// The id as the CO gave it.
     pub raw: String,
@@ -107,7 +107,7 @@ pub struct ContentSource {
 /// The request's content source, None for a blank volume. An id that does not decode is
 /// NotFound (no such source); a source in another cluster than `cluster_id` is
 /// InvalidArgument.
-pub fn content_source(
+pub(crate) fn content_source(
     req: &pb::CreateVolumeRequest,
     cluster_id: &str,
 ) -> Result<Option<ContentSource>> {
@@ -138,7 +138,7 @@ pub fn content_source(
 
 /// The locks a CreateVolume holds: its name, and its content source (so the source cannot
 /// be deleted under the clone).
-pub fn create_lock_keys(name: &str, source: Option<&ContentSource>) -> Vec<String> {
+pub(crate) fn create_lock_keys(name: &str, source: Option<&ContentSource>) -> Vec<String> {
     let mut keys = vec![format!("create:{name}")];
     if let Some(s) = source {
         keys.push(format!("id:{}", s.raw));
@@ -146,14 +146,14 @@ pub fn create_lock_keys(name: &str, source: Option<&ContentSource>) -> Vec<Strin
     keys
 }
 
-pub fn size_fits(size: u64, range: Option<&pb::CapacityRange>) -> bool {
+pub(crate) fn size_fits(size: u64, range: Option<&pb::CapacityRange>) -> bool {
     let Some(r) = range else { return true };
     (r.required_bytes <= 0 || size >= r.required_bytes as u64)
         && (r.limit_bytes <= 0 || size <= r.limit_bytes as u64)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CapSummary {
+pub(crate) struct CapSummary {
     pub block: bool,
     pub mount: bool,
     pub read_only: bool,
@@ -161,13 +161,13 @@ pub struct CapSummary {
 }
 
 /// Which access modes a driver allows for filesystem and for block volumes.
-pub struct ModeRules {
+pub(crate) struct ModeRules {
     pub driver: &'static str,
     pub mount: &'static [Mode],
     pub block: &'static [Mode],
 }
 
-pub const RBD_MODES: ModeRules = ModeRules {
+pub(crate) const RBD_MODES: ModeRules = ModeRules {
     driver: "RBD",
     mount: &[
         Mode::SingleNodeWriter,
@@ -186,7 +186,7 @@ pub const RBD_MODES: ModeRules = ModeRules {
     ],
 };
 
-pub const CEPHFS_MODES: ModeRules = ModeRules {
+pub(crate) const CEPHFS_MODES: ModeRules = ModeRules {
     driver: "CephFS",
     mount: &[
         Mode::SingleNodeWriter,
@@ -207,7 +207,7 @@ fn mode_name(m: i32) -> String {
 }
 
 /// Checks one capability; returns a summary or why it is unsupported (InvalidArgument).
-pub fn capability(cap: &pb::VolumeCapability, rules: &ModeRules) -> Result<CapSummary> {
+pub(crate) fn capability(cap: &pb::VolumeCapability, rules: &ModeRules) -> Result<CapSummary> {
     let mode = cap
         .access_mode
         .as_ref()
@@ -253,7 +253,10 @@ pub fn capability(cap: &pb::VolumeCapability, rules: &ModeRules) -> Result<CapSu
 }
 
 /// Checks a list of capabilities (required, at least one) as InvalidArgument.
-pub fn capabilities(caps: &[pb::VolumeCapability], rules: &ModeRules) -> Result<Vec<CapSummary>> {
+pub(crate) fn capabilities(
+    caps: &[pb::VolumeCapability],
+    rules: &ModeRules,
+) -> Result<Vec<CapSummary>> {
     if caps.is_empty() {
         return Err(Error::invalid("volume_capabilities is required"));
     }

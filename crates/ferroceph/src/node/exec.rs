@@ -7,20 +7,20 @@ use std::time::Duration;
 use tokio::process::Command;
 
 #[derive(Debug, Clone)]
-pub struct Output {
+pub(crate) struct Output {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl Output {
-    pub fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         self.code == Some(0)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExecError {
+pub(crate) enum ExecError {
     #[error("cannot run {cmd}: {reason} (is it installed?)")]
     Spawn { cmd: String, reason: String },
     #[error("{cmd} did not finish within {secs:.0}s and was killed")]
@@ -36,7 +36,7 @@ pub enum ExecError {
 impl ExecError {
     /// The driver error for a failed child process: a deadline passed (DeadlineExceeded),
     /// the program is missing (FailedPrecondition), it failed (Internal).
-    pub fn to_error(&self) -> Error {
+    pub(crate) fn to_error(&self) -> Error {
         match self {
             ExecError::TimedOut { .. } => Error::DeadlineExceeded(self.to_string()),
             ExecError::Spawn { .. } => Error::precondition(self),
@@ -46,7 +46,7 @@ impl ExecError {
 
     /// Transitional, for callers that still return a `tonic::Status` (the CephFS node):
     /// the same code and message as [`ExecError::to_error`].
-    pub fn to_status(&self) -> tonic::Status {
+    pub(crate) fn to_status(&self) -> tonic::Status {
         self.to_error().into()
     }
 }
@@ -58,7 +58,7 @@ impl From<ExecError> for Error {
 }
 
 /// A printable form of a command line.
-pub fn describe(program: &str, args: &[&str]) -> String {
+pub(crate) fn describe(program: &str, args: &[&str]) -> String {
     let mut s = program.to_string();
     for a in args {
         s.push(' ');
@@ -69,7 +69,7 @@ pub fn describe(program: &str, args: &[&str]) -> String {
 
 /// Runs `program args` with `env` added, bounded by `timeout`; returns its output whatever
 /// the exit code.
-pub async fn output(
+pub(crate) async fn output(
     program: &str,
     args: &[&str],
     env: &[(&str, &str)],
@@ -108,7 +108,7 @@ pub async fn output(
 }
 
 /// Like [`output`] but a non-zero exit is an error carrying stderr.
-pub async fn run(
+pub(crate) async fn run(
     program: &str,
     args: &[&str],
     env: &[(&str, &str)],

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// What a device holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// No signature of any kind: safe to format.
     Blank,
     /// A filesystem of this type (`ext4`, `xfs`, ...).
@@ -27,7 +27,7 @@ pub enum Probe {
 }
 
 /// Interprets `blkid -p -o export` output (KEY=VALUE lines).
-pub fn parse_blkid_export(out: &str) -> Probe {
+pub(crate) fn parse_blkid_export(out: &str) -> Probe {
     let kv: BTreeMap<&str, &str> = out
         .lines()
         .filter_map(|l| l.split_once('='))
@@ -64,7 +64,7 @@ const BLANK_CHECK_BYTES: u64 = 1 << 20;
 /// Probes `device`. blkid exits 2 when it finds nothing; that becomes `Blank` only when the
 /// ends of the device read back as zeros. Any failure to read is an error (Unavailable):
 /// the caller must not format.
-pub async fn probe(device: &str, timeout: Duration) -> Result<Probe> {
+pub(crate) async fn probe(device: &str, timeout: Duration) -> Result<Probe> {
     let args = ["-p", "-o", "export", device];
     let out = exec::output("blkid", &args, &[], timeout)
         .await
@@ -145,11 +145,11 @@ fn ends_are_zero(device: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-pub const SUPPORTED: &[&str] = &["ext4", "ext3", "xfs"];
+pub(crate) const SUPPORTED: &[&str] = &["ext4", "ext3", "xfs"];
 
 /// The mkfs command for `fs_type`: ceph-csi's defaults unless `mkfs_options` (a
 /// whitespace-separated list from the StorageClass, allow-listed) replaces them.
-pub fn mkfs_command(
+pub(crate) fn mkfs_command(
     fs_type: &str,
     device: &str,
     mkfs_options: Option<&str>,
@@ -178,7 +178,7 @@ pub fn mkfs_command(
     Ok((format!("mkfs.{fs_type}"), args))
 }
 
-pub async fn mkfs(
+pub(crate) async fn mkfs(
     fs_type: &str,
     device: &str,
     mkfs_options: Option<&str>,
@@ -194,7 +194,7 @@ pub async fn mkfs(
 
 /// Mount options every mount of `fs_type` needs (xfs: `nouuid`, so a clone or a snapshot
 /// restore mounts beside its origin).
-pub fn fs_mount_options(fs_type: &str) -> Vec<String> {
+pub(crate) fn fs_mount_options(fs_type: &str) -> Vec<String> {
     match fs_type {
         "xfs" => vec!["nouuid".to_string()],
         _ => vec![],
@@ -202,7 +202,7 @@ pub fn fs_mount_options(fs_type: &str) -> Vec<String> {
 }
 
 /// The command that grows a mounted filesystem to fill its device.
-pub fn grow_command(
+pub(crate) fn grow_command(
     fs_type: &str,
     device: &str,
     mount_point: &str,
@@ -214,7 +214,12 @@ pub fn grow_command(
     }
 }
 
-pub async fn grow(fs_type: &str, device: &str, mount_point: &str, timeout: Duration) -> Result<()> {
+pub(crate) async fn grow(
+    fs_type: &str,
+    device: &str,
+    mount_point: &str,
+    timeout: Duration,
+) -> Result<()> {
     let Some((prog, args)) = grow_command(fs_type, device, mount_point) else {
         return Err(Error::precondition(format!(
             "cannot grow a {fs_type} filesystem online"

@@ -26,11 +26,11 @@ impl MountEntry {
         self.options.split(',').any(|o| o == "ro")
     }
     /// Mounts below it propagate to its peers (the host, for a Bidirectional mount).
-    pub fn shared(&self) -> bool {
+    pub(crate) fn shared(&self) -> bool {
         self.tags.iter().any(|t| t.starts_with("shared:"))
     }
     /// It receives mounts from a master but does not send any back.
-    pub fn slave(&self) -> bool {
+    pub(crate) fn slave(&self) -> bool {
         self.tags.iter().any(|t| t.starts_with("master:"))
     }
 }
@@ -54,7 +54,7 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
@@ -95,7 +95,7 @@ pub fn is_mount_point(path: &Path) -> std::io::Result<bool> {
 
 /// CSI paths must be absolute, without `..`, NUL or control characters; kubelet never
 /// sends anything else, so anything else is refused rather than interpreted.
-pub fn check_path(path: &str, what: &str) -> Result<PathBuf> {
+pub(crate) fn check_path(path: &str, what: &str) -> Result<PathBuf> {
     if path.is_empty() {
         return Err(Error::invalid(format!("{what} is required")));
     }
@@ -122,7 +122,7 @@ pub fn check_path(path: &str, what: &str) -> Result<PathBuf> {
 /// cannot hold the volume (relative, with `..`) holds none of it, which the spec answers
 /// with NotFound ("the volume does not exist on the specified path"). Nothing is ever done
 /// with such a path.
-pub fn volume_path(path: &str, volume_id: &str) -> Result<PathBuf> {
+pub(crate) fn volume_path(path: &str, volume_id: &str) -> Result<PathBuf> {
     if path.is_empty() {
         return Err(Error::invalid("volume_path is required"));
     }
@@ -136,7 +136,7 @@ pub fn volume_path(path: &str, volume_id: &str) -> Result<PathBuf> {
 
 /// Refuses a path whose existing parent chain goes through a symlink, so a mount can not
 /// be redirected outside the directory kubelet named.
-pub fn check_no_symlinks(path: &Path, what: &str) -> Result<()> {
+pub(crate) fn check_no_symlinks(path: &Path, what: &str) -> Result<()> {
     let mut cur = PathBuf::from("/");
     for c in path.components().skip(1) {
         cur.push(c);
@@ -160,7 +160,7 @@ fn s(p: &Path) -> String {
 }
 
 /// `mount [-t fstype] [-o options] source target`.
-pub async fn mount(
+pub(crate) async fn mount(
     source: &str,
     target: &Path,
     fs_type: &str,
@@ -184,7 +184,7 @@ pub async fn mount(
 
 /// Bind-mounts `source` on `target`, then remounts read-only when asked (a bind mount
 /// ignores `ro` on the first call).
-pub async fn bind(
+pub(crate) async fn bind(
     source: &Path,
     target: &Path,
     read_only: bool,
@@ -208,7 +208,7 @@ pub async fn bind(
 }
 
 /// Unmounts `target` if it is a mount point; Ok when it was not mounted.
-pub async fn unmount(target: &Path, timeout: Duration) -> Result<(), ExecError> {
+pub(crate) async fn unmount(target: &Path, timeout: Duration) -> Result<(), ExecError> {
     if !is_mount_point(target).unwrap_or(true) {
         return Ok(());
     }

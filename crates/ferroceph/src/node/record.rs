@@ -21,7 +21,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub const RECORD_VERSION: u32 = 1;
+pub(crate) const RECORD_VERSION: u32 = 1;
 const PREFIX: &str = ".ferroceph-";
 /// Names longer than this are replaced by a hash so the file names stay under NAME_MAX.
 const MAX_NAME: usize = 200;
@@ -52,7 +52,7 @@ pub struct ImageLocation {
 
 impl ImageLocation {
     /// `pool/image` or `pool/namespace/image`, as the rbd tools write it.
-    pub fn spec(&self) -> String {
+    pub(crate) fn spec(&self) -> String {
         if self.namespace.is_empty() {
             format!("{}/{}", self.pool, self.image)
         } else {
@@ -145,7 +145,7 @@ pub fn paths(staging: &Path) -> Paths {
 }
 
 /// The record path that belongs to a FUSE mount directory found in mountinfo.
-pub fn record_for_fuse_dir(dir: &Path) -> Option<PathBuf> {
+pub(crate) fn record_for_fuse_dir(dir: &Path) -> Option<PathBuf> {
     let name = dir.file_name()?.to_str()?;
     let stem = name.strip_prefix(PREFIX)?.strip_suffix(".fuse")?;
     Some(dir.with_file_name(format!("{PREFIX}{stem}.json")))
@@ -159,7 +159,7 @@ fn now() -> u64 {
 }
 
 /// Reads the record at `path`; `Ok(None)` when there is none.
-pub fn read_at(path: &Path) -> Result<Option<Record>> {
+pub(crate) fn read_at(path: &Path) -> Result<Option<Record>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -188,7 +188,7 @@ pub fn read(staging: &Path) -> Result<Option<Record>> {
 }
 
 /// Writes the record atomically (temporary file, fsync, rename), 0600.
-pub fn write(rec: &mut Record) -> Result<()> {
+pub(crate) fn write(rec: &mut Record) -> Result<()> {
     rec.updated = now();
     let p = paths(&rec.staging_path);
     if let Some(dir) = p.record.parent() {
@@ -213,7 +213,7 @@ pub fn write(rec: &mut Record) -> Result<()> {
 }
 
 /// Removes the record; Ok if it was not there.
-pub fn remove(staging: &Path) -> Result<()> {
+pub(crate) fn remove(staging: &Path) -> Result<()> {
     let p = paths(staging);
     for f in [&p.record, &p.record.with_extension("json.tmp")] {
         match std::fs::remove_file(f) {

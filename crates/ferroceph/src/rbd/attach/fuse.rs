@@ -7,7 +7,7 @@
 //! the record (pid + start time) or, failing that, by its command line. The key travels on
 //! the exporter's standard input, never in argv or the environment.
 
-use super::{stop_process, AttachEnv, AttachRequest, Attached, Attacher, Health, Mounter};
+use super::{stop_process, AttachEnv, AttachRequest, Attached, Attacher, Health};
 use crate::error::{Error, Result};
 use crate::fuse_export::{EXPORT_FILE, READY, SUBCOMMAND};
 use crate::node::exec;
@@ -18,12 +18,12 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-pub struct Fuse {
+pub(crate) struct Fuse {
     pub env: AttachEnv,
 }
 
 /// `losetup` arguments that attach `file`.
-pub fn losetup_args(file: &Path, read_only: bool) -> Vec<String> {
+pub(crate) fn losetup_args(file: &Path, read_only: bool) -> Vec<String> {
     let mut a = vec![
         "--find".to_string(),
         "--show".into(),
@@ -37,7 +37,7 @@ pub fn losetup_args(file: &Path, read_only: bool) -> Vec<String> {
 }
 
 /// The exporter's arguments (no key: it reads that from standard input).
-pub fn exporter_args(req: &AttachRequest<'_>, dir: &Path, timeout: Duration) -> Vec<String> {
+pub(crate) fn exporter_args(req: &AttachRequest<'_>, dir: &Path, timeout: Duration) -> Vec<String> {
     let mut a = vec![
         SUBCOMMAND.to_string(),
         "--monitors".into(),
@@ -62,7 +62,7 @@ pub fn exporter_args(req: &AttachRequest<'_>, dir: &Path, timeout: Duration) -> 
 /// A second, read-only loop device on an exported file, for publishing a block volume
 /// read-only: a read-only bind mount does not stop writes to a device node, a read-only
 /// device does.
-pub async fn read_only_view(file: &Path, timeout: Duration) -> Result<String> {
+pub(crate) async fn read_only_view(file: &Path, timeout: Duration) -> Result<String> {
     let args = losetup_args(file, true);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = exec::run("losetup", &a, &[], timeout)
@@ -85,7 +85,7 @@ fn loop_name(device: &str) -> Option<&str> {
 }
 
 /// The file behind a loop device, from sysfs.
-pub fn loop_backing(device: &str) -> Option<PathBuf> {
+pub(crate) fn loop_backing(device: &str) -> Option<PathBuf> {
     let name = loop_name(device)?;
     let s = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
     Some(PathBuf::from(s.trim_end_matches('\n')))
@@ -137,7 +137,7 @@ pub fn find_exporters(dir: &Path) -> Vec<(i32, u64)> {
 }
 
 /// Whether the recorded exporter process still runs.
-pub fn exporter_alive(f: &FuseState) -> bool {
+pub(crate) fn exporter_alive(f: &FuseState) -> bool {
     super::proc_stat(f.pid).is_some_and(|(s, st)| st == f.start_time && s != 'Z' && s != 'X')
 }
 
@@ -257,7 +257,7 @@ impl Fuse {
 
     /// Detaches loop devices on `file`, stops exporters of `dir`, unmounts and removes
     /// `dir`. Tolerates every piece being already gone.
-    pub async fn teardown(&self, dir: &Path, file: &Path, known: Option<&FuseState>) {
+    pub(crate) async fn teardown(&self, dir: &Path, file: &Path, known: Option<&FuseState>) {
         let t = self.env.exec_timeout;
         for dev in loops_backed_by(file) {
             match exec::output("losetup", &["-d", &dev], &[], t).await {
@@ -313,10 +313,6 @@ impl Fuse {
 
 #[tonic::async_trait]
 impl Attacher for Fuse {
-    fn mounter(&self) -> Mounter {
-        Mounter::Fuse
-    }
-
     async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached> {
         let dir = req.paths.fuse_dir.clone();
         let file = dir.join(EXPORT_FILE);

@@ -14,10 +14,10 @@ use crate::node::record::{ImageLocation, Record};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const SUPPORTED_FEATURES: &str = "/sys/bus/rbd/supported_features";
+pub(crate) const SUPPORTED_FEATURES: &str = "/sys/bus/rbd/supported_features";
 pub(crate) const SYSFS_DEVICES: &str = "/sys/bus/rbd/devices";
 
-pub struct Krbd {
+pub(crate) struct Krbd {
     pub env: AttachEnv,
 }
 
@@ -57,7 +57,7 @@ pub fn parse_supported(text: &str) -> Option<u64> {
 
 /// Fails with FailedPrecondition when `image` has features that
 /// `supported` lacks.
-pub fn check_features(spec: &str, image: u64, supported: u64) -> Result<()> {
+pub(crate) fn check_features(spec: &str, image: u64, supported: u64) -> Result<()> {
     let missing = image & !supported;
     if missing == 0 {
         return Ok(());
@@ -123,10 +123,6 @@ fn supported_features() -> Result<u64> {
 
 #[tonic::async_trait]
 impl Attacher for Krbd {
-    fn mounter(&self) -> Mounter {
-        Mounter::Krbd
-    }
-
     async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached> {
         if !Path::new("/sys/bus/rbd").exists() {
             // Like ceph-csi: try loading the module once.
@@ -237,7 +233,7 @@ impl Attacher for Krbd {
 }
 
 /// The device node of a sysfs rbd device id.
-pub fn device_for_id(id: &str) -> PathBuf {
+pub(crate) fn device_for_id(id: &str) -> PathBuf {
     PathBuf::from(format!("/dev/rbd{id}"))
 }
 

@@ -15,7 +15,7 @@ use crate::node::record::{ImageLocation, Record};
 use std::path::Path;
 use std::time::Duration;
 
-pub struct Nbd {
+pub(crate) struct Nbd {
     pub env: AttachEnv,
 }
 
@@ -40,7 +40,7 @@ fn dev_name(device: &str) -> Option<&str> {
 }
 
 /// The pid of the daemon serving `device` (the kernel keeps it in sysfs).
-pub fn daemon_pid(device: &str) -> Option<i32> {
+pub(crate) fn daemon_pid(device: &str) -> Option<i32> {
     let name = dev_name(device)?;
     std::fs::read_to_string(format!("/sys/block/{name}/pid"))
         .ok()?
@@ -51,10 +51,6 @@ pub fn daemon_pid(device: &str) -> Option<i32> {
 
 #[tonic::async_trait]
 impl Attacher for Nbd {
-    fn mounter(&self) -> Mounter {
-        Mounter::Nbd
-    }
-
     async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached> {
         if !Path::new("/sys/module/nbd").exists() {
             let _ = exec::output("modprobe", &["nbd"], &[], self.env.exec_timeout).await;

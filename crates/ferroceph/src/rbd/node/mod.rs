@@ -74,7 +74,7 @@ struct Inner {
     broken: Mutex<HashSet<PathBuf>>,
 }
 
-pub struct RbdNode {
+pub(crate) struct RbdNode {
     inner: Arc<Inner>,
 }
 
@@ -240,7 +240,7 @@ async fn cephcsi_view(staging: &Path, vid: &str, block: bool) -> Result<Record> 
 }
 
 impl RbdNode {
-    pub fn new(
+    pub(crate) fn new(
         node_id: String,
         clusters: Arc<ClusterMap>,
         ceph: Ceph,
