@@ -6,6 +6,8 @@
 //! would copy node files (service-account tokens) into a tenant's volume, `mkfs.xfs -p`
 //! reads a proto file from the node, `quiesce-hook=` runs a program.
 
+use crate::error::{Error, Result};
+
 /// A value is a plain number with an optional unit suffix (`4096`, `64k`, `1g`).
 fn is_size(v: &str) -> bool {
     let digits = v.trim_end_matches(|c: char| "kKmMgGtTpPeEsb".contains(c));
@@ -38,20 +40,20 @@ enum Val {
     Location,
 }
 
-fn check_kv(what: &str, opt: &str, allowed: &[(&str, Val)]) -> Result<(), String> {
+fn check_kv(what: &str, opt: &str, allowed: &[(&str, Val)]) -> Result<()> {
     let (key, value) = match opt.split_once('=') {
         Some((k, v)) => (k, Some(v)),
         None => (opt, None),
     };
     let Some((_, rule)) = allowed.iter().find(|(k, _)| *k == key) else {
-        return Err(format!(
+        return Err(Error::invalid(format!(
             "{what}: option {key:?} is not allowed (allowed: {})",
             allowed
                 .iter()
                 .map(|(k, _)| *k)
                 .collect::<Vec<_>>()
                 .join(", ")
-        ));
+        )));
     };
     let ok = match (rule, value) {
         (Val::None, None) => true,
@@ -68,7 +70,7 @@ fn check_kv(what: &str, opt: &str, allowed: &[(&str, Val)]) -> Result<(), String
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(Error::invalid(format!(
             "{what}: option {opt:?} has a value that is not allowed{}",
             match rule {
                 Val::None => " (it takes none)".to_string(),
@@ -78,11 +80,11 @@ fn check_kv(what: &str, opt: &str, allowed: &[(&str, Val)]) -> Result<(), String
                 Val::OneOf(w) => format!(" (one of {})", w.join(", ")),
                 Val::Location => " (type:name pairs separated by '|')".to_string(),
             }
-        ))
+        )))
     }
 }
 
-fn check_list(what: &str, list: &str, allowed: &[(&str, Val)]) -> Result<(), String> {
+fn check_list(what: &str, list: &str, allowed: &[(&str, Val)]) -> Result<()> {
     list.split(',')
         .map(str::trim)
         .filter(|o| !o.is_empty())
@@ -160,10 +162,12 @@ const XFS_SECTIONS: &[(&str, &[(&str, Val)])] = &[
 ];
 
 /// Checks `mkfsOptions` for `fs_type`; returns the arguments (whitespace-separated).
-pub fn check_mkfs(fs_type: &str, options: &str) -> Result<Vec<String>, String> {
+pub fn check_mkfs(fs_type: &str, options: &str) -> Result<Vec<String>> {
     let what = "mkfsOptions";
     if options.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(format!("{what} must not contain control characters"));
+        return Err(Error::invalid(format!(
+            "{what} must not contain control characters"
+        )));
     }
     let args: Vec<String> = options.split_whitespace().map(str::to_string).collect();
     let mut i = 0;
@@ -177,14 +181,14 @@ pub fn check_mkfs(fs_type: &str, options: &str) -> Result<Vec<String>, String> {
             } else {
                 (a, None)
             };
-        let value = |i: &mut usize| -> Result<String, String> {
+        let value = |i: &mut usize| -> Result<String> {
             if let Some(v) = attached {
                 return Ok(v.to_string());
             }
             *i += 1;
             args.get(*i)
                 .cloned()
-                .ok_or_else(|| format!("{what}: option {flag:?} needs a value"))
+                .ok_or_else(|| Error::invalid(format!("{what}: option {flag:?} needs a value")))
         };
         let ext = matches!(fs_type, "ext4" | "ext3" | "ext2");
         match (ext, flag) {
@@ -192,13 +196,17 @@ pub fn check_mkfs(fs_type: &str, options: &str) -> Result<Vec<String>, String> {
             (true, "-m") => {
                 let v = value(&mut i)?;
                 if !v.parse::<u8>().is_ok_and(|p| p <= 50) {
-                    return Err(format!("{what}: -m {v:?} must be a percentage (0-50)"));
+                    return Err(Error::invalid(format!(
+                        "{what}: -m {v:?} must be a percentage (0-50)"
+                    )));
                 }
             }
             (true, "-b" | "-i" | "-I" | "-N" | "-g" | "-G") => {
                 let v = value(&mut i)?;
                 if !is_size(&v) {
-                    return Err(format!("{what}: {flag} {v:?} must be a number"));
+                    return Err(Error::invalid(format!(
+                        "{what}: {flag} {v:?} must be a number"
+                    )));
                 }
             }
             (true, "-E") => check_list(what, &value(&mut i)?, EXT_EXTENDED)?,
@@ -208,29 +216,33 @@ pub fn check_mkfs(fs_type: &str, options: &str) -> Result<Vec<String>, String> {
                     .split(',')
                     .all(|f| is_word(f.strip_prefix('^').unwrap_or(f)))
                 {
-                    return Err(format!("{what}: -O {v:?} is not a list of feature names"));
+                    return Err(Error::invalid(format!(
+                        "{what}: -O {v:?} is not a list of feature names"
+                    )));
                 }
             }
             (true, "-T") => {
                 let v = value(&mut i)?;
                 if !is_word(&v) {
-                    return Err(format!("{what}: -T {v:?} is not a usage type"));
+                    return Err(Error::invalid(format!(
+                        "{what}: -T {v:?} is not a usage type"
+                    )));
                 }
             }
             (true, "-e") => {
                 let v = value(&mut i)?;
                 if !matches!(v.as_str(), "continue" | "remount-ro" | "panic") {
-                    return Err(format!(
+                    return Err(Error::invalid(format!(
                         "{what}: -e {v:?} must be continue, remount-ro or panic"
-                    ));
+                    )));
                 }
             }
             (_, "-L") => {
                 let v = value(&mut i)?;
                 if !is_word(&v) || v.len() > 16 {
-                    return Err(format!(
+                    return Err(Error::invalid(format!(
                         "{what}: label {v:?} must be at most 16 letters, digits, '_', '.', '-'"
-                    ));
+                    )));
                 }
             }
             (false, f) if XFS_SECTIONS.iter().any(|(s, _)| *s == f) => {
@@ -242,14 +254,14 @@ pub fn check_mkfs(fs_type: &str, options: &str) -> Result<Vec<String>, String> {
                 check_list(&format!("{what} {f}"), &value(&mut i)?, allowed)?;
             }
             _ => {
-                return Err(format!(
+                return Err(Error::invalid(format!(
                     "{what}: option {a:?} is not allowed for {fs_type} (allowed: {})",
                     if ext {
                         "-m, -b, -i, -I, -N, -g, -G, -E, -O, -T, -e, -L, -j, -q"
                     } else {
                         "-m, -i, -d, -l, -n, -b, -s, -L, -K, -q with sizes and 0/1 switches"
                     }
-                ))
+                )))
             }
         }
         i += 1;
@@ -310,7 +322,7 @@ const NBD_MAP: &[(&str, Val)] = &[
 ];
 
 /// Checks one mounter's `mapOptions`/`unmapOptions` list (`opt1,opt2=v`).
-pub fn check_map(mounter: &str, list: &str) -> Result<(), String> {
+pub fn check_map(mounter: &str, list: &str) -> Result<()> {
     let what = format!("mapOptions ({mounter})");
     match mounter {
         "krbd" => check_list(&what, list, KRBD_MAP),
@@ -385,7 +397,7 @@ const CEPH_FUSE: &[(&str, Val)] = &[
 ];
 
 /// Checks `kernelMountOptions` (`kernel`) or `fuseMountOptions` (`fuse`).
-pub fn check_cephfs_mount(mounter: &str, list: &str) -> Result<(), String> {
+pub fn check_cephfs_mount(mounter: &str, list: &str) -> Result<()> {
     let (what, extra) = match mounter {
         "kernel" => ("kernelMountOptions", CEPH_KERNEL),
         _ => ("fuseMountOptions", CEPH_FUSE),
@@ -452,7 +464,7 @@ mod tests {
             ("xfs", "-m crc=yes", "crc=yes"),
             ("xfs", "/dev/sda", "/dev/sda"),
         ] {
-            let e = check_mkfs(fs, bad).unwrap_err();
+            let e = check_mkfs(fs, bad).unwrap_err().message();
             assert!(e.contains(named), "{bad}: {e}");
         }
     }
@@ -474,7 +486,7 @@ mod tests {
             ("krbd", "ro", "ro"),
             ("fuse", "anything", "anything"),
         ] {
-            let e = check_map(m, bad).unwrap_err();
+            let e = check_map(m, bad).unwrap_err().message();
             assert!(e.contains(named), "{bad}: {e}");
         }
     }
@@ -495,7 +507,7 @@ mod tests {
             ("fuse", "rw", "rw"),
             ("fuse", "fsname=x", "fsname"),
         ] {
-            let e = check_cephfs_mount(m, bad).unwrap_err();
+            let e = check_cephfs_mount(m, bad).unwrap_err().message();
             assert!(e.contains(named), "{bad}: {e}");
         }
         assert!(is_size("64k") && is_size("4096") && !is_size("k") && !is_size("1kk"));

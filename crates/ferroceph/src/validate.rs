@@ -1,25 +1,25 @@
 //! Request checks shared by the services, each failing with the code the CSI spec names
 //! and a message that says what to fix.
 
+use crate::error::{Error, Result};
 use csi::v1 as pb;
 use pb::volume_capability::access_mode::Mode;
 use pb::volume_capability::AccessType;
-use tonic::Status;
 
-pub const MIB: u64 = 1 << 20;
-pub const GIB: u64 = 1 << 30;
-pub const DEFAULT_SIZE: u64 = GIB;
+pub(crate) const MIB: u64 = 1 << 20;
+pub(crate) const GIB: u64 = 1 << 30;
+pub(crate) const DEFAULT_SIZE: u64 = GIB;
 /// Larger requests are refused with OutOfRange instead of reaching Ceph.
-pub const MAX_SIZE: u64 = 1 << 56;
+pub(crate) const MAX_SIZE: u64 = 1 << 56;
 const MAX_ID: usize = 128;
 
 /// Names from the CO: non-empty, no control characters the spec bans.
-pub fn name(name: &str) -> Result<(), Status> {
+pub(crate) fn name(name: &str) -> Result<()> {
     if name.is_empty() {
-        return Err(Status::invalid_argument("name is required"));
+        return Err(Error::invalid("name is required"));
     }
     if name.len() > 512 {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "name is {} bytes; at most 512 are accepted",
             name.len()
         )));
@@ -28,7 +28,7 @@ pub fn name(name: &str) -> Result<(), Status> {
         .chars()
         .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
     {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "name contains the control character U+{:04X}",
             c as u32
         )));
@@ -37,18 +37,18 @@ pub fn name(name: &str) -> Result<(), Status> {
 }
 
 /// Volume and snapshot ids: required, at most 128 bytes, printable.
-pub fn id(id: &str, what: &str) -> Result<(), Status> {
+pub(crate) fn id(id: &str, what: &str) -> Result<()> {
     if id.is_empty() {
-        return Err(Status::invalid_argument(format!("{what} is required")));
+        return Err(Error::invalid(format!("{what} is required")));
     }
     if id.len() > MAX_ID {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "{what} is {} bytes; CSI ids are at most {MAX_ID}",
             id.len()
         )));
     }
     if id.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "{what} contains control characters"
         )));
     }
@@ -57,18 +57,18 @@ pub fn id(id: &str, what: &str) -> Result<(), Status> {
 
 /// The requested size: default when no range is given, rounded up to whole MiB, within
 /// `limit_bytes`.
-pub fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64, Status> {
+pub(crate) fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64> {
     let (required, limit) = range
         .map(|r| (r.required_bytes, r.limit_bytes))
         .unwrap_or((0, 0));
     if required < 0 || limit < 0 {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "capacity_range must not be negative (required_bytes {required}, limit_bytes {limit})"
         )));
     }
     let (required, limit) = (required as u64, limit as u64);
     if limit > 0 && required > limit {
-        return Err(Status::out_of_range(format!(
+        return Err(Error::OutOfRange(format!(
             "required_bytes {required} is larger than limit_bytes {limit}"
         )));
     }
@@ -78,7 +78,7 @@ pub fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64, Status> {
         (r, _) => r,
     };
     if wanted > MAX_SIZE {
-        return Err(Status::out_of_range(format!(
+        return Err(Error::OutOfRange(format!(
             "{wanted} bytes is more than the largest supported volume ({MAX_SIZE} bytes)"
         )));
     }
@@ -88,7 +88,7 @@ pub fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64, Status> {
         if down >= required && down > 0 {
             return Ok(down);
         }
-        return Err(Status::out_of_range(format!(
+        return Err(Error::OutOfRange(format!(
             "no whole-MiB size fits between required_bytes {required} and limit_bytes {limit}"
         )));
     }
@@ -97,7 +97,7 @@ pub fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64, Status> {
 
 /// Checks a size that already exists against a request's range.
 /// A CreateVolume content source, decoded.
-pub struct ContentSource {
+pub(crate) struct ContentSource {
     pub id: crate::volid::CsiId,
     /// The id as the CO gave it.
     pub raw: String,
@@ -107,10 +107,10 @@ pub struct ContentSource {
 /// The request's content source, None for a blank volume. An id that does not decode is
 /// NotFound (no such source); a source in another cluster than `cluster_id` is
 /// InvalidArgument.
-pub fn content_source(
+pub(crate) fn content_source(
     req: &pb::CreateVolumeRequest,
     cluster_id: &str,
-) -> Result<Option<ContentSource>, Status> {
+) -> Result<Option<ContentSource>> {
     use pb::volume_content_source::Type;
     let (raw, what, is_snapshot) = match req
         .volume_content_source
@@ -122,9 +122,9 @@ pub fn content_source(
         Some(Type::Volume(v)) => (&v.volume_id, "volume", false),
     };
     let id = crate::volid::CsiId::decode(raw)
-        .map_err(|_| Status::not_found(format!("{what} {raw:?} does not exist")))?;
+        .map_err(|_| Error::not_found(format!("{what} {raw:?} does not exist")))?;
     if id.cluster_id != cluster_id {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "content source {raw} is in cluster {:?}, not {cluster_id:?}",
             id.cluster_id
         )));
@@ -136,14 +136,14 @@ pub fn content_source(
     }))
 }
 
-pub fn size_fits(size: u64, range: Option<&pb::CapacityRange>) -> bool {
+pub(crate) fn size_fits(size: u64, range: Option<&pb::CapacityRange>) -> bool {
     let Some(r) = range else { return true };
     (r.required_bytes <= 0 || size >= r.required_bytes as u64)
         && (r.limit_bytes <= 0 || size <= r.limit_bytes as u64)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CapSummary {
+pub(crate) struct CapSummary {
     pub block: bool,
     pub mount: bool,
     pub read_only: bool,
@@ -151,13 +151,13 @@ pub struct CapSummary {
 }
 
 /// Which access modes a driver allows for filesystem and for block volumes.
-pub struct ModeRules {
+pub(crate) struct ModeRules {
     pub driver: &'static str,
     pub mount: &'static [Mode],
     pub block: &'static [Mode],
 }
 
-pub const RBD_MODES: ModeRules = ModeRules {
+pub(crate) const RBD_MODES: ModeRules = ModeRules {
     driver: "RBD",
     mount: &[
         Mode::SingleNodeWriter,
@@ -176,7 +176,7 @@ pub const RBD_MODES: ModeRules = ModeRules {
     ],
 };
 
-pub const CEPHFS_MODES: ModeRules = ModeRules {
+pub(crate) const CEPHFS_MODES: ModeRules = ModeRules {
     driver: "CephFS",
     mount: &[
         Mode::SingleNodeWriter,
@@ -196,21 +196,27 @@ fn mode_name(m: i32) -> String {
         .unwrap_or_else(|_| format!("mode {m}"))
 }
 
-/// Checks one capability; returns a summary or the reason it is unsupported.
-pub fn capability(cap: &pb::VolumeCapability, rules: &ModeRules) -> Result<CapSummary, String> {
+/// Checks one capability; returns a summary or why it is unsupported (InvalidArgument).
+pub(crate) fn capability(cap: &pb::VolumeCapability, rules: &ModeRules) -> Result<CapSummary> {
     let mode = cap
         .access_mode
         .as_ref()
-        .ok_or("volume capability has no access_mode")?
+        .ok_or_else(|| Error::invalid("volume capability has no access_mode"))?
         .mode;
     let block = match &cap.access_type {
         Some(AccessType::Block(_)) => true,
         Some(AccessType::Mount(_)) => false,
-        None => return Err("volume capability must be either block or mount".to_string()),
+        None => {
+            return Err(Error::invalid(
+                "volume capability must be either block or mount",
+            ))
+        }
     };
     let allowed = if block { rules.block } else { rules.mount };
     let Ok(m) = Mode::try_from(mode) else {
-        return Err(format!("access mode {mode} is not a CSI access mode"));
+        return Err(Error::invalid(format!(
+            "access mode {mode} is not a CSI access mode"
+        )));
     };
     if !allowed.contains(&m) {
         let kind = if block { "block" } else { "filesystem" };
@@ -219,11 +225,11 @@ pub fn capability(cap: &pb::VolumeCapability, rules: &ModeRules) -> Result<CapSu
         } else {
             ""
         };
-        return Err(format!(
+        return Err(Error::invalid(format!(
             "access mode {} is not supported for {} {kind} volumes{hint}",
             mode_name(mode),
             rules.driver
-        ));
+        )));
     }
     Ok(CapSummary {
         block,
@@ -237,16 +243,14 @@ pub fn capability(cap: &pb::VolumeCapability, rules: &ModeRules) -> Result<CapSu
 }
 
 /// Checks a list of capabilities (required, at least one) as InvalidArgument.
-pub fn capabilities(
+pub(crate) fn capabilities(
     caps: &[pb::VolumeCapability],
     rules: &ModeRules,
-) -> Result<Vec<CapSummary>, Status> {
+) -> Result<Vec<CapSummary>> {
     if caps.is_empty() {
-        return Err(Status::invalid_argument("volume_capabilities is required"));
+        return Err(Error::invalid("volume_capabilities is required"));
     }
-    caps.iter()
-        .map(|c| capability(c, rules).map_err(Status::invalid_argument))
-        .collect()
+    caps.iter().map(|c| capability(c, rules)).collect()
 }
 
 #[cfg(test)]
@@ -313,7 +317,9 @@ mod tests {
     fn rbd_modes() {
         assert!(capability(&cap(false, Mode::SingleNodeWriter), &RBD_MODES).is_ok());
         assert!(capability(&cap(true, Mode::MultiNodeMultiWriter), &RBD_MODES).is_ok());
-        let e = capability(&cap(false, Mode::MultiNodeMultiWriter), &RBD_MODES).unwrap_err();
+        let e = capability(&cap(false, Mode::MultiNodeMultiWriter), &RBD_MODES)
+            .unwrap_err()
+            .message();
         assert!(e.contains("only for raw block"), "{e}");
         assert!(capability(&cap(false, Mode::MultiNodeSingleWriter), &RBD_MODES).is_err());
         assert!(capability(&cap(false, Mode::Unknown), &RBD_MODES).is_err());

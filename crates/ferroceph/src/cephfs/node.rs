@@ -70,7 +70,7 @@ fn io_status(what: &str, path: &Path, e: std::io::Error) -> Status {
 /// The capability of a node request: required, filesystem only.
 fn node_capability(cap: Option<&pb::VolumeCapability>) -> Result<CapSummary, Status> {
     let cap = cap.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-    validate::capability(cap, &CEPHFS_MODES).map_err(Status::invalid_argument)
+    validate::capability(cap, &CEPHFS_MODES).map_err(Status::from)
 }
 
 fn mount_flags(cap: Option<&pb::VolumeCapability>) -> Result<Vec<String>, Status> {

@@ -157,11 +157,12 @@ impl FsParams {
         let mounter = get("mounter").map(|m| Mounter::parse(&m)).transpose()?;
         if let Some(o) = get("kernelMountOptions") {
             check_mount_options("kernelMountOptions", &o)?;
-            crate::options::check_cephfs_mount("kernel", &o).map_err(ParamError)?;
+            crate::options::check_cephfs_mount("kernel", &o)
+                .map_err(|e| ParamError(e.message()))?;
         }
         if let Some(o) = get("fuseMountOptions") {
             check_mount_options("fuseMountOptions", &o)?;
-            crate::options::check_cephfs_mount("fuse", &o).map_err(ParamError)?;
+            crate::options::check_cephfs_mount("fuse", &o).map_err(|e| ParamError(e.message()))?;
         }
         let vol_prefix = get("volumeNamePrefix").unwrap_or_else(|| DEFAULT_VOL_PREFIX.into());
         check_prefix("volumeNamePrefix", &vol_prefix)?;
@@ -319,12 +320,12 @@ impl NodeVolume {
         let kernel_mount_options = get("kernelMountOptions");
         if let Some(o) = &kernel_mount_options {
             check_mount_options("kernelMountOptions", o)?;
-            crate::options::check_cephfs_mount("kernel", o).map_err(ParamError)?;
+            crate::options::check_cephfs_mount("kernel", o).map_err(|e| ParamError(e.message()))?;
         }
         let fuse_mount_options = get("fuseMountOptions");
         if let Some(o) = &fuse_mount_options {
             check_mount_options("fuseMountOptions", o)?;
-            crate::options::check_cephfs_mount("fuse", o).map_err(ParamError)?;
+            crate::options::check_cephfs_mount("fuse", o).map_err(|e| ParamError(e.message()))?;
         }
         Ok(NodeVolume {
             cluster_id,

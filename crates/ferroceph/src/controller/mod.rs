@@ -269,7 +269,11 @@ impl<B: Backend> ControllerCore<B> {
         let problems: Vec<String> = req
             .volume_capabilities
             .iter()
-            .filter_map(|c| validate::capability(c, B::modes()).err())
+            .filter_map(|c| {
+                validate::capability(c, B::modes())
+                    .err()
+                    .map(|e| e.message())
+            })
             .collect();
         Ok(if problems.is_empty() {
             pb::ValidateVolumeCapabilitiesResponse {

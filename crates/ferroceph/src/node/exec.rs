@@ -1,25 +1,26 @@
 //! Child processes with a deadline. A process that overstays is killed, and the error
 //! names the command (never its environment, where keys may travel).
 
+use crate::error::Error;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
 
 #[derive(Debug, Clone)]
-pub struct Output {
+pub(crate) struct Output {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl Output {
-    pub fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         self.code == Some(0)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExecError {
+pub(crate) enum ExecError {
     #[error("cannot run {cmd}: {reason} (is it installed?)")]
     Spawn { cmd: String, reason: String },
     #[error("{cmd} did not finish within {secs:.0}s and was killed")]
@@ -33,17 +34,31 @@ pub enum ExecError {
 }
 
 impl ExecError {
-    pub fn to_status(&self) -> tonic::Status {
+    /// The driver error for a failed child process: a deadline passed (DeadlineExceeded),
+    /// the program is missing (FailedPrecondition), it failed (Internal).
+    pub(crate) fn to_error(&self) -> Error {
         match self {
-            ExecError::TimedOut { .. } => tonic::Status::deadline_exceeded(self.to_string()),
-            ExecError::Spawn { .. } => tonic::Status::failed_precondition(self.to_string()),
-            ExecError::Failed { .. } => tonic::Status::internal(self.to_string()),
+            ExecError::TimedOut { .. } => Error::DeadlineExceeded(self.to_string()),
+            ExecError::Spawn { .. } => Error::precondition(self),
+            ExecError::Failed { .. } => Error::internal(self),
         }
+    }
+
+    /// Transitional, for callers that still return a `tonic::Status` (the CephFS node):
+    /// the same code and message as [`ExecError::to_error`].
+    pub(crate) fn to_status(&self) -> tonic::Status {
+        self.to_error().into()
+    }
+}
+
+impl From<ExecError> for Error {
+    fn from(e: ExecError) -> Error {
+        e.to_error()
     }
 }
 
 /// A printable form of a command line.
-pub fn describe(program: &str, args: &[&str]) -> String {
+pub(crate) fn describe(program: &str, args: &[&str]) -> String {
     let mut s = program.to_string();
     for a in args {
         s.push(' ');
@@ -54,7 +69,7 @@ pub fn describe(program: &str, args: &[&str]) -> String {
 
 /// Runs `program args` with `env` added, bounded by `timeout`; returns its output whatever
 /// the exit code.
-pub async fn output(
+pub(crate) async fn output(
     program: &str,
     args: &[&str],
     env: &[(&str, &str)],
@@ -93,7 +108,7 @@ pub async fn output(
 }
 
 /// Like [`output`] but a non-zero exit is an error carrying stderr.
-pub async fn run(
+pub(crate) async fn run(
     program: &str,
     args: &[&str],
     env: &[(&str, &str)],
@@ -126,7 +141,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ExecError::TimedOut { .. }), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
-        assert_eq!(e.to_status().code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(e.to_error().code(), tonic::Code::DeadlineExceeded);
         let e = run("false", &[], &[], Duration::from_secs(5))
             .await
             .unwrap_err();

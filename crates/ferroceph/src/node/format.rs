@@ -8,6 +8,7 @@
 //! restarts), so its silence alone proves nothing. Anything else, including a probe that
 //! fails or is ambivalent, is left alone.
 
+use crate::error::{Error, Result};
 use crate::node::exec::{self, ExecError};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 /// What a device holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// No signature of any kind: safe to format.
     Blank,
     /// A filesystem of this type (`ext4`, `xfs`, ...).
@@ -26,7 +27,7 @@ pub enum Probe {
 }
 
 /// Interprets `blkid -p -o export` output (KEY=VALUE lines).
-pub fn parse_blkid_export(out: &str) -> Probe {
+pub(crate) fn parse_blkid_export(out: &str) -> Probe {
     let kv: BTreeMap<&str, &str> = out
         .lines()
         .filter_map(|l| l.split_once('='))
@@ -63,11 +64,11 @@ const BLANK_CHECK_BYTES: u64 = 1 << 20;
 /// Probes `device`. blkid exits 2 when it finds nothing; that becomes `Blank` only when the
 /// ends of the device read back as zeros. Any failure to read is an error (Unavailable):
 /// the caller must not format.
-pub async fn probe(device: &str, timeout: Duration) -> Result<Probe, tonic::Status> {
+pub(crate) async fn probe(device: &str, timeout: Duration) -> Result<Probe> {
     let args = ["-p", "-o", "export", device];
     let out = exec::output("blkid", &args, &[], timeout)
         .await
-        .map_err(|e| e.to_status())?;
+        .map_err(Error::from)?;
     match out.code {
         Some(0) => Ok(parse_blkid_export(&out.stdout)),
         Some(2) => match read_ends_are_zero(device, timeout).await {
@@ -76,7 +77,7 @@ pub async fn probe(device: &str, timeout: Duration) -> Result<Probe, tonic::Stat
                 "data that no known filesystem or signature matches (the first or last MiB is not zeros)"
                     .into(),
             )),
-            Err(e) => Err(tonic::Status::unavailable(format!(
+            Err(e) => Err(Error::unavailable(format!(
                 "cannot read {device} to prove it is blank ({e}); not formatting it. Is the cluster healthy (OSDs up, placement groups active)? Retry then"
             ))),
         },
@@ -90,7 +91,7 @@ pub async fn probe(device: &str, timeout: Duration) -> Result<Probe, tonic::Stat
                 .unwrap_or_else(|| "signal".into()),
             stderr: out.stderr,
         }
-        .to_status()),
+        .into()),
     }
 }
 
@@ -144,19 +145,19 @@ fn ends_are_zero(device: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-pub const SUPPORTED: &[&str] = &["ext4", "ext3", "xfs"];
+pub(crate) const SUPPORTED: &[&str] = &["ext4", "ext3", "xfs"];
 
 /// The mkfs command for `fs_type`: ceph-csi's defaults unless `mkfs_options` (a
 /// whitespace-separated list from the StorageClass, allow-listed) replaces them.
-pub fn mkfs_command(
+pub(crate) fn mkfs_command(
     fs_type: &str,
     device: &str,
     mkfs_options: Option<&str>,
-) -> Result<(String, Vec<String>), String> {
+) -> Result<(String, Vec<String>)> {
     if !SUPPORTED.contains(&fs_type) {
-        return Err(format!(
+        return Err(Error::invalid(format!(
             "fsType {fs_type:?} is not supported: use ext4 or xfs"
-        ));
+        )));
     }
     let mut args: Vec<String> = match mkfs_options.map(str::trim).filter(|o| !o.is_empty()) {
         Some(opts) => crate::options::check_mkfs(fs_type, opts)?,
@@ -169,30 +170,31 @@ pub fn mkfs_command(
         },
     };
     if let Some(bad) = args.iter().find(|a| a.as_str() == device) {
-        return Err(format!("mkfsOptions must not name the device ({bad})"));
+        return Err(Error::invalid(format!(
+            "mkfsOptions must not name the device ({bad})"
+        )));
     }
     args.push(device.to_string());
     Ok((format!("mkfs.{fs_type}"), args))
 }
 
-pub async fn mkfs(
+pub(crate) async fn mkfs(
     fs_type: &str,
     device: &str,
     mkfs_options: Option<&str>,
     timeout: Duration,
-) -> Result<(), tonic::Status> {
-    let (prog, args) =
-        mkfs_command(fs_type, device, mkfs_options).map_err(tonic::Status::invalid_argument)?;
+) -> Result<()> {
+    let (prog, args) = mkfs_command(fs_type, device, mkfs_options)?;
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     exec::run(&prog, &a, &[], timeout)
         .await
         .map(drop)
-        .map_err(|e| e.to_status())
+        .map_err(Error::from)
 }
 
 /// Mount options every mount of `fs_type` needs (xfs: `nouuid`, so a clone or a snapshot
 /// restore mounts beside its origin).
-pub fn fs_mount_options(fs_type: &str) -> Vec<String> {
+pub(crate) fn fs_mount_options(fs_type: &str) -> Vec<String> {
     match fs_type {
         "xfs" => vec!["nouuid".to_string()],
         _ => vec![],
@@ -200,7 +202,7 @@ pub fn fs_mount_options(fs_type: &str) -> Vec<String> {
 }
 
 /// The command that grows a mounted filesystem to fill its device.
-pub fn grow_command(
+pub(crate) fn grow_command(
     fs_type: &str,
     device: &str,
     mount_point: &str,
@@ -212,14 +214,14 @@ pub fn grow_command(
     }
 }
 
-pub async fn grow(
+pub(crate) async fn grow(
     fs_type: &str,
     device: &str,
     mount_point: &str,
     timeout: Duration,
-) -> Result<(), tonic::Status> {
+) -> Result<()> {
     let Some((prog, args)) = grow_command(fs_type, device, mount_point) else {
-        return Err(tonic::Status::failed_precondition(format!(
+        return Err(Error::precondition(format!(
             "cannot grow a {fs_type} filesystem online"
         )));
     };
@@ -227,12 +229,12 @@ pub async fn grow(
     match exec::run(&prog, &a, &[], timeout).await {
         Ok(_) => Ok(()),
         Err(ExecError::Failed { stderr, .. }) if stderr.contains("Permission denied") => {
-            Err(tonic::Status::failed_precondition(format!(
+            Err(Error::precondition(format!(
                 "{prog} was refused by the kernel ({}); growing a mounted {fs_type} filesystem needs the CAP_SYS_RESOURCE capability: grant it to the node plugin (a privileged container has it)",
                 stderr.lines().last().unwrap_or("").trim()
             )))
         }
-        Err(e) => Err(e.to_status()),
+        Err(e) => Err(e.into()),
     }
 }
 

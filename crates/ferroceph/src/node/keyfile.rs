@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub struct KeyFile {
+pub(crate) struct KeyFile {
     path: PathBuf,
 }
 
@@ -63,7 +63,7 @@ pub(crate) fn prepare_dir(dir: &Path) -> std::io::Result<usize> {
 
 impl KeyFile {
     /// Writes `key` to a new file with a random name under `dir` (made 0700).
-    pub fn create(dir: &Path, key: &str) -> std::io::Result<KeyFile> {
+    pub(crate) fn create(dir: &Path, key: &str) -> std::io::Result<KeyFile> {
         private_dir(dir)?;
         let path = dir.join(format!(
             "{PREFIX}{}-{}",
@@ -81,7 +81,7 @@ impl KeyFile {
         Ok(guard)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

@@ -1,10 +1,10 @@
 //! Node-side building blocks shared by the RBD and CephFS node services: child processes
 //! with deadlines, mounts, and path checks.
 
-pub mod exec;
-pub mod format;
-pub mod inuse;
-pub mod keyfile;
+pub(crate) mod exec;
+pub(crate) mod format;
+pub(crate) mod inuse;
+pub(crate) mod keyfile;
 pub mod mount;
 pub mod outlive;
 pub mod record;

@@ -1,6 +1,7 @@
 //! Mounts: reading /proc/self/mountinfo, mounting, bind-mounting and unmounting with
 //! deadlines, and checks that keep every mount inside the paths kubelet gave.
 
+use crate::error::{Error, Result};
 use crate::node::exec::{self, ExecError};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -25,11 +26,11 @@ impl MountEntry {
         self.options.split(',').any(|o| o == "ro")
     }
     /// Mounts below it propagate to its peers (the host, for a Bidirectional mount).
-    pub fn shared(&self) -> bool {
+    pub(crate) fn shared(&self) -> bool {
         self.tags.iter().any(|t| t.starts_with("shared:"))
     }
     /// It receives mounts from a master but does not send any back.
-    pub fn slave(&self) -> bool {
+    pub(crate) fn slave(&self) -> bool {
         self.tags.iter().any(|t| t.starts_with("master:"))
     }
 }
@@ -53,7 +54,7 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
@@ -94,25 +95,23 @@ pub fn is_mount_point(path: &Path) -> std::io::Result<bool> {
 
 /// CSI paths must be absolute, without `..`, NUL or control characters; kubelet never
 /// sends anything else, so anything else is refused rather than interpreted.
-pub fn check_path(path: &str, what: &str) -> Result<PathBuf, tonic::Status> {
+pub(crate) fn check_path(path: &str, what: &str) -> Result<PathBuf> {
     if path.is_empty() {
-        return Err(tonic::Status::invalid_argument(format!(
-            "{what} is required"
-        )));
+        return Err(Error::invalid(format!("{what} is required")));
     }
     if path.len() > 4096 || path.chars().any(char::is_control) {
-        return Err(tonic::Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "{what} contains control characters or is too long"
         )));
     }
     let p = Path::new(path);
     if !p.is_absolute() {
-        return Err(tonic::Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "{what} {path:?} must be an absolute path"
         )));
     }
     if p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(tonic::Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "{what} {path:?} must not contain '..'"
         )));
     }
@@ -123,12 +122,12 @@ pub fn check_path(path: &str, what: &str) -> Result<PathBuf, tonic::Status> {
 /// cannot hold the volume (relative, with `..`) holds none of it, which the spec answers
 /// with NotFound ("the volume does not exist on the specified path"). Nothing is ever done
 /// with such a path.
-pub fn volume_path(path: &str, volume_id: &str) -> Result<PathBuf, tonic::Status> {
+pub(crate) fn volume_path(path: &str, volume_id: &str) -> Result<PathBuf> {
     if path.is_empty() {
-        return Err(tonic::Status::invalid_argument("volume_path is required"));
+        return Err(Error::invalid("volume_path is required"));
     }
     check_path(path, "volume_path").map_err(|e| {
-        tonic::Status::not_found(format!(
+        Error::not_found(format!(
             "volume {volume_id} is not at {path:?}: {}",
             e.message()
         ))
@@ -137,13 +136,13 @@ pub fn volume_path(path: &str, volume_id: &str) -> Result<PathBuf, tonic::Status
 
 /// Refuses a path whose existing parent chain goes through a symlink, so a mount can not
 /// be redirected outside the directory kubelet named.
-pub fn check_no_symlinks(path: &Path, what: &str) -> Result<(), tonic::Status> {
+pub(crate) fn check_no_symlinks(path: &Path, what: &str) -> Result<()> {
     let mut cur = PathBuf::from("/");
     for c in path.components().skip(1) {
         cur.push(c);
         match std::fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(tonic::Status::invalid_argument(format!(
+                return Err(Error::invalid(format!(
                     "{what} {} goes through the symlink {}; refusing to mount there",
                     path.display(),
                     cur.display()
@@ -161,7 +160,7 @@ fn s(p: &Path) -> String {
 }
 
 /// `mount [-t fstype] [-o options] source target`.
-pub async fn mount(
+pub(crate) async fn mount(
     source: &str,
     target: &Path,
     fs_type: &str,
@@ -185,7 +184,7 @@ pub async fn mount(
 
 /// Bind-mounts `source` on `target`, then remounts read-only when asked (a bind mount
 /// ignores `ro` on the first call).
-pub async fn bind(
+pub(crate) async fn bind(
     source: &Path,
     target: &Path,
     read_only: bool,
@@ -209,7 +208,7 @@ pub async fn bind(
 }
 
 /// Unmounts `target` if it is a mount point; Ok when it was not mounted.
-pub async fn unmount(target: &Path, timeout: Duration) -> Result<(), ExecError> {
+pub(crate) async fn unmount(target: &Path, timeout: Duration) -> Result<(), ExecError> {
     if !is_mount_point(target).unwrap_or(true) {
         return Ok(());
     }

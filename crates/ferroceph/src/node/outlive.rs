@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 /// Where the node plugin puts its attachment processes (flags of the serving driver).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outlive {
+pub(crate) struct Outlive {
     /// Name of the attachments' cgroup below the root of every hierarchy.
     pub cgroup: String,
     /// Where the host's cgroup hierarchies are mounted.
@@ -31,7 +31,11 @@ pub struct Outlive {
 
 impl Outlive {
     /// From the flags; `None` when disabled (`--attachcgroup=none` or empty).
-    pub fn from_flags(cgroup: &str, cgroup_root: &Path, cgroup_ns: &Path) -> Option<Outlive> {
+    pub(crate) fn from_flags(
+        cgroup: &str,
+        cgroup_root: &Path,
+        cgroup_ns: &Path,
+    ) -> Option<Outlive> {
         let c = cgroup.trim().trim_matches('/');
         (!c.is_empty() && c != "none").then(|| Outlive {
             cgroup: c.to_string(),
@@ -41,7 +45,12 @@ impl Outlive {
     }
 
     /// The program and arguments that run `program args` through `ferroceph launch`.
-    pub fn wrap(&self, exe: &Path, program: &str, args: &[String]) -> (PathBuf, Vec<String>) {
+    pub(crate) fn wrap(
+        &self,
+        exe: &Path,
+        program: &str,
+        args: &[String],
+    ) -> (PathBuf, Vec<String>) {
         let mut a = vec![
             "launch".to_string(),
             "--cgroup".into(),
@@ -61,17 +70,17 @@ impl Outlive {
 static OUTLIVE: std::sync::OnceLock<Option<Outlive>> = std::sync::OnceLock::new();
 
 /// Sets the node plugin's choice once, from its flags, before it serves.
-pub fn set(o: Option<Outlive>) {
+pub(crate) fn set(o: Option<Outlive>) {
     let _ = OUTLIVE.set(o);
 }
 
 /// The node plugin's choice (`None`: attachments stay in the plugin's cgroup).
-pub fn current() -> Option<&'static Outlive> {
+pub(crate) fn current() -> Option<&'static Outlive> {
     OUTLIVE.get().and_then(Option::as_ref)
 }
 
 /// Runs `program args` directly, or through `ferroceph launch` when `outlive` is set.
-pub fn command_line(
+pub(crate) fn command_line(
     outlive: Option<&Outlive>,
     exe: &Path,
     program: &str,

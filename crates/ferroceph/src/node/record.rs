@@ -15,12 +15,13 @@
 //! The record is written before anything is attached and updated after each step, so a
 //! crash at any point leaves enough behind for the next stage or unstage to finish or undo.
 
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub const RECORD_VERSION: u32 = 1;
+pub(crate) const RECORD_VERSION: u32 = 1;
 const PREFIX: &str = ".ferroceph-";
 /// Names longer than this are replaced by a hash so the file names stay under NAME_MAX.
 const MAX_NAME: usize = 200;
@@ -51,7 +52,7 @@ pub struct ImageLocation {
 
 impl ImageLocation {
     /// `pool/image` or `pool/namespace/image`, as the rbd tools write it.
-    pub fn spec(&self) -> String {
+    pub(crate) fn spec(&self) -> String {
         if self.namespace.is_empty() {
             format!("{}/{}", self.pool, self.image)
         } else {
@@ -144,7 +145,7 @@ pub fn paths(staging: &Path) -> Paths {
 }
 
 /// The record path that belongs to a FUSE mount directory found in mountinfo.
-pub fn record_for_fuse_dir(dir: &Path) -> Option<PathBuf> {
+pub(crate) fn record_for_fuse_dir(dir: &Path) -> Option<PathBuf> {
     let name = dir.file_name()?.to_str()?;
     let stem = name.strip_prefix(PREFIX)?.strip_suffix(".fuse")?;
     Some(dir.with_file_name(format!("{PREFIX}{stem}.json")))
@@ -158,38 +159,45 @@ fn now() -> u64 {
 }
 
 /// Reads the record at `path`; `Ok(None)` when there is none.
-pub fn read_at(path: &Path) -> Result<Option<Record>, String> {
+pub(crate) fn read_at(path: &Path) -> Result<Option<Record>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => {
+            return Err(Error::precondition(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
     };
-    let rec: Record = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a ferroceph record: {e}", path.display()))?;
+    let rec: Record = serde_json::from_str(&text).map_err(|e| {
+        Error::precondition(format!("{} is not a ferroceph record: {e}", path.display()))
+    })?;
     if rec.version > RECORD_VERSION {
-        return Err(format!(
+        return Err(Error::precondition(format!(
             "{} was written by a newer ferroceph (record version {})",
             path.display(),
             rec.version
-        ));
+        )));
     }
     Ok(Some(rec))
 }
 
-pub fn read(staging: &Path) -> Result<Option<Record>, String> {
+pub fn read(staging: &Path) -> Result<Option<Record>> {
     read_at(&paths(staging).record)
 }
 
 /// Writes the record atomically (temporary file, fsync, rename), 0600.
-pub fn write(rec: &mut Record) -> Result<(), String> {
+pub(crate) fn write(rec: &mut Record) -> Result<()> {
     rec.updated = now();
     let p = paths(&rec.staging_path);
     if let Some(dir) = p.record.parent() {
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
     }
     let tmp = p.record.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(rec).map_err(|e| format!("encode record: {e}"))?;
+    let body = serde_json::to_vec_pretty(rec)
+        .map_err(|e| Error::internal(format!("encode record: {e}")))?;
     let res = (|| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -201,17 +209,22 @@ pub fn write(rec: &mut Record) -> Result<(), String> {
         f.sync_all()?;
         std::fs::rename(&tmp, &p.record)
     })();
-    res.map_err(|e| format!("cannot write {}: {e}", p.record.display()))
+    res.map_err(|e| Error::internal(format!("cannot write {}: {e}", p.record.display())))
 }
 
 /// Removes the record; Ok if it was not there.
-pub fn remove(staging: &Path) -> Result<(), String> {
+pub(crate) fn remove(staging: &Path) -> Result<()> {
     let p = paths(staging);
     for f in [&p.record, &p.record.with_extension("json.tmp")] {
         match std::fs::remove_file(f) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot remove {}: {e}", f.display())),
+            Err(e) => {
+                return Err(Error::internal(format!(
+                    "cannot remove {}: {e}",
+                    f.display()
+                )))
+            }
         }
     }
     Ok(())

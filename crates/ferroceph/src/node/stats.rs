@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FsStats {
+pub(crate) struct FsStats {
     pub bytes_total: u64,
     pub bytes_available: u64,
     pub bytes_used: u64,
@@ -17,7 +17,7 @@ pub struct FsStats {
 }
 
 /// statvfs of the filesystem holding `path`.
-pub fn fs_stats(path: &Path) -> std::io::Result<FsStats> {
+pub(crate) fn fs_stats(path: &Path) -> std::io::Result<FsStats> {
     let s = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
     let frsize = s.fragment_size() as u64;
     let total = (s.blocks() as u64).saturating_mul(frsize);
@@ -43,7 +43,7 @@ pub fn is_block_device(path: &Path) -> bool {
 }
 
 /// Size in bytes of a block device (or of a file).
-pub fn device_size(path: &Path) -> std::io::Result<u64> {
+pub(crate) fn device_size(path: &Path) -> std::io::Result<u64> {
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::End(0))
 }
@@ -51,7 +51,7 @@ pub fn device_size(path: &Path) -> std::io::Result<u64> {
 /// Whether a probe's error proves the mount or device broken (its server gone, a stale
 /// handle, an I/O error), as opposed to slow (a timeout) or unexplained: only a definite
 /// failure justifies tearing down what pods may still use.
-pub fn is_definite_failure(e: &std::io::Error) -> bool {
+pub(crate) fn is_definite_failure(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ENOTCONN | libc::ESTALE | libc::EIO | libc::ENODEV | libc::ENXIO | libc::ENOENT)
@@ -72,7 +72,7 @@ static HUNG: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 /// probe of the same `what` still hangs, the next one fails at once instead of adding a
 /// thread, and at most [`MAX_HUNG`] threads hang in all. A timeout is
 /// [`std::io::ErrorKind::TimedOut`]: slow, not broken.
-pub async fn bounded<T, F>(timeout: Duration, what: &str, f: F) -> std::io::Result<T>
+pub(crate) async fn bounded<T, F>(timeout: Duration, what: &str, f: F) -> std::io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -131,7 +131,7 @@ where
     }
 }
 
-pub async fn fs_stats_bounded(path: &Path, timeout: Duration) -> std::io::Result<FsStats> {
+pub(crate) async fn fs_stats_bounded(path: &Path, timeout: Duration) -> std::io::Result<FsStats> {
     let p: PathBuf = path.to_path_buf();
     bounded(
         timeout,
@@ -141,7 +141,7 @@ pub async fn fs_stats_bounded(path: &Path, timeout: Duration) -> std::io::Result
     .await
 }
 
-pub async fn device_size_bounded(path: &Path, timeout: Duration) -> std::io::Result<u64> {
+pub(crate) async fn device_size_bounded(path: &Path, timeout: Duration) -> std::io::Result<u64> {
     let p: PathBuf = path.to_path_buf();
     bounded(timeout, &format!("size of {}", path.display()), move || {
         device_size(&p)

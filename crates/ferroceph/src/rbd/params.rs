@@ -228,7 +228,7 @@ impl RbdParams {
 
         if let Some(mo) = get("mkfsOptions") {
             crate::options::check_mkfs(fs_type.as_deref().unwrap_or("ext4"), &mo)
-                .map_err(ParamError)?;
+                .map_err(|e| ParamError(e.message()))?;
         }
         if let Some(mo) = get("mapOptions") {
             parse_map_options(&mo)?;
@@ -339,7 +339,7 @@ pub fn parse_map_options(s: &str) -> Result<Vec<(String, String)>, ParamError> {
             return err(format!("mapOptions: {opts:?} must not contain spaces"));
         }
         let mounter = if mounter == "rbd-nbd" { "nbd" } else { mounter };
-        crate::options::check_map(mounter, opts).map_err(ParamError)?;
+        crate::options::check_map(mounter, opts).map_err(|e| ParamError(e.message()))?;
         out.push((mounter.to_string(), opts.to_string()));
     }
     Ok(out)

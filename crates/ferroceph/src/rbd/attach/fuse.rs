@@ -7,7 +7,8 @@
 //! the record (pid + start time) or, failing that, by its command line. The key travels on
 //! the exporter's standard input, never in argv or the environment.
 
-use super::{stop_process, AttachEnv, AttachRequest, Attached, Attacher, Health, Mounter};
+use super::{stop_process, AttachEnv, AttachRequest, Attached, Attacher, Health};
+use crate::error::{Error, Result};
 use crate::fuse_export::{EXPORT_FILE, READY, SUBCOMMAND};
 use crate::node::exec;
 use crate::node::mount;
@@ -16,14 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tonic::Status;
 
-pub struct Fuse {
+pub(crate) struct Fuse {
     pub env: AttachEnv,
 }
 
 /// `losetup` arguments that attach `file`.
-pub fn losetup_args(file: &Path, read_only: bool) -> Vec<String> {
+pub(crate) fn losetup_args(file: &Path, read_only: bool) -> Vec<String> {
     let mut a = vec![
         "--find".to_string(),
         "--show".into(),
@@ -37,7 +37,7 @@ pub fn losetup_args(file: &Path, read_only: bool) -> Vec<String> {
 }
 
 /// The exporter's arguments (no key: it reads that from standard input).
-pub fn exporter_args(req: &AttachRequest<'_>, dir: &Path, timeout: Duration) -> Vec<String> {
+pub(crate) fn exporter_args(req: &AttachRequest<'_>, dir: &Path, timeout: Duration) -> Vec<String> {
     let mut a = vec![
         SUBCOMMAND.to_string(),
         "--monitors".into(),
@@ -62,15 +62,15 @@ pub fn exporter_args(req: &AttachRequest<'_>, dir: &Path, timeout: Duration) -> 
 /// A second, read-only loop device on an exported file, for publishing a block volume
 /// read-only: a read-only bind mount does not stop writes to a device node, a read-only
 /// device does.
-pub async fn read_only_view(file: &Path, timeout: Duration) -> Result<String, Status> {
+pub(crate) async fn read_only_view(file: &Path, timeout: Duration) -> Result<String> {
     let args = losetup_args(file, true);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = exec::run("losetup", &a, &[], timeout)
         .await
-        .map_err(|e| e.to_status())?;
+        .map_err(Error::from)?;
     let device = out.stdout.trim().to_string();
     if loop_name(&device).is_none() {
-        return Err(Status::internal(format!(
+        return Err(Error::internal(format!(
             "losetup printed {device:?} instead of a loop device"
         )));
     }
@@ -85,7 +85,7 @@ fn loop_name(device: &str) -> Option<&str> {
 }
 
 /// The file behind a loop device, from sysfs.
-pub fn loop_backing(device: &str) -> Option<PathBuf> {
+pub(crate) fn loop_backing(device: &str) -> Option<PathBuf> {
     let name = loop_name(device)?;
     let s = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
     Some(PathBuf::from(s.trim_end_matches('\n')))
@@ -137,7 +137,7 @@ pub fn find_exporters(dir: &Path) -> Vec<(i32, u64)> {
 }
 
 /// Whether the recorded exporter process still runs.
-pub fn exporter_alive(f: &FuseState) -> bool {
+pub(crate) fn exporter_alive(f: &FuseState) -> bool {
     super::proc_stat(f.pid).is_some_and(|(s, st)| st == f.start_time && s != 'Z' && s != 'X')
 }
 
@@ -147,14 +147,15 @@ fn tail(path: &Path, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join(" | ")
 }
 
-fn code_status(code: &str, msg: String) -> Status {
+/// The error for the gRPC code name the exporter reported (`ERROR <code> <message>`).
+fn code_error(code: &str, msg: String) -> Error {
     match code {
-        "NotFound" => Status::not_found(msg),
-        "PermissionDenied" => Status::permission_denied(msg),
-        "Unavailable" => Status::unavailable(msg),
-        "InvalidArgument" => Status::invalid_argument(msg),
-        "FailedPrecondition" => Status::failed_precondition(msg),
-        _ => Status::internal(msg),
+        "NotFound" => Error::not_found(msg),
+        "PermissionDenied" => Error::PermissionDenied(msg),
+        "Unavailable" => Error::unavailable(msg),
+        "InvalidArgument" => Error::invalid(msg),
+        "FailedPrecondition" => Error::precondition(msg),
+        _ => Error::internal(msg),
     }
 }
 
@@ -164,13 +165,13 @@ impl Fuse {
         &self,
         req: &AttachRequest<'_>,
         dir: &Path,
-    ) -> Result<(i32, u64, Option<u64>), Status> {
+    ) -> Result<(i32, u64, Option<u64>)> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&req.paths.log)
             .map_err(|e| {
-                Status::internal(format!("cannot open {}: {e}", req.paths.log.display()))
+                Error::internal(format!("cannot open {}: {e}", req.paths.log.display()))
             })?;
         let exe = &self.env.exe;
         let (program, args) = crate::node::outlive::command_line(
@@ -188,7 +189,7 @@ impl Fuse {
             .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|e| {
-            Status::internal(format!(
+            Error::internal(format!(
                 "cannot start the FUSE exporter {}: {e}",
                 self.env.exe.display()
             ))
@@ -196,7 +197,7 @@ impl Fuse {
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.start_kill();
-            return Err(Status::internal("the FUSE exporter has no pipes"));
+            return Err(Error::internal("the FUSE exporter has no pipes"));
         };
         let handshake = async {
             stdin.write_all(req.key.trim().as_bytes()).await?;
@@ -214,7 +215,7 @@ impl Fuse {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
                 let _ = child.start_kill();
-                return Err(Status::internal(format!(
+                return Err(Error::internal(format!(
                     "FUSE exporter for {} failed to start: {e}; log: {}",
                     req.loc.spec(),
                     tail(&req.paths.log, 3)
@@ -222,7 +223,7 @@ impl Fuse {
             }
             Err(_) => {
                 let _ = child.start_kill();
-                return Err(Status::deadline_exceeded(format!(
+                return Err(Error::DeadlineExceeded(format!(
                     "FUSE exporter for {} did not become ready within {}s; log: {}",
                     req.loc.spec(),
                     wait.as_secs(),
@@ -242,12 +243,12 @@ impl Fuse {
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
         if let Some(rest) = line.strip_prefix("ERROR ") {
             let (code, msg) = rest.split_once(' ').unwrap_or(("Internal", rest));
-            return Err(code_status(
+            return Err(code_error(
                 code,
                 format!("cannot export {}: {msg}", req.loc.spec()),
             ));
         }
-        Err(Status::internal(format!(
+        Err(Error::internal(format!(
             "FUSE exporter for {} exited before it was ready; log: {}",
             req.loc.spec(),
             tail(&req.paths.log, 3)
@@ -256,7 +257,7 @@ impl Fuse {
 
     /// Detaches loop devices on `file`, stops exporters of `dir`, unmounts and removes
     /// `dir`. Tolerates every piece being already gone.
-    pub async fn teardown(&self, dir: &Path, file: &Path, known: Option<&FuseState>) {
+    pub(crate) async fn teardown(&self, dir: &Path, file: &Path, known: Option<&FuseState>) {
         let t = self.env.exec_timeout;
         for dev in loops_backed_by(file) {
             match exec::output("losetup", &["-d", &dev], &[], t).await {
@@ -312,11 +313,7 @@ impl Fuse {
 
 #[tonic::async_trait]
 impl Attacher for Fuse {
-    fn mounter(&self) -> Mounter {
-        Mounter::Fuse
-    }
-
-    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached, Status> {
+    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached> {
         let dir = req.paths.fuse_dir.clone();
         let file = dir.join(EXPORT_FILE);
         // Leftovers of an interrupted attempt.
@@ -327,7 +324,7 @@ impl Attacher for Fuse {
                 .recursive(true)
                 .mode(0o700)
                 .create(&dir)
-                .map_err(|e| Status::internal(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
         }
         let (pid, start_time, client_id) =
             self.start_exporter(req, &dir).await.inspect_err(|_| {
@@ -342,7 +339,7 @@ impl Attacher for Fuse {
         };
         let attached = async {
             Self::stat_file(&file).await.map_err(|e| {
-                Status::internal(format!(
+                Error::internal(format!(
                     "the exported file {} is not reachable: {e}",
                     file.display()
                 ))
@@ -351,10 +348,10 @@ impl Attacher for Fuse {
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = exec::run("losetup", &a, &[], self.env.exec_timeout)
                 .await
-                .map_err(|e| e.to_status())?;
+                .map_err(Error::from)?;
             let device = out.stdout.trim().to_string();
             if loop_name(&device).is_none() {
-                return Err(Status::internal(format!(
+                return Err(Error::internal(format!(
                     "losetup printed {device:?} instead of a loop device"
                 )));
             }
@@ -374,7 +371,7 @@ impl Attacher for Fuse {
         }
     }
 
-    async fn detach(&self, rec: &Record) -> Result<(), Status> {
+    async fn detach(&self, rec: &Record) -> Result<()> {
         let paths = crate::node::record::paths(&rec.staging_path);
         let (dir, file) = match &rec.fuse {
             Some(f) => (f.dir.clone(), f.file.clone()),
@@ -383,7 +380,7 @@ impl Attacher for Fuse {
         self.teardown(&dir, &file, rec.fuse.as_ref()).await;
         let _ = std::fs::remove_file(&paths.log);
         if mount::is_mount_point(&dir).unwrap_or(false) {
-            return Err(Status::internal(format!(
+            return Err(Error::internal(format!(
                 "the FUSE export {} is still mounted",
                 dir.display()
             )));
@@ -425,9 +422,9 @@ impl Attacher for Fuse {
         }
     }
 
-    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64, Status> {
+    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64> {
         let (Some(f), Some(dev)) = (&rec.fuse, &rec.device) else {
-            return Err(Status::failed_precondition(
+            return Err(Error::precondition(
                 "the volume has no FUSE attachment recorded",
             ));
         };
@@ -435,7 +432,7 @@ impl Attacher for Fuse {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let size = Self::stat_file(&f.file).await.map_err(|e| {
-                Status::internal(format!(
+                Error::internal(format!(
                     "the exported image {} is not reachable: {e}",
                     f.file.display()
                 ))
@@ -444,7 +441,7 @@ impl Attacher for Fuse {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Status::internal(format!(
+                return Err(Error::internal(format!(
                     "the image is still {size} bytes, expected at least {want}; was ControllerExpandVolume called?"
                 )));
             }
@@ -452,12 +449,12 @@ impl Attacher for Fuse {
         }
         exec::run("losetup", &["-c", dev], &[], self.env.exec_timeout)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(Error::from)?;
         // read-only views published for block volumes are loop devices of their own
         for view in loops_backed_by(&f.file).iter().filter(|v| *v != dev) {
             exec::run("losetup", &["-c", view], &[], self.env.exec_timeout)
                 .await
-                .map_err(|e| e.to_status())?;
+                .map_err(Error::from)?;
         }
         super::wait_for_size(dev, want, Duration::from_secs(10)).await
     }

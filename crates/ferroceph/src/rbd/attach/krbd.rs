@@ -7,17 +7,17 @@ use super::{
     options_for, rbd_map_args, rbd_unmap_args, AttachEnv, AttachRequest, Attached, Attacher,
     Health, Mounter,
 };
+use crate::error::{Error, Result};
 use crate::node::exec;
 use crate::node::keyfile::KeyFile;
 use crate::node::record::{ImageLocation, Record};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::Status;
 
-pub const SUPPORTED_FEATURES: &str = "/sys/bus/rbd/supported_features";
+pub(crate) const SUPPORTED_FEATURES: &str = "/sys/bus/rbd/supported_features";
 pub(crate) const SYSFS_DEVICES: &str = "/sys/bus/rbd/devices";
 
-pub struct Krbd {
+pub(crate) struct Krbd {
     pub env: AttachEnv,
 }
 
@@ -55,23 +55,23 @@ pub fn parse_supported(text: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// Fails (with the message for FailedPrecondition) when `image` has features that
+/// Fails with FailedPrecondition when `image` has features that
 /// `supported` lacks.
-pub fn check_features(spec: &str, image: u64, supported: u64) -> Result<(), String> {
+pub(crate) fn check_features(spec: &str, image: u64, supported: u64) -> Result<()> {
     let missing = image & !supported;
     if missing == 0 {
         return Ok(());
     }
     let names = rados::rbd::feature_names(missing);
     let list = names.join(" ");
-    Err(format!(
+    Err(Error::precondition(format!(
         "image {spec} has features the kernel's rbd module does not support: {} (the kernel supports: {}). \
          Fix: disable them on this image with `rbd feature disable {spec} {list}`, \
          give new volumes a StorageClass whose imageFeatures leave them out, \
          or use the mounter rbd-nbd or fuse (StorageClass parameter mounter)",
         names.join(", "),
         rados::rbd::features_to_string(supported),
-    ))
+    )))
 }
 
 /// The device the kernel already maps `loc` to (a retry after a crash), if any: same
@@ -107,14 +107,14 @@ fn mapped_device(
     None
 }
 
-fn supported_features() -> Result<u64, Status> {
+fn supported_features() -> Result<u64> {
     let text = std::fs::read_to_string(SUPPORTED_FEATURES).map_err(|e| {
-        Status::failed_precondition(format!(
+        Error::precondition(format!(
             "the kernel has no rbd module ({SUPPORTED_FEATURES}: {e}); load it (modprobe rbd) or use the mounter rbd-nbd or fuse"
         ))
     })?;
     parse_supported(&text).ok_or_else(|| {
-        Status::internal(format!(
+        Error::internal(format!(
             "cannot parse {SUPPORTED_FEATURES}: {:?}",
             text.trim()
         ))
@@ -123,11 +123,7 @@ fn supported_features() -> Result<u64, Status> {
 
 #[tonic::async_trait]
 impl Attacher for Krbd {
-    fn mounter(&self) -> Mounter {
-        Mounter::Krbd
-    }
-
-    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached, Status> {
+    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached> {
         if !Path::new("/sys/bus/rbd").exists() {
             // Like ceph-csi: try loading the module once.
             let _ = exec::output("modprobe", &["rbd"], &[], self.env.exec_timeout).await;
@@ -145,19 +141,19 @@ impl Attacher for Krbd {
             .run(cfg, move |cluster| {
                 let fsid = cluster
                     .fsid()
-                    .map_err(|e| crate::ceph::status("read the cluster fsid", &e))?;
+                    .map_err(Error::ceph_ctx("read the cluster fsid"))?;
                 let io = cluster
                     .ioctx(&l.pool, &l.namespace)
-                    .map_err(|e| crate::ceph::status("open pool", &e))?;
+                    .map_err(Error::ceph_ctx("open pool"))?;
                 let img = rados::rbd::Image::open_read_only(&io, &l.image)
-                    .map_err(|e| crate::ceph::status("open image", &e))?;
+                    .map_err(Error::ceph_ctx("open image"))?;
                 let features = img
                     .features()
-                    .map_err(|e| crate::ceph::status("read image features", &e))?;
+                    .map_err(Error::ceph_ctx("read image features"))?;
                 Ok((features, fsid))
             })
             .await?;
-        check_features(&loc.spec(), features, supported).map_err(Status::failed_precondition)?;
+        check_features(&loc.spec(), features, supported)?;
 
         if let Some(dev) = mapped_device(&loc, Some(&fsid), Some(req.read_only)) {
             tracing::info!(image = %loc.spec(), device = %dev, "already mapped by the kernel; reusing");
@@ -169,7 +165,7 @@ impl Attacher for Krbd {
         }
         let options = with_noudev(options_for(req.map_options, Mounter::Krbd)?);
         let key = KeyFile::create(&self.env.keysdir, req.key).map_err(|e| {
-            Status::internal(format!(
+            Error::internal(format!(
                 "cannot write a key file in {}: {e}",
                 self.env.keysdir.display()
             ))
@@ -178,11 +174,11 @@ impl Attacher for Krbd {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = exec::run("rbd", &a, &[], self.env.exec_timeout)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(Error::from)?;
         drop(key);
         let device = out.stdout.trim().to_string();
         if !device.starts_with("/dev/") {
-            return Err(Status::internal(format!(
+            return Err(Error::internal(format!(
                 "rbd map printed {device:?} instead of a device"
             )));
         }
@@ -193,7 +189,7 @@ impl Attacher for Krbd {
         })
     }
 
-    async fn detach(&self, rec: &Record) -> Result<(), Status> {
+    async fn detach(&self, rec: &Record) -> Result<()> {
         let dev = rec
             .device
             .clone()
@@ -207,11 +203,11 @@ impl Attacher for Krbd {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = exec::output("rbd", &a, &[], self.env.exec_timeout)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(Error::from)?;
         if out.success() || out.stderr.contains("not mapped") || out.stderr.contains("No such") {
             Ok(())
         } else {
-            Err(Status::internal(format!(
+            Err(Error::internal(format!(
                 "rbd unmap {dev} failed: {}",
                 out.stderr
             )))
@@ -226,18 +222,18 @@ impl Attacher for Krbd {
         }
     }
 
-    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64, Status> {
+    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64> {
         // The kernel follows the image header: nothing to do but wait for it.
         let dev = rec
             .device
             .clone()
-            .ok_or_else(|| Status::failed_precondition("no device was recorded"))?;
+            .ok_or_else(|| Error::precondition("no device was recorded"))?;
         super::wait_for_size(&dev, want, Duration::from_secs(30)).await
     }
 }
 
 /// The device node of a sysfs rbd device id.
-pub fn device_for_id(id: &str) -> PathBuf {
+pub(crate) fn device_for_id(id: &str) -> PathBuf {
     PathBuf::from(format!("/dev/rbd{id}"))
 }
 
@@ -307,12 +303,15 @@ mod tests {
             FEATURE_LAYERING | FEATURE_EXCLUSIVE_LOCK | FEATURE_JOURNALING,
             kernel,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .message();
         assert!(e.contains("journaling"), "{e}");
         assert!(e.contains("rbd feature disable rbd/img journaling"), "{e}");
         assert!(e.contains("rbd-nbd or fuse"), "{e}");
         // an old kernel (layering only) and a full-featured image
-        let e = check_features("p/i", USER_FEATURES, FEATURE_LAYERING).unwrap_err();
+        let e = check_features("p/i", USER_FEATURES, FEATURE_LAYERING)
+            .unwrap_err()
+            .message();
         for f in [
             "exclusive-lock",
             "object-map",

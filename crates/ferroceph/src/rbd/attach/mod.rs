@@ -13,25 +13,25 @@
 
 pub mod fuse;
 pub mod krbd;
-pub mod nbd;
+pub(crate) mod nbd;
 pub(crate) mod writers;
 
 use crate::ceph::Ceph;
+use crate::error::{Error, Result};
 use crate::node::record::{FuseState, ImageLocation, Paths, Record};
 use crate::rbd::params::parse_map_options;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mounter {
+pub(crate) enum Mounter {
     Krbd,
     Nbd,
     Fuse,
 }
 
 impl Mounter {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mounter::Krbd => "krbd",
             Mounter::Nbd => "rbd-nbd",
@@ -39,7 +39,7 @@ impl Mounter {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Mounter> {
+    pub(crate) fn parse(s: &str) -> Option<Mounter> {
         match s {
             "krbd" => Some(Mounter::Krbd),
             "rbd-nbd" | "nbd" => Some(Mounter::Nbd),
@@ -60,13 +60,13 @@ impl Mounter {
 
 /// What the kernel offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelSupport {
+pub(crate) struct KernelSupport {
     pub krbd: bool,
     pub nbd: bool,
 }
 
 impl KernelSupport {
-    pub fn detect() -> KernelSupport {
+    pub(crate) fn detect() -> KernelSupport {
         KernelSupport {
             krbd: Path::new("/sys/bus/rbd").exists(),
             nbd: Path::new("/sys/module/nbd").exists() || Path::new("/sys/block/nbd0").exists(),
@@ -76,7 +76,7 @@ impl KernelSupport {
 
 /// Picks the mounter for a `mounter` parameter (absent = `auto`); returns it with the
 /// reason, or why the requested one cannot work here.
-pub fn choose(requested: Option<&str>, kernel: KernelSupport) -> Result<(Mounter, String), Status> {
+pub(crate) fn choose(requested: Option<&str>, kernel: KernelSupport) -> Result<(Mounter, String)> {
     let req = requested
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -100,7 +100,7 @@ pub fn choose(requested: Option<&str>, kernel: KernelSupport) -> Result<(Mounter
         });
     }
     let Some(m) = Mounter::parse(req) else {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "mounter {req:?} is not known: use krbd, rbd-nbd, fuse or auto"
         )));
     };
@@ -108,11 +108,11 @@ pub fn choose(requested: Option<&str>, kernel: KernelSupport) -> Result<(Mounter
 }
 
 /// The options of `mapOptions`/`unmapOptions` that apply to `m`, joined with ','.
-pub fn options_for(list: Option<&str>, m: Mounter) -> Result<Option<String>, Status> {
+pub(crate) fn options_for(list: Option<&str>, m: Mounter) -> Result<Option<String>> {
     let Some(list) = list.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    let parsed = parse_map_options(list).map_err(|e| Status::invalid_argument(e.0))?;
+    let parsed = parse_map_options(list).map_err(|e| Error::invalid(e.0))?;
     let opts: Vec<String> = parsed
         .into_iter()
         .filter(|(k, o)| k == m.options_key() && !o.is_empty())
@@ -123,7 +123,7 @@ pub fn options_for(list: Option<&str>, m: Mounter) -> Result<Option<String>, Sta
 
 /// Everything an attacher needs besides the request.
 #[derive(Clone)]
-pub struct AttachEnv {
+pub(crate) struct AttachEnv {
     pub keysdir: PathBuf,
     /// Deadline of Ceph operations and of connecting.
     pub ceph_timeout: Duration,
@@ -134,7 +134,7 @@ pub struct AttachEnv {
     pub ceph: Ceph,
 }
 
-pub struct AttachRequest<'a> {
+pub(crate) struct AttachRequest<'a> {
     pub loc: &'a ImageLocation,
     pub key: &'a str,
     pub read_only: bool,
@@ -145,14 +145,14 @@ pub struct AttachRequest<'a> {
 
 /// A fresh attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attached {
+pub(crate) struct Attached {
     pub device: String,
     pub fuse: Option<FuseState>,
     pub nbd_pid: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     Healthy,
     /// The attachment is gone or broken (a definite failure); the reason says what.
     Broken(String),
@@ -162,26 +162,24 @@ pub enum Health {
 }
 
 #[tonic::async_trait]
-pub trait Attacher: Send + Sync {
-    fn mounter(&self) -> Mounter;
-
+pub(crate) trait Attacher: Send + Sync {
     /// Attaches the image; on failure nothing is left behind.
-    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached, Status>;
+    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached>;
 
     /// Detaches whatever the record says is (or may be) attached. Idempotent: an attachment
     /// that is already gone is fine.
-    async fn detach(&self, rec: &Record) -> Result<(), Status>;
+    async fn detach(&self, rec: &Record) -> Result<()>;
 
     /// Whether the attachment still works.
     async fn health(&self, rec: &Record) -> Health;
 
     /// Makes the device show the image's size after a resize, waiting for at least
     /// `want` bytes (0: whatever it is now); returns the device size.
-    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64, Status>;
+    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64>;
 }
 
 /// `rbd map --device-type <device_type>` arguments (krbd and rbd-nbd differ only there).
-pub fn rbd_map_args(
+pub(crate) fn rbd_map_args(
     device_type: &str,
     loc: &ImageLocation,
     keyfile: &Path,
@@ -211,7 +209,11 @@ pub fn rbd_map_args(
 }
 
 /// `rbd unmap --device-type <device_type>` arguments.
-pub fn rbd_unmap_args(device_type: &str, device: &str, options: Option<&str>) -> Vec<String> {
+pub(crate) fn rbd_unmap_args(
+    device_type: &str,
+    device: &str,
+    options: Option<&str>,
+) -> Vec<String> {
     let mut a = vec![
         "unmap".to_string(),
         "--device-type".into(),
@@ -225,7 +227,7 @@ pub fn rbd_unmap_args(device_type: &str, device: &str, options: Option<&str>) ->
     a
 }
 
-pub fn attacher(m: Mounter, env: &AttachEnv) -> Box<dyn Attacher> {
+pub(crate) fn attacher(m: Mounter, env: &AttachEnv) -> Box<dyn Attacher> {
     match m {
         Mounter::Krbd => Box::new(krbd::Krbd { env: env.clone() }),
         Mounter::Nbd => Box::new(nbd::Nbd { env: env.clone() }),
@@ -234,7 +236,7 @@ pub fn attacher(m: Mounter, env: &AttachEnv) -> Box<dyn Attacher> {
 }
 
 /// Waits until `path` exists (udev may create device nodes a little late).
-pub async fn wait_for_path(path: &Path, timeout: Duration) -> bool {
+pub(crate) async fn wait_for_path(path: &Path, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if path.exists() {
@@ -248,18 +250,18 @@ pub async fn wait_for_path(path: &Path, timeout: Duration) -> bool {
 }
 
 /// Waits until the block device is at least `want` bytes; returns its size.
-pub async fn wait_for_size(device: &str, want: u64, timeout: Duration) -> Result<u64, Status> {
+pub(crate) async fn wait_for_size(device: &str, want: u64, timeout: Duration) -> Result<u64> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let size =
             crate::node::stats::device_size_bounded(Path::new(device), Duration::from_secs(10))
                 .await
-                .map_err(|e| Status::internal(format!("cannot read the size of {device}: {e}")))?;
+                .map_err(|e| Error::internal(format!("cannot read the size of {device}: {e}")))?;
         if size >= want {
             return Ok(size);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Status::internal(format!(
+            return Err(Error::internal(format!(
                 "{device} is {size} bytes after the refresh, expected at least {want}; the image resize has not reached this node"
             )));
         }
@@ -267,13 +269,8 @@ pub async fn wait_for_size(device: &str, want: u64, timeout: Duration) -> Result
     }
 }
 
-/// Whether the process `pid` exists and is not a zombie.
-pub fn process_alive(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
-}
-
 /// (state, start time) from /proc/<pid>/stat.
-pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
+pub(crate) fn proc_stat(pid: i32) -> Option<(char, u64)> {
     if pid <= 0 {
         return None;
     }
@@ -283,7 +280,7 @@ pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
 
 /// Parses the state (field 3) and start time (field 22) of a /proc/<pid>/stat line; the
 /// command name in parentheses may itself contain spaces and parentheses.
-pub fn parse_proc_stat(text: &str) -> Option<(char, u64)> {
+pub(crate) fn parse_proc_stat(text: &str) -> Option<(char, u64)> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let state = fields.first()?.chars().next()?;
@@ -293,7 +290,7 @@ pub fn parse_proc_stat(text: &str) -> Option<(char, u64)> {
 }
 
 /// Sends `sig` to `pid` if it is still the process that started at `start_time`.
-pub fn signal_if_same(pid: i32, start_time: u64, sig: nix::sys::signal::Signal) -> bool {
+pub(crate) fn signal_if_same(pid: i32, start_time: u64, sig: nix::sys::signal::Signal) -> bool {
     match proc_stat(pid) {
         Some((state, start)) if start == start_time && state != 'Z' && state != 'X' => {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).is_ok()
@@ -304,7 +301,7 @@ pub fn signal_if_same(pid: i32, start_time: u64, sig: nix::sys::signal::Signal) 
 
 /// SIGTERM, wait up to `grace`, then SIGKILL and wait a little more. True when the process
 /// is gone (or was never there).
-pub async fn stop_process(pid: i32, start_time: u64, grace: Duration) -> bool {
+pub(crate) async fn stop_process(pid: i32, start_time: u64, grace: Duration) -> bool {
     use nix::sys::signal::Signal;
     let same =
         |p: i32| proc_stat(p).is_some_and(|(s, st)| st == start_time && s != 'Z' && s != 'X');
@@ -385,7 +382,8 @@ mod tests {
         assert_eq!(parse_proc_stat(line), Some(('S', 987654)));
         assert_eq!(parse_proc_stat("garbage"), None);
         let me = std::process::id() as i32;
-        assert!(process_alive(me));
-        assert!(!process_alive(-1));
+        // this process runs (not a zombie); pid -1 is none
+        assert!(proc_stat(me).is_some_and(|(s, _)| s != 'Z' && s != 'X'));
+        assert!(proc_stat(-1).is_none());
     }
 }

@@ -8,14 +8,14 @@ use super::{
     options_for, rbd_map_args, rbd_unmap_args, AttachEnv, AttachRequest, Attached, Attacher,
     Health, Mounter,
 };
+use crate::error::{Error, Result};
 use crate::node::exec;
 use crate::node::keyfile::KeyFile;
 use crate::node::record::{ImageLocation, Record};
 use std::path::Path;
 use std::time::Duration;
-use tonic::Status;
 
-pub struct Nbd {
+pub(crate) struct Nbd {
     pub env: AttachEnv,
 }
 
@@ -40,7 +40,7 @@ fn dev_name(device: &str) -> Option<&str> {
 }
 
 /// The pid of the daemon serving `device` (the kernel keeps it in sysfs).
-pub fn daemon_pid(device: &str) -> Option<i32> {
+pub(crate) fn daemon_pid(device: &str) -> Option<i32> {
     let name = dev_name(device)?;
     std::fs::read_to_string(format!("/sys/block/{name}/pid"))
         .ok()?
@@ -51,22 +51,18 @@ pub fn daemon_pid(device: &str) -> Option<i32> {
 
 #[tonic::async_trait]
 impl Attacher for Nbd {
-    fn mounter(&self) -> Mounter {
-        Mounter::Nbd
-    }
-
-    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached, Status> {
+    async fn attach(&self, req: &AttachRequest<'_>) -> Result<Attached> {
         if !Path::new("/sys/module/nbd").exists() {
             let _ = exec::output("modprobe", &["nbd"], &[], self.env.exec_timeout).await;
             if !Path::new("/sys/module/nbd").exists() {
-                return Err(Status::failed_precondition(
+                return Err(Error::precondition(
                     "the kernel has no nbd module (modprobe nbd failed); use the mounter krbd or fuse",
                 ));
             }
         }
         let options = options_for(req.map_options, Mounter::Nbd)?;
         let key = KeyFile::create(&self.env.keysdir, req.key).map_err(|e| {
-            Status::internal(format!(
+            Error::internal(format!(
                 "cannot write a key file in {}: {e}",
                 self.env.keysdir.display()
             ))
@@ -82,11 +78,11 @@ impl Attacher for Nbd {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = exec::run(&program.to_string_lossy(), &a, &[], self.env.exec_timeout)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(Error::from)?;
         drop(key);
         let device = out.stdout.trim().to_string();
         if dev_name(&device).is_none() {
-            return Err(Status::internal(format!(
+            return Err(Error::internal(format!(
                 "rbd map printed {device:?} instead of an nbd device"
             )));
         }
@@ -98,7 +94,7 @@ impl Attacher for Nbd {
         })
     }
 
-    async fn detach(&self, rec: &Record) -> Result<(), Status> {
+    async fn detach(&self, rec: &Record) -> Result<()> {
         let Some(dev) = rec.device.clone() else {
             return Ok(());
         };
@@ -110,11 +106,11 @@ impl Attacher for Nbd {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = exec::output("rbd", &a, &[], self.env.exec_timeout)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(Error::from)?;
         if out.success() || out.stderr.contains("not mapped") {
             Ok(())
         } else {
-            Err(Status::internal(format!(
+            Err(Error::internal(format!(
                 "rbd unmap {dev} failed: {}",
                 out.stderr
             )))
@@ -135,12 +131,12 @@ impl Attacher for Nbd {
         }
     }
 
-    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64, Status> {
+    async fn refresh_size(&self, rec: &Record, want: u64) -> Result<u64> {
         // rbd-nbd watches the image header and resizes the nbd device itself.
         let dev = rec
             .device
             .clone()
-            .ok_or_else(|| Status::failed_precondition("no device was recorded"))?;
+            .ok_or_else(|| Error::precondition("no device was recorded"))?;
         super::wait_for_size(&dev, want, Duration::from_secs(30)).await
     }
 }

@@ -6,10 +6,10 @@
 //! header, so the image's watchers are its users.
 
 use super::AttachEnv;
+use crate::error::{Error, Result};
 use crate::node::inuse;
 use crate::node::record::ImageLocation;
 use std::path::Path;
-use tonic::Status;
 
 /// A client of the image found by [`refuse_other_users`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,24 +27,23 @@ pub(crate) async fn refuse_other_users(
     loc: &ImageLocation,
     key: &str,
     ignore: &[u64],
-) -> Result<(), Status> {
+) -> Result<()> {
     let cfg = env.ceph.connect_config(&loc.monitors, &loc.user, key);
     let l = loc.clone();
     let (fsid, me, watchers) = env
         .ceph
         .run(cfg, move |cluster| {
-            let st = |what: &str, e: &rados::Error| crate::ceph::status(what, e);
             let fsid = cluster
                 .fsid()
-                .map_err(|e| st("read the cluster fsid", &e))?;
+                .map_err(Error::ceph_ctx("read the cluster fsid"))?;
             let io = cluster
                 .ioctx(&l.pool, &l.namespace)
-                .map_err(|e| st("open pool", &e))?;
+                .map_err(Error::ceph_ctx("open pool"))?;
             let img = rados::rbd::Image::open_read_only(&io, &l.image)
-                .map_err(|e| st("open image", &e))?;
+                .map_err(Error::ceph_ctx("open image"))?;
             let watchers = img
                 .watchers()
-                .map_err(|e| st("list the image's watchers", &e))?;
+                .map_err(Error::ceph_ctx("list the image's watchers"))?;
             Ok((fsid, cluster.instance_id(), watchers))
         })
         .await?;
@@ -60,7 +59,7 @@ pub(crate) async fn refuse_other_users(
     if others.is_empty() {
         return Ok(());
     }
-    Err(Status::failed_precondition(in_use_message(
+    Err(Error::precondition(in_use_message(
         volume_id,
         &loc.spec(),
         &others,

@@ -217,7 +217,7 @@ async fn nbd_mappings(timeout: Duration) -> Result<Vec<NbdEntry>> {
     let args = ["device", "list", "--device-type", "nbd", "--format", "json"];
     let out = exec::output("rbd", &args, &[], timeout)
         .await
-        .map_err(|e| Error::from(e.to_status()))?;
+        .map_err(Error::from)?;
     if !out.success() {
         return Err(Error::internal(format!(
             "rbd device list --device-type nbd failed: {}",
@@ -308,7 +308,7 @@ pub(crate) async fn unmap(meta: &Meta, device: &str, timeout: Duration) -> Resul
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = exec::output("rbd", &a, &[], timeout)
         .await
-        .map_err(|e| Error::from(e.to_status()))?;
+        .map_err(Error::from)?;
     if out.success() || out.stderr.contains("not mapped") {
         Ok(())
     } else {
@@ -367,7 +367,7 @@ pub(crate) async fn unstage(st: &Staged, volume_id: &str, timeout: Duration) -> 
             // mapped, or gone already: its publish mounts may remain either way
             Some(true) | None => {
                 let rec = as_record(st, volume_id, dev);
-                super::refuse_if_in_use(&rec).await.map_err(Error::from)?;
+                super::refuse_if_in_use(&rec).await?;
             }
         }
     } else if st.mount.is_some() {
@@ -376,7 +376,7 @@ pub(crate) async fn unstage(st: &Staged, volume_id: &str, timeout: Duration) -> 
             st.inner.display()
         )));
     }
-    super::unmount_all(&st.inner).await.map_err(Error::from)?;
+    super::unmount_all(&st.inner).await?;
     remove_inner(st)?;
     if let Some(dev) = &device {
         if device_is_image(&st.meta, dev, timeout).await? == Some(true) {

@@ -16,7 +16,7 @@
 
 use crate::ceph::Ceph;
 use crate::config::{ClusterMap, ConfigError};
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::fuse_export::EXPORT_FILE;
 use crate::locks::OpLocks;
 use crate::node::record::{self, ImageLocation, Record, StageState, RECORD_VERSION};
@@ -33,7 +33,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::{Request, Response, Status};
 
 mod cephcsi;
 mod publish;
@@ -75,32 +74,22 @@ struct Inner {
     broken: Mutex<HashSet<PathBuf>>,
 }
 
-pub struct RbdNode {
+pub(crate) struct RbdNode {
     inner: Arc<Inner>,
-}
-
-fn invalid(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
 }
 
 /// Names handed to the rbd tools as arguments: nothing that could pass for an option or
 /// another image.
-fn check_name(what: &str, v: &str, allow_empty: bool) -> Result<(), Status> {
+fn check_name(what: &str, v: &str, allow_empty: bool) -> Result<()> {
     if v.is_empty() && !allow_empty {
-        return Err(Status::invalid_argument(format!("{what} is empty")));
+        return Err(Error::invalid(format!("{what} is empty")));
     }
     if v.starts_with('-')
         || v.len() > 512
         || v.chars()
             .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '/' | '@'))
     {
-        return Err(Status::invalid_argument(format!(
-            "{what} {v:?} is not a valid name"
-        )));
+        return Err(Error::invalid(format!("{what} {v:?} is not a valid name")));
     }
     Ok(())
 }
@@ -119,17 +108,17 @@ fn looks_like_monitors(s: &str) -> bool {
 fn node_credentials(
     secrets: &HashMap<String, String>,
     ctx: &HashMap<String, String>,
-) -> Result<Credentials, Status> {
+) -> Result<Credentials> {
     let legacy = ctx
         .get("userId")
         .or_else(|| ctx.get("adminId"))
         .map(String::as_str);
-    let c = controller_credentials(secrets, legacy).map_err(invalid)?;
+    let c = controller_credentials(secrets, legacy).map_err(Error::invalid)?;
     check_name("userID", &c.user, false)?;
     Ok(c)
 }
 
-fn fs_type_of(cap: &pb::VolumeCapability, ctx: &HashMap<String, String>) -> Result<String, Status> {
+fn fs_type_of(cap: &pb::VolumeCapability, ctx: &HashMap<String, String>) -> Result<String> {
     let from_cap = match &cap.access_type {
         Some(AccessType::Mount(m)) => m.fs_type.trim().to_string(),
         _ => String::new(),
@@ -144,14 +133,14 @@ fn fs_type_of(cap: &pb::VolumeCapability, ctx: &HashMap<String, String>) -> Resu
             .unwrap_or_else(|| "ext4".to_string())
     };
     if !format::SUPPORTED.contains(&fs.as_str()) {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "fsType {fs:?} is not supported: use ext4 or xfs"
         )));
     }
     Ok(fs)
 }
 
-fn mount_flags(cap: &pb::VolumeCapability) -> Result<Vec<String>, Status> {
+fn mount_flags(cap: &pb::VolumeCapability) -> Result<Vec<String>> {
     let flags: Vec<String> = match &cap.access_type {
         Some(AccessType::Mount(m)) => m
             .mount_flags
@@ -166,9 +155,7 @@ fn mount_flags(cap: &pb::VolumeCapability) -> Result<Vec<String>, Status> {
         .iter()
         .find(|f| f.starts_with('-') || f.chars().any(|c| c.is_control() || c.is_whitespace()))
     {
-        return Err(Status::invalid_argument(format!(
-            "mount flag {bad:?} is not valid"
-        )));
+        return Err(Error::invalid(format!("mount flag {bad:?} is not valid")));
     }
     Ok(flags)
 }
@@ -178,17 +165,17 @@ fn is_static(volume_id: &str, ctx: &HashMap<String, String>) -> bool {
 }
 
 /// Unmounts `path` until nothing is mounted there (mounts can be stacked).
-async fn unmount_all(path: &Path) -> Result<(), Status> {
+async fn unmount_all(path: &Path) -> Result<()> {
     for _ in 0..8 {
         if !mount::is_mount_point(path).unwrap_or(false) {
             return Ok(());
         }
         mount::unmount(path, EXEC_TIMEOUT)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(Error::from)?;
     }
     if mount::is_mount_point(path).unwrap_or(false) {
-        return Err(Status::internal(format!(
+        return Err(Error::internal(format!(
             "{} is still mounted after repeated unmounts",
             path.display()
         )));
@@ -210,9 +197,9 @@ fn mount_device(m: &mount::MountEntry) -> Option<String> {
 /// The staging of a volume ceph-csi staged, as a record (never written) to publish from,
 /// after checking it is the volume's image. FailedPrecondition when there is none, or when
 /// it is encrypted: a pod must never get the raw LUKS container.
-async fn cephcsi_view(staging: &Path, vid: &str, block: bool) -> Result<Record, Status> {
+async fn cephcsi_view(staging: &Path, vid: &str, block: bool) -> Result<Record> {
     let not_staged = || {
-        Status::failed_precondition(format!(
+        Error::precondition(format!(
             "volume {vid} is not staged at {}; NodeStageVolume first",
             staging.display()
         ))
@@ -221,7 +208,7 @@ async fn cephcsi_view(staging: &Path, vid: &str, block: bool) -> Result<Record, 
         return Err(not_staged());
     };
     if st.meta.encrypted {
-        return Err(Status::failed_precondition(format!(
+        return Err(Error::precondition(format!(
             "volume {vid} was staged by ceph-csi as an encrypted volume, and ferroceph does not implement volume encryption yet; it is not published (that would hand the pod the raw LUKS container): drain the node's pods of it and stage it with ceph-csi, or copy its data to an unencrypted volume"
         )));
     }
@@ -229,13 +216,13 @@ async fn cephcsi_view(staging: &Path, vid: &str, block: bool) -> Result<Record, 
         return Err(not_staged());
     }
     let dev = cephcsi::candidate_device(&st, mount_device).ok_or_else(|| {
-        Status::failed_precondition(format!(
+        Error::precondition(format!(
             "cannot tell which device is mounted at {}",
             st.inner.display()
         ))
     })?;
     if cephcsi::device_is_image(&st.meta, &dev, EXEC_TIMEOUT).await? == Some(false) {
-        return Err(Status::failed_precondition(format!(
+        return Err(Error::precondition(format!(
             "{dev} mounted at {} does not map {} as ceph-csi's {} says",
             st.inner.display(),
             st.meta.spec(),
@@ -244,7 +231,7 @@ async fn cephcsi_view(staging: &Path, vid: &str, block: bool) -> Result<Record, 
     }
     let rec = cephcsi::as_record(&st, vid, &dev);
     if rec.block != block {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "volume {vid} is staged (by ceph-csi) as a {} volume",
             if rec.block { "block" } else { "filesystem" }
         )));
@@ -253,7 +240,7 @@ async fn cephcsi_view(staging: &Path, vid: &str, block: bool) -> Result<Record, 
 }
 
 impl RbdNode {
-    pub fn new(
+    pub(crate) fn new(
         node_id: String,
         clusters: Arc<ClusterMap>,
         ceph: Ceph,
@@ -288,9 +275,9 @@ impl Inner {
         attach::attacher(m, &self.env)
     }
 
-    fn attacher_for(&self, rec: &Record) -> Result<Box<dyn attach::Attacher>, Status> {
+    fn attacher_for(&self, rec: &Record) -> Result<Box<dyn attach::Attacher>> {
         let m = Mounter::parse(&rec.mounter).ok_or_else(|| {
-            Status::internal(format!(
+            Error::internal(format!(
                 "the record of {} names an unknown mounter {:?}",
                 rec.staging_path.display(),
                 rec.mounter

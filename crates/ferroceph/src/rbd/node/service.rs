@@ -1,6 +1,7 @@
 //! The gRPC Node service: requests in, `Status` out (the only place it is built).
 
 use super::*;
+use tonic::{Request, Response, Status};
 
 #[tonic::async_trait]
 impl Node for RbdNode {

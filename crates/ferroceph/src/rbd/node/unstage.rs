@@ -7,7 +7,7 @@ use crate::locks::LockKey;
 /// NodeUnstageVolume must not unmount and detach a volume under its users (the FUSE
 /// exporter would die under a mounted filesystem): FailedPrecondition naming every publish
 /// mount of the staging mount or of the device, and every process holding the device open.
-pub(super) async fn refuse_if_in_use(rec: &Record) -> Result<(), Status> {
+pub(super) async fn refuse_if_in_use(rec: &Record) -> Result<()> {
     let Some(dev) = rec.device.clone() else {
         return Ok(());
     };
@@ -35,7 +35,7 @@ pub(super) async fn refuse_if_in_use(rec: &Record) -> Result<(), Status> {
         openers.retain(|(_, comm)| comm != "rbd-nbd");
     }
     match inuse::describe(&binds, &openers, &dev) {
-        Some(users) => Err(Status::failed_precondition(format!(
+        Some(users) => Err(Error::precondition(format!(
             "volume {} is still in use: {users}; NodeUnpublishVolume every target and stop the users first (refusing to unmount and detach it under them)",
             rec.volume_id
         ))),
@@ -44,7 +44,7 @@ pub(super) async fn refuse_if_in_use(rec: &Record) -> Result<(), Status> {
 }
 
 impl Inner {
-    pub(super) async fn unstage(&self, req: pb::NodeUnstageVolumeRequest) -> Result<(), Status> {
+    pub(super) async fn unstage(&self, req: pb::NodeUnstageVolumeRequest) -> Result<()> {
         let vid = req.volume_id.as_str();
         validate::id(vid, "volume_id")?;
         let staging = mount::check_path(&req.staging_target_path, "staging_target_path")?;
@@ -52,7 +52,7 @@ impl Inner {
             "volume",
             [LockKey::node_volume(vid), LockKey::node_path(&staging)],
         )?;
-        match record::read(&staging).map_err(Status::failed_precondition)? {
+        match record::read(&staging)? {
             None => match cephcsi::find(&staging, vid)? {
                 // staged by ceph-csi before its node plugin was replaced by ours
                 Some(st) => cephcsi::unstage(&st, vid, EXEC_TIMEOUT).await?,
@@ -60,7 +60,7 @@ impl Inner {
                 None => unmount_all(&staging).await?,
             },
             Some(rec) if rec.volume_id != vid => {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::precondition(format!(
                     "staging path {} holds volume {}, not {vid}",
                     staging.display(),
                     rec.volume_id

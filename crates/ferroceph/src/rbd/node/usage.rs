@@ -18,7 +18,7 @@ impl Inner {
     pub(super) async fn volume_stats(
         &self,
         req: pb::NodeGetVolumeStatsRequest,
-    ) -> Result<pb::NodeGetVolumeStatsResponse, Status> {
+    ) -> Result<pb::NodeGetVolumeStatsResponse> {
         use pb::volume_usage::Unit;
         validate::id(&req.volume_id, "volume_id")?;
         let mut path = mount::volume_path(&req.volume_path, &req.volume_id)?;
@@ -49,7 +49,7 @@ impl Inner {
         match stats::bounded(PROBE_TIMEOUT, &what, move || std::fs::symlink_metadata(&p)).await {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Status::not_found(format!(
+                return Err(Error::not_found(format!(
                     "volume path {} does not exist",
                     path.display()
                 )))
@@ -67,7 +67,7 @@ impl Inner {
         let rec = self.find_record(&req.staging_target_path, &path);
         if let Some(r) = &rec {
             if r.volume_id != req.volume_id {
-                return Err(Status::not_found(format!(
+                return Err(Error::not_found(format!(
                     "{} holds volume {}, not {}",
                     path.display(),
                     r.volume_id,
@@ -126,7 +126,7 @@ impl Inner {
         })
     }
 
-    pub(super) async fn expand(&self, req: pb::NodeExpandVolumeRequest) -> Result<i64, Status> {
+    pub(super) async fn expand(&self, req: pb::NodeExpandVolumeRequest) -> Result<i64> {
         let vid = req.volume_id.as_str();
         validate::id(vid, "volume_id")?;
         let path = mount::volume_path(&req.volume_path, &req.volume_id)?;
@@ -137,7 +137,7 @@ impl Inner {
             .unwrap_or(0);
         let _guard = self.locks.acquire("volume", [LockKey::node_volume(vid)])?;
         if !path.exists() {
-            return Err(Status::not_found(format!(
+            return Err(Error::not_found(format!(
                 "volume path {} does not exist",
                 path.display()
             )));
@@ -151,24 +151,24 @@ impl Inner {
         let rec = self.find_record(&req.staging_target_path, &path);
         if let Some(r) = &rec {
             if r.volume_id != vid {
-                return Err(Status::not_found(format!(
+                return Err(Error::not_found(format!(
                     "{} holds volume {}, not {vid}",
                     path.display(),
                     r.volume_id
                 )));
             }
         }
-        let entry = mount::mount_at(&path).map_err(internal)?;
+        let entry = mount::mount_at(&path).map_err(Error::internal)?;
         let device = match (&rec, &entry) {
             (Some(r), _) if r.device.is_some() => r.device.clone().unwrap_or_default(),
             (_, Some(m)) => mount_device(m).ok_or_else(|| {
-                Status::failed_precondition(format!(
+                Error::precondition(format!(
                     "cannot tell which device is mounted at {}",
                     path.display()
                 ))
             })?,
             _ => {
-                return Err(Status::not_found(format!(
+                return Err(Error::not_found(format!(
                     "volume {vid} is not staged or published at {}",
                     path.display()
                 )))
@@ -179,9 +179,8 @@ impl Inner {
             None => attach::wait_for_size(&device, want, Duration::from_secs(30)).await?,
         };
         if !block {
-            let m = entry.ok_or_else(|| {
-                Status::failed_precondition(format!("{} is not mounted", path.display()))
-            })?;
+            let m = entry
+                .ok_or_else(|| Error::precondition(format!("{} is not mounted", path.display())))?;
             format::grow(
                 &m.fs_type,
                 &device,
