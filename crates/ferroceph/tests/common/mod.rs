@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+pub mod manifests;
 pub mod node;
 mod scratch;
 pub mod vm;
