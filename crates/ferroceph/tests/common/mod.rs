@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 pub mod manifests;
 pub mod node;
+pub mod rbd_controller;
 mod scratch;
 pub mod vm;
 #[allow(unused_imports)] // not every test binary uses it
