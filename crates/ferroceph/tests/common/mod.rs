@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+pub mod doctor;
 pub mod manifests;
 pub mod node;
 pub mod rbd_controller;
