@@ -76,14 +76,87 @@ async fn crash_leftover_image_held_open_by_another_client_is_fenced() {
 /// finish the work and leave exactly the intended objects.
 #[tokio::test]
 async fn crash_at_every_step_converges() {
-    // Without exclusive-lock: a killed process's lock would stall the retry until the OSD
-    // expires its watch (30 s), which is Ceph's behaviour, not ours.
-    let create_req = |name: &str, size: i64| {
-        let mut r = common::create_req(name, size);
-        r.parameters
-            .insert("imageFeatures".into(), "layering,deep-flatten".into());
-        r
-    };
+    let (v, name, extra) = crash_during_creates().await;
+    let (snap_id, sname) = crash_during_snapshots(&v).await;
+
+    // the temporary snapshot on the source is gone (or parked in Ceph's trash namespace)
+    let (_, snaps) = admin_cli(
+        "rbd",
+        &["snap", "ls", "--all", &format!("rbd/{}", image_name(&v))],
+    );
+    assert!(!snaps.contains(" user "), "{snaps}");
+    {
+        let d = Driver::rbd();
+        let mut ctl = d.controller().await;
+        for id in &extra {
+            ctl.delete_volume(del_req(id)).await.unwrap();
+        }
+    }
+
+    // clone flow; the driver that finished the clone stays up until the end
+    let (cname, clone, _clone_driver) = crash_during_clone(&v).await;
+
+    // delete flows
+    for (point, id, is_snap) in [
+        ("delete.trashed", clone.volume_id.clone(), false),
+        ("delete.released", v.volume_id.clone(), false),
+        ("delete.trashed", snap_id.clone(), true),
+    ] {
+        crash_during_delete(point, &id, is_snap).await;
+    }
+
+    // Images a dead client still watched could not leave the trash at once; the reaper
+    // removes them once Ceph has expired the watch.
+    let d = Driver::start(
+        &["--type=rbd", "--controllerserver=true", "--reapinterval=2s"],
+        &[],
+    );
+    let mut ctl = d.controller().await;
+    ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
+    let ours = [
+        uuid_of(&v.volume_id),
+        uuid_of(&clone.volume_id),
+        uuid_of(&snap_id),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, trash) = admin_cli("rbd", &["trash", "ls", "-p", "rbd", "--all", "--long"]);
+        let left: Vec<_> = ours.iter().filter(|u| trash.contains(u.as_str())).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left:?} left in trash: {trash}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for u in &ours {
+        assert!(
+            !images().iter().any(|i| i.contains(u.as_str())),
+            "image {u} leaked"
+        );
+        assert!(
+            !object_exists(&format!("csi.volume.{u}")) && !object_exists(&format!("csi.snap.{u}")),
+            "journal {u} leaked"
+        );
+    }
+    assert!(!journal_has(&name) && !journal_has(&cname) && !snap_journal_has(&sname));
+}
+
+/// A CreateVolume request without exclusive-lock: a killed process's lock would stall the
+/// retry until the OSD expires its watch (30 s), which is Ceph's behaviour, not ours.
+fn crash_create_req(name: &str, size: i64) -> pb::CreateVolumeRequest {
+    let mut r = common::create_req(name, size);
+    r.parameters
+        .insert("imageFeatures".into(), "layering,deep-flatten".into());
+    r
+}
+
+/// Crashes CreateVolume at each of its steps; every retry finishes with one image. Returns
+/// the last volume, its name, and the volumes of the earlier rounds.
+async fn crash_during_creates() -> (pb::Volume, String, Vec<String>) {
+    let create_req = crash_create_req;
     let mut extra: Vec<String> = Vec::new();
     let mut v: Option<pb::Volume> = None;
     let mut name = String::new();
@@ -135,8 +208,12 @@ async fn crash_at_every_step_converges() {
         }
     }
     let v = v.unwrap();
+    (v, name, extra)
+}
 
-    // snapshot flow
+/// Crashes CreateSnapshot of `v` at each of its steps; every retry finishes with one
+/// snapshot. Returns the last snapshot's id and name.
+async fn crash_during_snapshots(v: &pb::Volume) -> (String, String) {
     let mut snap_id = String::new();
     let mut sname = String::new();
     for point in [
@@ -182,21 +259,13 @@ async fn crash_at_every_step_converges() {
         }
         snap_id = s.snapshot_id;
     }
-    // the temporary snapshot on the source is gone (or parked in Ceph's trash namespace)
-    let (_, snaps) = admin_cli(
-        "rbd",
-        &["snap", "ls", "--all", &format!("rbd/{}", image_name(&v))],
-    );
-    assert!(!snaps.contains(" user "), "{snaps}");
-    {
-        let d = Driver::rbd();
-        let mut ctl = d.controller().await;
-        for id in &extra {
-            ctl.delete_volume(del_req(id)).await.unwrap();
-        }
-    }
+    (snap_id, sname)
+}
 
-    // clone flow
+/// Crashes a clone of `v` at its temporary snapshot; the retry makes the clone. Returns
+/// the clone's name, the clone and the driver that made it.
+async fn crash_during_clone(v: &pb::Volume) -> (String, pb::Volume, Driver) {
+    let create_req = crash_create_req;
     let cname = unique("pvc-crash-clone");
     let mut creq = create_req(&cname, 8 * MIB);
     creq.volume_content_source = Some(pb::VolumeContentSource {
@@ -223,99 +292,57 @@ async fn crash_at_every_step_converges() {
         .into_inner()
         .volume
         .unwrap();
+    (cname, clone, d)
+}
 
-    // delete flows
-    for (point, id, is_snap) in [
-        ("delete.trashed", clone.volume_id.clone(), false),
-        ("delete.released", v.volume_id.clone(), false),
-        ("delete.trashed", snap_id.clone(), true),
-    ] {
-        let mut d = Driver::start(
-            &["--type=rbd", "--controllerserver=true"],
-            &[("FERROCEPH_TEST_CRASH_AT", point)],
-        );
-        let mut ctl = d.controller().await;
-        // Retry through the lingering watch of the previous killed process until the
-        // crash point is reached.
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            let r = if is_snap {
-                ctl.delete_snapshot(del_snap_req(&id)).await.map(|_| ())
-            } else {
-                ctl.delete_volume(del_req(&id)).await.map(|_| ())
-            };
-            if d.wait_exit(Duration::from_secs(2)).is_some() {
-                break;
-            }
-            match r {
-                Err(e)
-                    if e.code() == Code::FailedPrecondition
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_secs(2)).await
-                }
-                other => panic!("crash point {point} not reached: {other:?}"),
-            }
-        }
-        d.envs.clear();
-        d.spawn();
-        let mut ctl = d.controller().await;
-        // The killed process's watch on the image lingers until the OSD expires it (30 s);
-        // until then DeleteVolume answers FailedPrecondition and the CO retries, as here.
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            let r = if is_snap {
-                ctl.delete_snapshot(del_snap_req(&id)).await.map(|_| ())
-            } else {
-                ctl.delete_volume(del_req(&id)).await.map(|_| ())
-            };
-            match r {
-                Ok(()) => break,
-                Err(e)
-                    if e.code() == Code::FailedPrecondition
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_secs(2)).await
-                }
-                Err(e) => panic!("delete after crash at {point}: {e:?}"),
-            }
-        }
-    }
-    // Images a dead client still watched could not leave the trash at once; the reaper
-    // removes them once Ceph has expired the watch.
-    let d = Driver::start(
-        &["--type=rbd", "--controllerserver=true", "--reapinterval=2s"],
-        &[],
+/// Crashes the delete of `id` (a snapshot if `is_snap`) at `point`; the retry deletes it.
+async fn crash_during_delete(point: &str, id: &str, is_snap: bool) {
+    let mut d = Driver::start(
+        &["--type=rbd", "--controllerserver=true"],
+        &[("FERROCEPH_TEST_CRASH_AT", point)],
     );
     let mut ctl = d.controller().await;
-    ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
-    let ours = [
-        uuid_of(&v.volume_id),
-        uuid_of(&clone.volume_id),
-        uuid_of(&snap_id),
-    ];
+    // Retry through the lingering watch of the previous killed process until the
+    // crash point is reached.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let (_, trash) = admin_cli("rbd", &["trash", "ls", "-p", "rbd", "--all", "--long"]);
-        let left: Vec<_> = ours.iter().filter(|u| trash.contains(u.as_str())).collect();
-        if left.is_empty() {
+        let r = if is_snap {
+            ctl.delete_snapshot(del_snap_req(id)).await.map(|_| ())
+        } else {
+            ctl.delete_volume(del_req(id)).await.map(|_| ())
+        };
+        if d.wait_exit(Duration::from_secs(2)).is_some() {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{left:?} left in trash: {trash}"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        match r {
+            Err(e)
+                if e.code() == Code::FailedPrecondition && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_secs(2)).await
+            }
+            other => panic!("crash point {point} not reached: {other:?}"),
+        }
     }
-    for u in &ours {
-        assert!(
-            !images().iter().any(|i| i.contains(u.as_str())),
-            "image {u} leaked"
-        );
-        assert!(
-            !object_exists(&format!("csi.volume.{u}")) && !object_exists(&format!("csi.snap.{u}")),
-            "journal {u} leaked"
-        );
+    d.envs.clear();
+    d.spawn();
+    let mut ctl = d.controller().await;
+    // The killed process's watch on the image lingers until the OSD expires it (30 s);
+    // until then DeleteVolume answers FailedPrecondition and the CO retries, as here.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = if is_snap {
+            ctl.delete_snapshot(del_snap_req(id)).await.map(|_| ())
+        } else {
+            ctl.delete_volume(del_req(id)).await.map(|_| ())
+        };
+        match r {
+            Ok(()) => break,
+            Err(e)
+                if e.code() == Code::FailedPrecondition && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_secs(2)).await
+            }
+            Err(e) => panic!("delete after crash at {point}: {e:?}"),
+        }
     }
-    assert!(!journal_has(&name) && !journal_has(&cname) && !snap_journal_has(&sname));
 }
