@@ -15,13 +15,68 @@ async fn full_lifecycle_with_data() {
     let d = Driver::rbd();
     let mut ctl = d.controller().await;
     let name = unique("pvc-life");
-    let mut req = create_req(&name, 64 * MIB);
+    let vol = lifecycle_create(&mut ctl, &name).await;
+    let img = image_name(&vol);
+
+    write_image(&img, b"hello ceph");
+    let (snap, sname) = lifecycle_snapshot(&mut ctl, &vol, &img).await;
+    let (rreq, restored) = lifecycle_restore(&mut ctl, &snap).await;
+    let cloned = lifecycle_clone(&mut ctl, &vol).await;
+    lifecycle_expand(&mut ctl, &vol).await;
+
+    // delete the source first: snapshot, restore and clone keep their data
+    ctl.delete_volume(del_req(&vol.volume_id)).await.unwrap();
+    ctl.delete_volume(del_req(&vol.volume_id)).await.unwrap();
+    assert!(!image_exists(&img));
+    assert!(!journal_has(&name));
+    assert_eq!(&read_image(&image_name(&restored), 10), b"hello ceph");
+    assert_eq!(&read_image(&image_name(&cloned), 10), b"CHANGED!!!");
+
+    // a restore from the snapshot still works after its source is gone
+    let r2 = unique("pvc-restore2");
+    let mut r2req = rreq.clone();
+    r2req.name = r2.clone();
+    let restored2 = ctl
+        .create_volume(r2req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(&read_image(&image_name(&restored2), 10), b"hello ceph");
+
+    ctl.delete_snapshot(del_snap_req(&snap.snapshot_id))
+        .await
+        .unwrap();
+    ctl.delete_snapshot(del_snap_req(&snap.snapshot_id))
+        .await
+        .unwrap();
+    assert!(!snap_journal_has(&sname));
+    assert_eq!(&read_image(&image_name(&restored), 10), b"hello ceph");
+    for v in [&restored, &cloned, &restored2] {
+        ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
+        assert!(!image_exists(&image_name(v)));
+    }
+    // nothing of this test is left, not even in the trash
+    let (_, trash) = admin_cli("rbd", &["trash", "ls", "-p", "rbd", "--all"]);
+    for part in [uuid_of(&vol.volume_id), uuid_of(&snap.snapshot_id)] {
+        assert!(!trash.contains(&part), "left in trash: {trash}");
+    }
+}
+
+/// The controller client of these tests.
+type Ctl = pb::controller_client::ControllerClient<tonic::transport::Channel>;
+
+/// CreateVolume `name` (64 MiB, claim `team-a/data`): the handle, image, context, metadata
+/// and journal owner are right, a repeat is idempotent and another size AlreadyExists.
+async fn lifecycle_create(ctl: &mut Ctl, name: &str) -> pb::Volume {
+    let mut req = create_req(name, 64 * MIB);
     req.parameters
         .insert("csi.storage.k8s.io/pvc/name".into(), "data".into());
     req.parameters
         .insert("csi.storage.k8s.io/pvc/namespace".into(), "team-a".into());
     req.parameters
-        .insert("csi.storage.k8s.io/pv/name".into(), name.clone());
+        .insert("csi.storage.k8s.io/pv/name".into(), name.to_string());
     let vol = ctl
         .create_volume(req.clone())
         .await
@@ -93,8 +148,12 @@ async fn full_lifecycle_with_data() {
         Code::AlreadyExists
     );
 
-    write_image(&img, b"hello ceph");
+    vol
+}
 
+/// CreateSnapshot of `vol` (idempotent), after which the source changes; ListSnapshots
+/// by id and by source. Returns the snapshot and its name.
+async fn lifecycle_snapshot(ctl: &mut Ctl, vol: &pb::Volume, img: &str) -> (pb::Snapshot, String) {
     // snapshot (idempotent), then change the source: the snapshot keeps the old data
     let sname = unique("snap");
     let snap = ctl
@@ -117,7 +176,7 @@ async fn full_lifecycle_with_data() {
         .unwrap();
     assert_eq!(snap2.snapshot_id, snap.snapshot_id);
     assert_eq!(snap2.creation_time, snap.creation_time);
-    write_image(&img, b"CHANGED!!!");
+    write_image(img, b"CHANGED!!!");
 
     // list by id and by source
     let listed = ctl
@@ -142,8 +201,16 @@ async fn full_lifecycle_with_data() {
         listed.entries[0].snapshot.as_ref().unwrap().snapshot_id,
         snap.snapshot_id
     );
+    (snap, sname)
+}
 
-    // restore into a larger volume
+/// CreateVolume from `snap` into a larger volume (idempotent); the same name with another
+/// source is AlreadyExists, a size below the snapshot's OutOfRange. Returns the request
+/// and the restored volume.
+async fn lifecycle_restore(
+    ctl: &mut Ctl,
+    snap: &pb::Snapshot,
+) -> (pb::CreateVolumeRequest, pb::Volume) {
     let rname = unique("pvc-restore");
     let mut rreq = create_req(&rname, 96 * MIB);
     rreq.volume_content_source = Some(pb::VolumeContentSource {
@@ -190,8 +257,11 @@ async fn full_lifecycle_with_data() {
         ctl.create_volume(small).await.unwrap_err().code(),
         Code::OutOfRange
     );
+    (rreq, restored)
+}
 
-    // clone the (changed) source
+/// CreateVolume cloned from `vol` (as it is now, changed after the snapshot).
+async fn lifecycle_clone(ctl: &mut Ctl, vol: &pb::Volume) -> pb::Volume {
     let cname = unique("pvc-clone");
     let mut creq = create_req(&cname, 64 * MIB);
     creq.volume_content_source = Some(pb::VolumeContentSource {
@@ -208,8 +278,12 @@ async fn full_lifecycle_with_data() {
         .into_inner()
         .volume
         .unwrap();
+    cloned
+}
 
-    // expand: grow only, node step for filesystems
+/// ControllerExpandVolume of `vol`: grows, never shrinks, asks for the node step for
+/// filesystems and block alike.
+async fn lifecycle_expand(ctl: &mut Ctl, vol: &pb::Volume) {
     let exp = ctl
         .controller_expand_volume(pb::ControllerExpandVolumeRequest {
             volume_id: vol.volume_id.clone(),
@@ -241,45 +315,6 @@ async fn full_lifecycle_with_data() {
     assert_eq!(exp.capacity_bytes, 200 * MIB, "never shrinks");
     // block too: a FUSE attachment's loop device is refreshed by NodeExpandVolume
     assert!(exp.node_expansion_required);
-
-    // delete the source first: snapshot, restore and clone keep their data
-    ctl.delete_volume(del_req(&vol.volume_id)).await.unwrap();
-    ctl.delete_volume(del_req(&vol.volume_id)).await.unwrap();
-    assert!(!image_exists(&img));
-    assert!(!journal_has(&name));
-    assert_eq!(&read_image(&image_name(&restored), 10), b"hello ceph");
-    assert_eq!(&read_image(&image_name(&cloned), 10), b"CHANGED!!!");
-
-    // a restore from the snapshot still works after its source is gone
-    let r2 = unique("pvc-restore2");
-    let mut r2req = rreq.clone();
-    r2req.name = r2.clone();
-    let restored2 = ctl
-        .create_volume(r2req)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    assert_eq!(&read_image(&image_name(&restored2), 10), b"hello ceph");
-
-    ctl.delete_snapshot(del_snap_req(&snap.snapshot_id))
-        .await
-        .unwrap();
-    ctl.delete_snapshot(del_snap_req(&snap.snapshot_id))
-        .await
-        .unwrap();
-    assert!(!snap_journal_has(&sname));
-    assert_eq!(&read_image(&image_name(&restored), 10), b"hello ceph");
-    for v in [&restored, &cloned, &restored2] {
-        ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
-        assert!(!image_exists(&image_name(v)));
-    }
-    // nothing of this test is left, not even in the trash
-    let (_, trash) = admin_cli("rbd", &["trash", "ls", "-p", "rbd", "--all"]);
-    for part in [uuid_of(&vol.volume_id), uuid_of(&snap.snapshot_id)] {
-        assert!(!trash.contains(&part), "left in trash: {trash}");
-    }
 }
 
 #[tokio::test]
