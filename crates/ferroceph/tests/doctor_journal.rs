@@ -17,44 +17,11 @@ fn journal_orphans_are_reported_and_fixed() {
     let tag = common::unique("doctortest");
     let vol_prefix = format!("{tag}-vol-");
     let snap_prefix = format!("{tag}-snap-");
-    let mut m = JournalMess {
-        io: conn.ioctx(&pool, "").expect("ioctx"),
-        instance: tag.clone(),
-        images: Vec::new(),
-        entries: Vec::new(),
-        objects: Vec::new(),
-    };
-    let uuid = || uuid::Uuid::new_v4().to_string();
-    let (healthy, orphan_img, orphan_key, dangling) = (uuid(), uuid(), uuid(), uuid());
-    let img = |u: &str| format!("{vol_prefix}{u}");
-    // A healthy volume: full journal entry and its image.
-    let healthy_name = format!("pvc-{healthy}");
-    m.entry(&healthy_name, &healthy, &img(&healthy));
-    m.image(&img(&healthy));
-    // An orphaned image: no journal at all.
-    m.image(&img(&orphan_img));
-    // An orphaned journal key: directory key + per-volume object, no image.
-    let key_name = format!("pvc-{orphan_key}");
-    m.entry(&key_name, &orphan_key, &img(&orphan_key));
-    // An image whose per-volume object has no directory key (interrupted delete).
-    m.image(&img(&dangling));
-    let dangling_obj = format!("csi.volume.{dangling}");
-    m.io.create_with_omap(
-        &dangling_obj,
-        &[
-            ("csi.volname", format!("pvc-{dangling}").as_bytes()),
-            ("csi.imagename", img(&dangling).as_bytes()),
-        ],
-    )
-    .expect("create per-volume object");
-    m.objects.push(dangling_obj.clone());
+    let (m, o) = plant_orphans(&conn, &pool, &tag);
     // A PV list without the healthy volume.
     let pv_empty = dir.path().join("pv-empty.json");
     std::fs::write(&pv_empty, r#"{"apiVersion": "v1", "items": []}"#).expect("write pv json");
-    let pool_id = m.io.pool_id();
-    let handle = ferroceph::volid::CsiId::new(&c.fsid(), pool_id, &healthy)
-        .expect("handle")
-        .to_string();
+    let (healthy_name, handle, dangling_obj) = (&o.healthy_name, &o.handle, &o.dangling_obj);
     let pv_full = dir.path().join("pv-full.json");
     let pvs = serde_json::json!({"items": [{"metadata": {"name": healthy_name},
         "spec": {"csi": {"driver": "rbd.ferroceph.io", "volumeHandle": handle}}}]});
@@ -89,20 +56,136 @@ fn journal_orphans_are_reported_and_fixed() {
     let pv_empty_s = pv_empty.display().to_string();
     let r = run(&["--json", "--pv-json", &pv_empty_s]);
     assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_orphans_reported(&r, &o, &m);
+
+    // 2. --fix: prints the plan first, then removes exactly the orphans.
+    let r = run(&["--fix"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_orphans_fixed(&r, &o, &m);
+
+    // 3. Clean afterwards (once the dangling object is gone), with a PV list that has the
+    // volume.
+    m.io.remove_object(dangling_obj)
+        .expect("remove dangling object");
+    assert!(rados::rbd::remove(&m.io, &o.img(&o.dangling)).is_ok());
+    let pv_full_s = pv_full.display().to_string();
+    let r = run(&["--json", "--pv-json", &pv_full_s]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let j = r.check("journal");
+    assert_eq!(j["status"], "ok", "{j}");
+    assert!(s(&j["summary"]).contains("1 entry with an image"), "{j}");
+}
+
+/// What journal_orphans_are_reported_and_fixed plants in the journal of instance `tag`.
+struct Orphans {
+    pool: String,
+    tag: String,
+    vol_prefix: String,
+    /// A healthy volume: full journal entry and its image.
+    healthy: String,
+    healthy_name: String,
+    /// An orphaned image: no journal at all.
+    orphan_img: String,
+    /// An orphaned journal key: directory key + per-volume object, no image.
+    orphan_key: String,
+    key_name: String,
+    /// An image whose per-volume object has no directory key (interrupted delete).
+    dangling: String,
+    dangling_obj: String,
+    /// The healthy volume's handle.
+    handle: String,
+}
+
+impl Orphans {
+    fn img(&self, u: &str) -> String {
+        format!("{}{u}", self.vol_prefix)
+    }
+}
+
+/// Plants a healthy volume and the orphans of [`Orphans`] in `pool`.
+fn plant_orphans(conn: &rados::Cluster, pool: &str, tag: &str) -> (JournalMess, Orphans) {
+    let c = common::cluster();
+    let vol_prefix = format!("{tag}-vol-");
+    let mut m = JournalMess {
+        io: conn.ioctx(pool, "").expect("ioctx"),
+        instance: tag.to_string(),
+        images: Vec::new(),
+        entries: Vec::new(),
+        objects: Vec::new(),
+    };
+    let uuid = || uuid::Uuid::new_v4().to_string();
+    let (healthy, orphan_img, orphan_key, dangling) = (uuid(), uuid(), uuid(), uuid());
+    let img = |u: &str| format!("{vol_prefix}{u}");
+    // A healthy volume: full journal entry and its image.
+    let healthy_name = format!("pvc-{healthy}");
+    m.entry(&healthy_name, &healthy, &img(&healthy));
+    m.image(&img(&healthy));
+    // An orphaned image: no journal at all.
+    m.image(&img(&orphan_img));
+    // An orphaned journal key: directory key + per-volume object, no image.
+    let key_name = format!("pvc-{orphan_key}");
+    m.entry(&key_name, &orphan_key, &img(&orphan_key));
+    // An image whose per-volume object has no directory key (interrupted delete).
+    m.image(&img(&dangling));
+    let dangling_obj = format!("csi.volume.{dangling}");
+    m.io.create_with_omap(
+        &dangling_obj,
+        &[
+            ("csi.volname", format!("pvc-{dangling}").as_bytes()),
+            ("csi.imagename", img(&dangling).as_bytes()),
+        ],
+    )
+    .expect("create per-volume object");
+    m.objects.push(dangling_obj.clone());
+    let pool_id = m.io.pool_id();
+    let handle = ferroceph::volid::CsiId::new(&c.fsid(), pool_id, &healthy)
+        .expect("handle")
+        .to_string();
+    let o = Orphans {
+        pool: pool.to_string(),
+        tag: tag.to_string(),
+        vol_prefix,
+        healthy,
+        healthy_name,
+        orphan_img,
+        orphan_key,
+        key_name,
+        dangling,
+        dangling_obj,
+        handle,
+    };
+    (m, o)
+}
+
+/// Report only: each problem precisely, exit 1, nothing changed.
+fn assert_orphans_reported(r: &Run, o: &Orphans, m: &JournalMess) {
+    let Orphans {
+        pool,
+        tag,
+        healthy,
+        orphan_img,
+        orphan_key,
+        key_name,
+        dangling,
+        dangling_obj,
+        handle,
+        ..
+    } = o;
+    let img = |u: &str| o.img(u);
     let one = |id: &str, u: &str| {
-        let f = findings(&r, id, u);
+        let f = findings(r, id, u);
         assert_eq!(f.len(), 1, "{id} for {u}: {}", r.stdout);
         assert_eq!(f[0]["status"], "fail", "{}", f[0]);
         assert!(f[0]["fix"].as_str().is_some_and(|f| !f.is_empty()));
         f[0].clone()
     };
-    let f = one("journal.orphan-image", &orphan_img);
+    let f = one("journal.orphan-image", orphan_img);
     assert!(
-        s(&f["summary"]).contains(&format!("{pool}/{}", img(&orphan_img))),
+        s(&f["summary"]).contains(&format!("{pool}/{}", img(orphan_img))),
         "{f}"
     );
     assert!(s(&f["fix"]).contains("rbd trash mv"), "{f}");
-    let f = one("journal.orphan-key", &orphan_key);
+    let f = one("journal.orphan-key", orphan_key);
     assert!(
         s(&f["summary"]).contains(&format!("csi.volume.{key_name}")),
         "{f}"
@@ -116,11 +199,11 @@ fn journal_orphans_are_reported_and_fixed() {
     // An image with a per-volume object but no key in this instance's directory may be
     // another instance's volume: reported, never called an orphan.
     assert!(
-        findings(&r, "journal.orphan-image", &dangling).is_empty(),
+        findings(r, "journal.orphan-image", dangling).is_empty(),
         "{}",
         r.stdout
     );
-    let f = findings(&r, "journal.dangling-object", &dangling);
+    let f = findings(r, "journal.dangling-object", dangling);
     assert_eq!(f.len(), 1, "{}", r.stdout);
     assert_eq!(f[0]["status"], "warn", "{}", f[0]);
     assert!(
@@ -128,23 +211,35 @@ fn journal_orphans_are_reported_and_fixed() {
         "{}",
         f[0]
     );
-    let f = one("journal.no-pv", &healthy);
-    assert!(s(&f["summary"]).contains(&handle), "{f}");
+    let f = one("journal.no-pv", healthy);
+    assert!(s(&f["summary"]).contains(handle.as_str()), "{f}");
     // The healthy volume is reported for nothing else.
     let about_healthy: Vec<_> = r.report["checks"]
         .as_array()
         .expect("checks")
         .iter()
-        .filter(|c| s(&c["summary"]).contains(&healthy))
+        .filter(|c| s(&c["summary"]).contains(healthy.as_str()))
         .collect();
     assert_eq!(about_healthy.len(), 1, "{}", r.stdout);
     r.assert_no_keys(&[]);
-    assert!(m.image_exists(&img(&orphan_img)) && m.image_exists(&img(&dangling)));
-    assert!(m.key_exists(&key_name) && m.object_exists(&dangling_obj));
+    assert!(m.image_exists(&img(orphan_img)) && m.image_exists(&img(dangling)));
+    assert!(m.key_exists(key_name) && m.object_exists(dangling_obj));
+}
 
-    // 2. --fix: prints the plan first, then removes exactly the orphans.
-    let r = run(&["--fix"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+/// --fix: prints the plan first, then removes exactly the orphans.
+fn assert_orphans_fixed(r: &Run, o: &Orphans, m: &JournalMess) {
+    let Orphans {
+        pool,
+        healthy,
+        healthy_name,
+        orphan_img,
+        orphan_key,
+        key_name,
+        dangling,
+        dangling_obj,
+        ..
+    } = o;
+    let img = |u: &str| o.img(u);
     let (plan, report) = r
         .stdout
         .split_once("\n\n")
@@ -155,38 +250,26 @@ fn journal_orphans_are_reported_and_fixed() {
     assert!(
         plan_lines
             .iter()
-            .any(|l| l.contains(&format!("image {pool}/{}", img(&orphan_img)))),
+            .any(|l| l.contains(&format!("image {pool}/{}", img(orphan_img)))),
         "{plan}"
     );
     assert!(
         plan.contains(&format!("journal key csi.volume.{key_name}")),
         "{plan}"
     );
-    assert!(!plan.contains(&dangling), "{plan}");
-    assert!(!plan.contains(&healthy), "{plan}");
+    assert!(!plan.contains(dangling.as_str()), "{plan}");
+    assert!(!plan.contains(healthy.as_str()), "{plan}");
     assert!(report.contains("fixed: removed"), "{}", r.stdout);
     r.assert_no_keys(&[]);
-    assert!(!m.image_exists(&img(&orphan_img)));
-    assert!(m.image_exists(&img(&dangling)));
-    assert!(m.object_exists(&dangling_obj));
-    assert!(!m.key_exists(&key_name));
+    assert!(!m.image_exists(&img(orphan_img)));
+    assert!(m.image_exists(&img(dangling)));
+    assert!(m.object_exists(dangling_obj));
+    assert!(!m.key_exists(key_name));
     assert!(!m.object_exists(&format!("csi.volume.{orphan_key}")));
     // The healthy volume is untouched.
-    assert!(m.image_exists(&img(&healthy)));
-    assert!(m.key_exists(&healthy_name));
+    assert!(m.image_exists(&img(healthy)));
+    assert!(m.key_exists(healthy_name));
     assert!(m.object_exists(&format!("csi.volume.{healthy}")));
-
-    // 3. Clean afterwards (once the dangling object is gone), with a PV list that has the
-    // volume.
-    m.io.remove_object(&dangling_obj)
-        .expect("remove dangling object");
-    assert!(rados::rbd::remove(&m.io, &img(&dangling)).is_ok());
-    let pv_full_s = pv_full.display().to_string();
-    let r = run(&["--json", "--pv-json", &pv_full_s]);
-    assert_eq!(r.code, 0, "{}", r.stdout);
-    let j = r.check("journal");
-    assert_eq!(j["status"], "ok", "{j}");
-    assert!(s(&j["summary"]).contains("1 entry with an image"), "{j}");
 }
 
 #[test]
