@@ -197,222 +197,303 @@ fn container_flags_are_accepted_and_the_pieces_fit() {
         );
         assert_eq!(csidriver["spec"]["podInfoOnMount"], false);
         assert_eq!(csidriver["spec"]["fsGroupPolicy"], "File");
-
         for w in docs
             .iter()
             .filter(|d| d["kind"] == "Deployment" || d["kind"] == "DaemonSet")
         {
-            let wname = format!("{driver}/{}", s(&w["metadata"]["name"]));
-            let is_node = w["kind"] == "DaemonSet";
-            let pod = &w["spec"]["template"]["spec"];
-            let containers: Vec<&Value> = pod["containers"]
-                .as_array()
-                .expect("containers")
-                .iter()
-                .collect();
-            let sa = s(&pod["serviceAccountName"]);
-            if named(docs, "ServiceAccount", sa).is_none() {
-                problems.push(format!("{wname}: service account {sa:?} is not shipped"));
-            }
-            let mut driver_endpoint = None;
-            let mut sidecar_endpoints = Vec::new();
-            let mut images = BTreeSet::new();
-            for c in &containers {
-                let cname = format!("{wname}/{}", s(&c["name"]));
-                let image = s(&c["image"]);
-                images.insert(
-                    image
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or("")
-                        .split(':')
-                        .next()
-                        .unwrap_or("")
-                        .to_string(),
-                );
-                for r in ["requests", "limits"] {
-                    if c["resources"][r]["memory"].is_null() {
-                        problems.push(format!("{cname}: no memory {r}"));
-                    }
-                }
-                let args = match expanded_args(c) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        problems.push(format!("{cname}: {e}"));
-                        continue;
-                    }
-                };
-                if is_ours(image) {
-                    // Every flag, with its value, through the real parser.
-                    let (ok, _, err) = run(Command::new(bin()).args(&args).arg("--help"));
-                    if !ok {
-                        problems.push(format!(
-                            "{cname}: ferroceph rejects {args:?}: {}",
-                            err.trim()
-                        ));
-                    }
-                    for a in &args {
-                        let (ok, _, err) = run(Command::new(bin()).arg(a).arg("--help"));
-                        if !ok {
-                            problems
-                                .push(format!("{cname}: ferroceph rejects {a}: {}", err.trim()));
-                        }
-                    }
-                    let ty = flag_value(&args, "type").unwrap_or("");
-                    let endpoint = flag_value(&args, "endpoint").map(socket_path);
-                    match ty {
-                        "liveness" => {
-                            if flag_value(&args, "metricsport").is_none() {
-                                problems.push(format!("{cname}: liveness without --metricsport"));
-                            }
-                            sidecar_endpoints.push((cname.clone(), endpoint.clone()));
-                        }
-                        t if t == driver => {
-                            if flag_value(&args, "drivername") != Some(driver_name.as_str()) {
-                                problems
-                                    .push(format!("{cname}: --drivername is not {driver_name}"));
-                            }
-                            let role = if is_node {
-                                "nodeserver"
-                            } else {
-                                "controllerserver"
-                            };
-                            if flag_value(&args, role) != Some("true") {
-                                problems.push(format!("{cname}: --{role}=true missing"));
-                            }
-                            if is_node
-                                && !matches!(flag_value(&args, "nodeid"), Some(n) if !n.is_empty())
-                            {
-                                problems.push(format!("{cname}: no --nodeid"));
-                            }
-                            driver_endpoint = endpoint.clone();
-                            // The cluster map comes from the shipped ConfigMap.
-                            let cfg = flag_value(&args, "configpath")
-                                .unwrap_or("/etc/ceph-csi-config/config.json");
-                            match volume_for(pod, c, cfg) {
-                                Some((_, v))
-                                    if named(docs, "ConfigMap", s(&v["configMap"]["name"]))
-                                        .is_some() => {}
-                                _ => problems
-                                    .push(format!("{cname}: {cfg} is not a shipped ConfigMap")),
-                            }
-                            let keys = flag_value(&args, "keysdir").unwrap_or("/tmp/csi/keys");
-                            match volume_for(pod, c, keys) {
-                                Some((_, v)) if v["emptyDir"]["medium"] == "Memory" => {}
-                                _ => problems.push(format!(
-                                    "{cname}: --keysdir {keys} is not a memory-backed emptyDir"
-                                )),
-                            }
-                            // The metrics port is declared.
-                            let port = flag_value(&args, "metricsport").unwrap_or("8080");
-                            let declared = c["ports"].as_array().into_iter().flatten().any(|p| {
-                                p["containerPort"]
-                                    .as_u64()
-                                    .map(|n| n.to_string())
-                                    .as_deref()
-                                    == Some(port)
-                            });
-                            if !declared {
-                                problems.push(format!("{cname}: metrics port {port} not declared"));
-                            }
-                            if is_node {
-                                check_node_plugin(&cname, pod, c, &driver_name, &mut problems);
-                            } else if c["securityContext"]["privileged"] == true {
-                                problems
-                                    .push(format!("{cname}: the controller needs no privileges"));
-                            }
-                        }
-                        other => problems.push(format!(
-                            "{cname}: --type={other} in the {driver} kustomization"
-                        )),
-                    }
-                } else if let Some(allowed) = sidecar_flags(image) {
-                    if image.ends_with(":latest")
-                        || image.contains(":canary")
-                        || !image.contains(':')
-                    {
-                        problems.push(format!("{cname}: image {image} is not pinned"));
-                    }
-                    for a in &args {
-                        match flag_name(a) {
-                            Some(f) if allowed.contains(&f) => {}
-                            _ => problems
-                                .push(format!("{cname}: {a} is not a documented {image} flag")),
-                        }
-                    }
-                    if let Some(addr) = flag_value(&args, "csi-address") {
-                        sidecar_endpoints.push((cname.clone(), Some(socket_path(addr))));
-                    }
-                    if image.contains("csi-provisioner")
-                        && flag_value(&args, "extra-create-metadata") != Some("true")
-                    {
-                        problems.push(format!("{cname}: --extra-create-metadata=true missing"));
-                    }
-                    if !is_node
-                        && !image.contains("registrar")
-                        && flag_value(&args, "leader-election") != Some("true")
-                    {
-                        problems.push(format!("{cname}: --leader-election=true missing"));
-                    }
-                    if image.contains("csi-node-driver-registrar") {
-                        let want = format!("/var/lib/kubelet/plugins/{driver_name}/csi.sock");
-                        if flag_value(&args, "kubelet-registration-path") != Some(want.as_str()) {
-                            problems.push(format!(
-                                "{cname}: --kubelet-registration-path is not {want}"
-                            ));
-                        }
-                        match volume_for(pod, c, "/registration") {
-                            Some((_, v))
-                                if v["hostPath"]["path"] == "/var/lib/kubelet/plugins_registry" => {
-                            }
-                            _ => problems.push(format!(
-                                "{cname}: /registration is not the kubelet's plugins_registry"
-                            )),
-                        }
-                    }
-                } else {
-                    problems.push(format!("{cname}: unexpected image {image}"));
-                }
-            }
-            // Everything talks to the driver's socket, through the same volume.
-            let Some(ep) = driver_endpoint else {
-                problems.push(format!("{wname}: no ferroceph driver container"));
-                continue;
-            };
-            for (cname, sock) in sidecar_endpoints {
-                if sock.as_deref() != Some(ep.as_str()) {
-                    problems.push(format!(
-                        "{cname}: talks to {sock:?}, the driver listens on {ep}"
-                    ));
-                }
-            }
-            let mut want: Vec<&str> = if is_node {
-                vec!["csi-node-driver-registrar", "ferroceph"]
-            } else {
-                vec![
-                    "csi-provisioner",
-                    "csi-resizer",
-                    "csi-snapshotter",
-                    "ferroceph",
-                ]
-            };
-            if attach_required && !is_node {
-                // without it, VolumeAttachments stay unattached and no pod starts
-                want.push("csi-attacher");
-            }
-            for w in want {
-                if !images.contains(w) {
-                    problems.push(format!("{wname}: no {w} container"));
-                }
-            }
-            if images.contains("csi-attacher") && (!attach_required || is_node) {
-                problems.push(format!(
-                    "{wname}: csi-attacher is not needed here (attachRequired {attach_required})"
-                ));
-            }
+            check_workload(
+                docs,
+                driver,
+                &driver_name,
+                attach_required,
+                w,
+                &mut problems,
+            );
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The pod of one Deployment or DaemonSet of a driver's kustomization.
+#[derive(Clone, Copy)]
+struct Pod<'a> {
+    docs: &'a [Value],
+    driver: &'a str,
+    driver_name: &'a str,
+    is_node: bool,
+    pod: &'a Value,
+}
+
+/// One Deployment or DaemonSet: its service account is shipped, every container has memory
+/// requests and limits and fitting flags, everything talks to the driver's socket, and the
+/// containers are the ones the workload needs.
+fn check_workload(
+    docs: &[Value],
+    driver: &str,
+    driver_name: &str,
+    attach_required: bool,
+    w: &Value,
+    problems: &mut Vec<String>,
+) {
+    let wname = format!("{driver}/{}", s(&w["metadata"]["name"]));
+    let is_node = w["kind"] == "DaemonSet";
+    let pod = &w["spec"]["template"]["spec"];
+    let containers: Vec<&Value> = pod["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .collect();
+    let sa = s(&pod["serviceAccountName"]);
+    if named(docs, "ServiceAccount", sa).is_none() {
+        problems.push(format!("{wname}: service account {sa:?} is not shipped"));
+    }
+    let mut driver_endpoint = None;
+    let mut sidecar_endpoints = Vec::new();
+    let mut images = BTreeSet::new();
+    for c in &containers {
+        let cname = format!("{wname}/{}", s(&c["name"]));
+        let image = s(&c["image"]);
+        images.insert(
+            image
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        );
+        for r in ["requests", "limits"] {
+            if c["resources"][r]["memory"].is_null() {
+                problems.push(format!("{cname}: no memory {r}"));
+            }
+        }
+        let args = match expanded_args(c) {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(format!("{cname}: {e}"));
+                continue;
+            }
+        };
+        let p = Pod {
+            docs,
+            driver,
+            driver_name,
+            is_node,
+            pod,
+        };
+        if is_ours(image) {
+            check_our_container(
+                &p,
+                c,
+                &cname,
+                &args,
+                &mut driver_endpoint,
+                &mut sidecar_endpoints,
+                problems,
+            );
+        } else if let Some(allowed) = sidecar_flags(image) {
+            check_sidecar(
+                &p,
+                c,
+                &cname,
+                allowed,
+                &args,
+                &mut sidecar_endpoints,
+                problems,
+            );
+        } else {
+            problems.push(format!("{cname}: unexpected image {image}"));
+        }
+    }
+    // Everything talks to the driver's socket, through the same volume.
+    let Some(ep) = driver_endpoint else {
+        problems.push(format!("{wname}: no ferroceph driver container"));
+        return;
+    };
+    for (cname, sock) in sidecar_endpoints {
+        if sock.as_deref() != Some(ep.as_str()) {
+            problems.push(format!(
+                "{cname}: talks to {sock:?}, the driver listens on {ep}"
+            ));
+        }
+    }
+    let mut want: Vec<&str> = if is_node {
+        vec!["csi-node-driver-registrar", "ferroceph"]
+    } else {
+        vec![
+            "csi-provisioner",
+            "csi-resizer",
+            "csi-snapshotter",
+            "ferroceph",
+        ]
+    };
+    if attach_required && !is_node {
+        // without it, VolumeAttachments stay unattached and no pod starts
+        want.push("csi-attacher");
+    }
+    for w in want {
+        if !images.contains(w) {
+            problems.push(format!("{wname}: no {w} container"));
+        }
+    }
+    if images.contains("csi-attacher") && (!attach_required || is_node) {
+        problems.push(format!(
+            "{wname}: csi-attacher is not needed here (attachRequired {attach_required})"
+        ));
+    }
+}
+
+/// A ferroceph container: every flag goes through the real parser; the driver container
+/// names the driver and its role, reads the shipped cluster map, keeps keys in memory and
+/// declares its metrics port. Records the endpoints it serves or probes.
+fn check_our_container(
+    p: &Pod<'_>,
+    c: &Value,
+    cname: &str,
+    args: &[String],
+    driver_endpoint: &mut Option<String>,
+    sidecar_endpoints: &mut Vec<(String, Option<String>)>,
+    problems: &mut Vec<String>,
+) {
+    let Pod {
+        docs,
+        driver,
+        driver_name,
+        is_node,
+        pod,
+    } = *p;
+    // Every flag, with its value, through the real parser.
+    let (ok, _, err) = run(Command::new(bin()).args(args).arg("--help"));
+    if !ok {
+        problems.push(format!(
+            "{cname}: ferroceph rejects {args:?}: {}",
+            err.trim()
+        ));
+    }
+    for a in args {
+        let (ok, _, err) = run(Command::new(bin()).arg(a).arg("--help"));
+        if !ok {
+            problems.push(format!("{cname}: ferroceph rejects {a}: {}", err.trim()));
+        }
+    }
+    let ty = flag_value(args, "type").unwrap_or("");
+    let endpoint = flag_value(args, "endpoint").map(socket_path);
+    match ty {
+        "liveness" => {
+            if flag_value(args, "metricsport").is_none() {
+                problems.push(format!("{cname}: liveness without --metricsport"));
+            }
+            sidecar_endpoints.push((cname.to_string(), endpoint.clone()));
+        }
+        t if t == driver => {
+            if flag_value(args, "drivername") != Some(driver_name) {
+                problems.push(format!("{cname}: --drivername is not {driver_name}"));
+            }
+            let role = if is_node {
+                "nodeserver"
+            } else {
+                "controllerserver"
+            };
+            if flag_value(args, role) != Some("true") {
+                problems.push(format!("{cname}: --{role}=true missing"));
+            }
+            if is_node && !matches!(flag_value(args, "nodeid"), Some(n) if !n.is_empty()) {
+                problems.push(format!("{cname}: no --nodeid"));
+            }
+            *driver_endpoint = endpoint.clone();
+            // The cluster map comes from the shipped ConfigMap.
+            let cfg = flag_value(args, "configpath").unwrap_or("/etc/ceph-csi-config/config.json");
+            match volume_for(pod, c, cfg) {
+                Some((_, v)) if named(docs, "ConfigMap", s(&v["configMap"]["name"])).is_some() => {}
+                _ => problems.push(format!("{cname}: {cfg} is not a shipped ConfigMap")),
+            }
+            let keys = flag_value(args, "keysdir").unwrap_or("/tmp/csi/keys");
+            match volume_for(pod, c, keys) {
+                Some((_, v)) if v["emptyDir"]["medium"] == "Memory" => {}
+                _ => problems.push(format!(
+                    "{cname}: --keysdir {keys} is not a memory-backed emptyDir"
+                )),
+            }
+            // The metrics port is declared.
+            let port = flag_value(args, "metricsport").unwrap_or("8080");
+            let declared = c["ports"].as_array().into_iter().flatten().any(|p| {
+                p["containerPort"]
+                    .as_u64()
+                    .map(|n| n.to_string())
+                    .as_deref()
+                    == Some(port)
+            });
+            if !declared {
+                problems.push(format!("{cname}: metrics port {port} not declared"));
+            }
+            if is_node {
+                check_node_plugin(cname, pod, c, driver_name, problems);
+            } else if c["securityContext"]["privileged"] == true {
+                problems.push(format!("{cname}: the controller needs no privileges"));
+            }
+        }
+        other => problems.push(format!(
+            "{cname}: --type={other} in the {driver} kustomization"
+        )),
+    }
+}
+
+/// A kubernetes-csi sidecar: a pinned image, only documented flags, the settings our
+/// deployment relies on. Records the endpoint it talks to.
+fn check_sidecar(
+    p: &Pod<'_>,
+    c: &Value,
+    cname: &str,
+    allowed: &[&str],
+    args: &[String],
+    sidecar_endpoints: &mut Vec<(String, Option<String>)>,
+    problems: &mut Vec<String>,
+) {
+    let Pod {
+        driver_name,
+        is_node,
+        pod,
+        ..
+    } = *p;
+    let image = s(&c["image"]);
+    if image.ends_with(":latest") || image.contains(":canary") || !image.contains(':') {
+        problems.push(format!("{cname}: image {image} is not pinned"));
+    }
+    for a in args {
+        match flag_name(a) {
+            Some(f) if allowed.contains(&f) => {}
+            _ => problems.push(format!("{cname}: {a} is not a documented {image} flag")),
+        }
+    }
+    if let Some(addr) = flag_value(args, "csi-address") {
+        sidecar_endpoints.push((cname.to_string(), Some(socket_path(addr))));
+    }
+    if image.contains("csi-provisioner")
+        && flag_value(args, "extra-create-metadata") != Some("true")
+    {
+        problems.push(format!("{cname}: --extra-create-metadata=true missing"));
+    }
+    if !is_node
+        && !image.contains("registrar")
+        && flag_value(args, "leader-election") != Some("true")
+    {
+        problems.push(format!("{cname}: --leader-election=true missing"));
+    }
+    if image.contains("csi-node-driver-registrar") {
+        let want = format!("/var/lib/kubelet/plugins/{driver_name}/csi.sock");
+        if flag_value(args, "kubelet-registration-path") != Some(want.as_str()) {
+            problems.push(format!(
+                "{cname}: --kubelet-registration-path is not {want}"
+            ));
+        }
+        match volume_for(pod, c, "/registration") {
+            Some((_, v)) if v["hostPath"]["path"] == "/var/lib/kubelet/plugins_registry" => {}
+            _ => problems.push(format!(
+                "{cname}: /registration is not the kubelet's plugins_registry"
+            )),
+        }
+    }
 }
 
 fn check_node_plugin(
