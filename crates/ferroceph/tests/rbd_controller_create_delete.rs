@@ -15,79 +15,7 @@ async fn validation_errors_name_what_to_fix() {
     let d = Driver::rbd();
     let mut ctl = d.controller().await;
     let name = unique("pvc-bad");
-    let check = |r: Result<tonic::Response<pb::CreateVolumeResponse>, tonic::Status>,
-                 code: Code,
-                 needle: &str| {
-        let e = r.unwrap_err();
-        assert_eq!(e.code(), code, "{}", e.message());
-        assert!(
-            e.message().contains(needle),
-            "{:?} lacks {needle:?}",
-            e.message()
-        );
-    };
-    let mut r = create_req(&name, MIB);
-    r.parameters.insert("imageFormat".into(), "1".into());
-    check(
-        ctl.create_volume(r).await,
-        Code::InvalidArgument,
-        "imageFormat",
-    );
-    let mut r = create_req(&name, MIB);
-    r.parameters.insert("tpyo".into(), "1".into());
-    check(ctl.create_volume(r).await, Code::InvalidArgument, "tpyo");
-    let mut r = create_req(&name, MIB);
-    r.secrets.clear();
-    check(ctl.create_volume(r).await, Code::InvalidArgument, "userKey");
-    let mut r = create_req(&name, MIB);
-    r.volume_capabilities = vec![mount_cap(Mode::MultiNodeMultiWriter)];
-    check(
-        ctl.create_volume(r).await,
-        Code::InvalidArgument,
-        "MULTI_NODE_MULTI_WRITER",
-    );
-    let mut r = create_req(&name, MIB);
-    r.volume_capabilities.clear();
-    check(
-        ctl.create_volume(r).await,
-        Code::InvalidArgument,
-        "volume_capabilities",
-    );
-    let mut r = create_req(&name, MIB);
-    r.capacity_range = Some(pb::CapacityRange {
-        required_bytes: 10 * MIB,
-        limit_bytes: 5 * MIB,
-    });
-    check(ctl.create_volume(r).await, Code::OutOfRange, "limit_bytes");
-    let mut r = create_req(&name, MIB);
-    r.parameters.insert("pool".into(), "no-such-pool".into());
-    check(
-        ctl.create_volume(r).await,
-        Code::InvalidArgument,
-        "no-such-pool",
-    );
-    let mut r = create_req(&name, MIB);
-    r.parameters
-        .insert("clusterID".into(), "unknown-cluster".into());
-    check(
-        ctl.create_volume(r).await,
-        Code::InvalidArgument,
-        "unknown-cluster",
-    );
-    let mut r = create_req("", MIB);
-    r.name.clear();
-    check(ctl.create_volume(r).await, Code::InvalidArgument, "name");
-    let mut r = create_req(&name, MIB);
-    r.secrets.insert(
-        "userKey".into(),
-        "AQBgarbagegarbagegarbagegarbagegarbage==".into(),
-    );
-    let e = ctl.create_volume(r).await.unwrap_err();
-    assert!(
-        matches!(e.code(), Code::PermissionDenied | Code::InvalidArgument),
-        "{e:?}"
-    );
-    assert!(!image_exists(&format!("csi-vol-{name}")));
+    create_volume_refusals(&mut ctl, &name).await;
 
     // block multi-writer is fine; mount multi-writer was refused above
     let mut r = create_req(&name, MIB);
@@ -99,7 +27,94 @@ async fn validation_errors_name_what_to_fix() {
         .into_inner()
         .volume
         .unwrap();
-    // Validate: supported and unsupported capabilities; unknown volume → NotFound
+    validate_capabilities_and_unknown_ids(&mut ctl, &v).await;
+    ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
+}
+
+/// The controller client of these tests.
+type Ctl = pb::controller_client::ControllerClient<tonic::transport::Channel>;
+
+/// CreateVolume requests that are wrong in one way each: the error has the right code and
+/// names what to fix, and nothing is created.
+async fn create_volume_refusals(ctl: &mut Ctl, name: &str) {
+    let check = |r: Result<tonic::Response<pb::CreateVolumeResponse>, tonic::Status>,
+                 code: Code,
+                 needle: &str| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), code, "{}", e.message());
+        assert!(
+            e.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            e.message()
+        );
+    };
+    let mut r = create_req(name, MIB);
+    r.parameters.insert("imageFormat".into(), "1".into());
+    check(
+        ctl.create_volume(r).await,
+        Code::InvalidArgument,
+        "imageFormat",
+    );
+    let mut r = create_req(name, MIB);
+    r.parameters.insert("tpyo".into(), "1".into());
+    check(ctl.create_volume(r).await, Code::InvalidArgument, "tpyo");
+    let mut r = create_req(name, MIB);
+    r.secrets.clear();
+    check(ctl.create_volume(r).await, Code::InvalidArgument, "userKey");
+    let mut r = create_req(name, MIB);
+    r.volume_capabilities = vec![mount_cap(Mode::MultiNodeMultiWriter)];
+    check(
+        ctl.create_volume(r).await,
+        Code::InvalidArgument,
+        "MULTI_NODE_MULTI_WRITER",
+    );
+    let mut r = create_req(name, MIB);
+    r.volume_capabilities.clear();
+    check(
+        ctl.create_volume(r).await,
+        Code::InvalidArgument,
+        "volume_capabilities",
+    );
+    let mut r = create_req(name, MIB);
+    r.capacity_range = Some(pb::CapacityRange {
+        required_bytes: 10 * MIB,
+        limit_bytes: 5 * MIB,
+    });
+    check(ctl.create_volume(r).await, Code::OutOfRange, "limit_bytes");
+    let mut r = create_req(name, MIB);
+    r.parameters.insert("pool".into(), "no-such-pool".into());
+    check(
+        ctl.create_volume(r).await,
+        Code::InvalidArgument,
+        "no-such-pool",
+    );
+    let mut r = create_req(name, MIB);
+    r.parameters
+        .insert("clusterID".into(), "unknown-cluster".into());
+    check(
+        ctl.create_volume(r).await,
+        Code::InvalidArgument,
+        "unknown-cluster",
+    );
+    let mut r = create_req("", MIB);
+    r.name.clear();
+    check(ctl.create_volume(r).await, Code::InvalidArgument, "name");
+    let mut r = create_req(name, MIB);
+    r.secrets.insert(
+        "userKey".into(),
+        "AQBgarbagegarbagegarbagegarbagegarbage==".into(),
+    );
+    let e = ctl.create_volume(r).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::PermissionDenied | Code::InvalidArgument),
+        "{e:?}"
+    );
+    assert!(!image_exists(&format!("csi-vol-{name}")));
+}
+
+/// ValidateVolumeCapabilities on `v`: supported and unsupported capabilities; on an
+/// unknown volume NotFound. Unknown ids: deletes succeed, snapshot and restore say NotFound.
+async fn validate_capabilities_and_unknown_ids(ctl: &mut Ctl, v: &pb::Volume) {
     let ok = ctl
         .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
             volume_id: v.volume_id.clone(),
@@ -158,7 +173,6 @@ async fn validation_errors_name_what_to_fix() {
         Code::NotFound
     );
     ctl.delete_snapshot(del_snap_req(&fake)).await.unwrap();
-    ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
 }
 
 #[tokio::test]
