@@ -217,10 +217,15 @@ fn containerfile_is_buildable_on_debian_bookworm() {
             st.from
         );
     }
+    assert_packages_in_bookworm(&stages);
+    let copies = assert_runtime_runs_the_built_binary(&stages, runtime);
+    assert_runtime_has_every_tool(runtime, &copies);
+}
 
-    // Every package of every stage exists in bookworm.
+/// Every package of every stage exists in bookworm.
+fn assert_packages_in_bookworm(stages: &[Stage]) {
     let mut missing = Vec::new();
-    for st in &stages {
+    for st in stages {
         for p in apt_packages(st) {
             let (ok, out, _) =
                 run(Command::new("apt-cache").args(["show", "--no-all-versions", &p]));
@@ -233,8 +238,14 @@ fn containerfile_is_buildable_on_debian_bookworm() {
         missing.is_empty(),
         "not in Debian bookworm (or apt's lists are missing: apt-get update): {missing:?}"
     );
+}
 
-    // The build stage builds the binary the runtime stage runs.
+/// The build stage builds the binary the runtime stage runs. Returns the runtime stage's
+/// COPY instructions, split into words.
+fn assert_runtime_runs_the_built_binary<'a>(
+    stages: &[Stage],
+    runtime: &'a Stage,
+) -> Vec<Vec<&'a str>> {
     let build = stages
         .iter()
         .find(|s| s.name.as_deref() == Some("build"))
@@ -281,8 +292,12 @@ fn containerfile_is_buildable_on_debian_bookworm() {
     for src in ["Cargo.toml", "Cargo.lock", "crates"] {
         assert!(workspace().join(src).exists(), "COPY source {src} missing");
     }
+    copies
+}
 
-    // Runtime packages: no ceph-common (too big); everything the tools need is there.
+/// Runtime packages: no ceph-common (too big); everything the tools need is there, and
+/// binaries copied from other stages link only libraries of installed packages.
+fn assert_runtime_has_every_tool(runtime: &Stage, copies: &[Vec<&str>]) {
     let runtime_pkgs = apt_packages(runtime);
     assert!(
         !runtime_pkgs.iter().any(|p| p == "ceph-common"),
