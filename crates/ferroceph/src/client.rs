@@ -184,7 +184,24 @@ pub fn build_request(
     args: &ClientArgs,
     stdin: impl FnOnce() -> String,
 ) -> anyhow::Result<Value> {
-    let mut req = match args.json.as_deref() {
+    let mut req = base_request(args, stdin)?;
+    set_flag_fields(rpc, args, &mut req);
+    set_capability(rpc, args, &mut req);
+    if let Some(path) = &args.secrets_file {
+        if !takes_secrets(rpc) {
+            anyhow::bail!("{rpc} carries no secrets; drop --secrets-file");
+        }
+        req.insert("secrets".into(), Value::Object(read_secrets(path)?));
+    }
+    Ok(Value::Object(req))
+}
+
+/// The request `--json` gives (`-` reads it from stdin), or an empty one.
+fn base_request(
+    args: &ClientArgs,
+    stdin: impl FnOnce() -> String,
+) -> anyhow::Result<Map<String, Value>> {
+    Ok(match args.json.as_deref() {
         None => Map::new(),
         Some(text) => {
             let text = if text == "-" {
@@ -198,7 +215,12 @@ pub fn build_request(
                 Err(e) => anyhow::bail!("--json is not valid JSON: {e}"),
             }
         }
-    };
+    })
+}
+
+/// The fields the flags set (`--name`, `--volume-id`, ...), overriding `--json`; where a
+/// flag lands depends on the RPC.
+fn set_flag_fields(rpc: &str, args: &ClientArgs, req: &mut Map<String, Value>) {
     let mut set = |k: &str, v: Value| {
         req.insert(k.to_string(), v);
     };
@@ -270,6 +292,11 @@ pub fn build_request(
     if args.readonly {
         set("readonly", json!(true));
     }
+}
+
+/// The volume capability (or capabilities) of the RPCs that take one: built from the
+/// flags when any is given, or a default when the request lacks it.
+fn set_capability(rpc: &str, args: &ClientArgs, req: &mut Map<String, Value>) {
     let cap_given = args.access_mode.is_some()
         || args.block
         || args.fs_type.is_some()
@@ -301,13 +328,6 @@ pub fn build_request(
             req.insert("volumeCapability".into(), cap);
         }
     }
-    if let Some(path) = &args.secrets_file {
-        if !takes_secrets(rpc) {
-            anyhow::bail!("{rpc} carries no secrets; drop --secrets-file");
-        }
-        req.insert("secrets".into(), Value::Object(read_secrets(path)?));
-    }
-    Ok(Value::Object(req))
 }
 
 /// Connects to a unix-socket endpoint.

@@ -115,22 +115,8 @@ pub fn run(args: FuseExportArgs) -> i32 {
         Ok(k) => k,
         Err(e) => return fail("InvalidArgument", &e),
     };
-    let cfg = rados::ConnectConfig::new(
-        args.monitors
-            .split(',')
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-            .map(str::to_string)
-            .collect::<Vec<_>>(),
-        args.user.clone(),
-        key,
-    )
-    .with_timeout(args.timeout);
-    let what = if args.namespace.is_empty() {
-        format!("{}/{}", args.pool, args.image)
-    } else {
-        format!("{}/{}/{}", args.pool, args.namespace, args.image)
-    };
+    let cfg = connect_config(&args, key);
+    let what = image_label(&args);
     let (image, client_id) = match open_image(&cfg, &args) {
         Ok(i) => i,
         Err(e) => return fail(code_of(&e), &e.to_string()),
@@ -147,6 +133,72 @@ pub fn run(args: FuseExportArgs) -> i32 {
             &format!("cannot create {}: {e}", args.mountpoint.display()),
         );
     }
+    let fs = RbdFile {
+        image,
+        read_only: args.read_only,
+        size: AtomicU64::new(size),
+        created: SystemTime::now(),
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        read_fault: std::env::var_os(READ_FAULT_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+    };
+    let session = match fuser::Session::new(fs, &args.mountpoint, &mount_config(&args, &what)) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(
+                "Internal",
+                &format!("cannot mount FUSE on {}: {e}", args.mountpoint.display()),
+            )
+        }
+    };
+
+    if let Err(e) = spawn_signal_thread(signals, args.mountpoint.clone()) {
+        return fail("Internal", &format!("cannot start the signal thread: {e}"));
+    }
+
+    tracing::info!(image = %what, size, read_only = args.read_only, mountpoint = %args.mountpoint.display(), "serving");
+    announce_ready(client_id);
+
+    match session.run() {
+        Ok(()) => {
+            tracing::info!("unmounted; exiting");
+            0
+        }
+        Err(e) => {
+            tracing::error!("FUSE session ended with an error: {e}");
+            1
+        }
+    }
+}
+
+/// The cluster connection the arguments describe.
+fn connect_config(args: &FuseExportArgs, key: String) -> rados::ConnectConfig {
+    rados::ConnectConfig::new(
+        args.monitors
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+        args.user.clone(),
+        key,
+    )
+    .with_timeout(args.timeout)
+}
+
+/// `pool/image` or `pool/namespace/image`, for the mount's source and the logs.
+fn image_label(args: &FuseExportArgs) -> String {
+    if args.namespace.is_empty() {
+        format!("{}/{}", args.pool, args.image)
+    } else {
+        format!("{}/{}/{}", args.pool, args.namespace, args.image)
+    }
+}
+
+/// Mount options and worker threads of the FUSE session.
+fn mount_config(args: &FuseExportArgs, what: &str) -> fuser::Config {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("ferroceph:{what}")),
@@ -161,41 +213,26 @@ pub fn run(args: FuseExportArgs) -> i32 {
         },
     ];
     config.n_threads = Some(args.threads.clamp(1, 64));
-    let fs = RbdFile {
-        image,
-        read_only: args.read_only,
-        size: AtomicU64::new(size),
-        created: SystemTime::now(),
-        uid: nix::unistd::getuid().as_raw(),
-        gid: nix::unistd::getgid().as_raw(),
-        read_fault: std::env::var_os(READ_FAULT_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from),
-    };
-    let session = match fuser::Session::new(fs, &args.mountpoint, &config) {
-        Ok(s) => s,
-        Err(e) => {
-            return fail(
-                "Internal",
-                &format!("cannot mount FUSE on {}: {e}", args.mountpoint.display()),
-            )
-        }
-    };
+    config
+}
 
-    let dir = args.mountpoint.clone();
-    let spawned = std::thread::Builder::new()
+/// A thread that waits for SIGTERM, SIGINT or SIGHUP (blocked in every thread) and then
+/// unmounts `dir`, which ends the FUSE session.
+fn spawn_signal_thread(signals: nix::sys::signal::SigSet, dir: PathBuf) -> std::io::Result<()> {
+    std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Ok(sig) = signals.wait() {
                 tracing::info!(signal = %sig, "stopping: unmounting {}", dir.display());
                 unmount_patiently(&dir);
             }
-        });
-    if let Err(e) = spawned {
-        return fail("Internal", &format!("cannot start the signal thread: {e}"));
-    }
+        })
+        .map(|_| ())
+}
 
-    tracing::info!(image = %what, size, read_only = args.read_only, mountpoint = %args.mountpoint.display(), "serving");
+/// Tells the plugin the mount is up (READY and the client id on stdout), then points
+/// stdout at /dev/null.
+fn announce_ready(client_id: u64) {
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{READY} {client_id}");
@@ -204,17 +241,6 @@ pub fn run(args: FuseExportArgs) -> i32 {
     // The plugin stops reading after READY (and may exit): nothing more goes to stdout.
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(&null);
-    }
-
-    match session.run() {
-        Ok(()) => {
-            tracing::info!("unmounted; exiting");
-            0
-        }
-        Err(e) => {
-            tracing::error!("FUSE session ended with an error: {e}");
-            1
-        }
     }
 }
 

@@ -77,82 +77,10 @@ const IGNORED: &[&str] = &[
 
 impl RbdParams {
     pub fn parse(params: &HashMap<String, String>) -> Result<Self, ParamError> {
-        let get = |k: &str| {
-            params
-                .get(k)
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        };
-        for (k, v) in params {
-            let known = matches!(
-                k.as_str(),
-                "clusterID"
-                    | "pool"
-                    | "dataPool"
-                    | "imageFeatures"
-                    | "mounter"
-                    | "mapOptions"
-                    | "unmapOptions"
-                    | "mkfsOptions"
-                    | "volumeNamePrefix"
-                    | "snapshotNamePrefix"
-                    | "stripeUnit"
-                    | "stripeCount"
-                    | "objectSize"
-                    | "monitors"
-                    | "adminId"
-                    | "userId"
-                    | "fsType"
-            ) || k.starts_with("csi.storage.k8s.io/")
-                || IGNORED.contains(&k.as_str());
-            if let Some((_, ok)) = ONLY_DEFAULT.iter().find(|(name, _)| name == k) {
-                if !v.trim().eq_ignore_ascii_case(ok) {
-                    return err(format!(
-                        "parameter {k}={v:?} is not supported by ferroceph; remove it or set it to {ok:?}"
-                    ));
-                }
-                continue;
-            }
-            if !known {
-                return err(format!(
-                    "unknown parameter {k:?}; see the StorageClass parameters in the README"
-                ));
-            }
-        }
-
-        if let Some(f) = get("imageFormat") {
-            if f != "2" {
-                return err(format!(
-                    "imageFormat {f:?} is not supported: only format 2 images exist in current Ceph; set imageFormat: \"2\" or remove it"
-                ));
-            }
-        }
-
-        let monitors: Vec<String> = get("monitors")
-            .map(|m| {
-                m.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let cluster_id = match (get("clusterID"), monitors.is_empty()) {
-            (Some(_), false) => {
-                return err("parameters clusterID and monitors contradict each other: use clusterID (monitors from config.json) or the legacy monitors list, not both")
-            }
-            (Some(id), true) => id,
-            (None, false) => {
-                let joined = monitors.join(",");
-                if joined.len() > MAX_MONITORS_HANDLE {
-                    return err(format!(
-                        "the monitors list is {} bytes, too long to be carried in the volume handle (max {MAX_MONITORS_HANDLE}); add the cluster to config.json and use clusterID",
-                        joined.len()
-                    ));
-                }
-                joined
-            }
-            (None, true) => return err("missing parameter clusterID (or the legacy monitors list)"),
-        };
+        let get = |k: &str| param(params, k);
+        check_known_keys(params)?;
+        check_image_format(params)?;
+        let (cluster_id, monitors) = cluster_and_monitors(params)?;
         let pool = match get("pool") {
             Some(p) => p,
             None if get("clusterID").is_none() => "rbd".to_string(), // in-tree default
@@ -160,82 +88,15 @@ impl RbdParams {
         };
 
         let features = parse_features(get("imageFeatures").as_deref().unwrap_or(DEFAULT_FEATURES))?;
-
-        let mounter = get("mounter");
-        if let Some(m) = &mounter {
-            if !matches!(m.as_str(), "krbd" | "rbd-nbd" | "nbd" | "fuse" | "auto") {
-                return err(format!(
-                    "mounter {m:?} is not known: use krbd, rbd-nbd, fuse or auto"
-                ));
-            }
-        }
-
-        let fs_csi = get("csi.storage.k8s.io/fstype");
-        let fs_legacy = get("fsType");
-        let fs_type = match (fs_csi, fs_legacy) {
-            (Some(a), Some(b)) if a != b => {
-                return err(format!(
-                    "csi.storage.k8s.io/fstype {a:?} and fsType {b:?} contradict each other"
-                ))
-            }
-            (a, b) => a.or(b),
-        };
-        if let Some(fs) = &fs_type {
-            if !matches!(fs.as_str(), "ext4" | "xfs" | "ext3") {
-                return err(format!("fsType {fs:?} is not supported: use ext4 or xfs"));
-            }
-        }
-
-        let number = |k: &str| -> Result<Option<u64>, ParamError> {
-            match get(k) {
-                None => Ok(None),
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(Some(n)),
-                    _ => err(format!(
-                        "parameter {k}={v:?} must be a positive number of bytes"
-                    )),
-                },
-            }
-        };
-        let stripe_unit = number("stripeUnit")?;
-        let stripe_count = number("stripeCount")?;
-        let object_size = number("objectSize")?;
-        if let Some(os) = object_size {
-            if !os.is_power_of_two() || !(4096..=(32 << 20)).contains(&os) {
-                return err(format!(
-                    "objectSize {os} must be a power of two between 4096 and 33554432"
-                ));
-            }
-        }
-        if stripe_unit.is_some() != stripe_count.is_some() {
-            return err("stripeUnit and stripeCount must be given together");
-        }
-        if let (Some(su), Some(os)) = (stripe_unit, object_size) {
-            if su > os || os % su != 0 {
-                return err(format!("stripeUnit {su} must divide objectSize {os}"));
-            }
-        }
-
-        for k in ["volumeNamePrefix", "snapshotNamePrefix"] {
-            if let Some(p) = get(k) {
-                if p.contains('/') || p.contains('@') || p.len() > 64 {
-                    return err(format!(
-                        "{k} {p:?} must not contain '/' or '@' and must be at most 64 bytes"
-                    ));
-                }
-            }
-        }
-
-        if let Some(mo) = get("mkfsOptions") {
-            crate::options::check_mkfs(fs_type.as_deref().unwrap_or("ext4"), &mo)
-                .map_err(|e| ParamError(e.message()))?;
-        }
-        if let Some(mo) = get("mapOptions") {
-            parse_map_options(&mo)?;
-        }
-        if let Some(mo) = get("unmapOptions") {
-            parse_map_options(&mo)?;
-        }
+        let mounter = parse_mounter(params)?;
+        let fs_type = parse_fs_type(params)?;
+        let Striping {
+            stripe_unit,
+            stripe_count,
+            object_size,
+        } = parse_striping(params)?;
+        check_name_prefixes(params)?;
+        check_tool_options(params, fs_type.as_deref())?;
 
         Ok(RbdParams {
             cluster_id,
@@ -288,6 +149,211 @@ impl RbdParams {
         }
         ctx
     }
+}
+
+/// A parameter's value, trimmed; an empty value counts as absent.
+fn param(params: &HashMap<String, String>, k: &str) -> Option<String> {
+    params
+        .get(k)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Every key is one we parse, one the CO or ceph-csi sets that we ignore, or one only
+/// supported at its default value.
+fn check_known_keys(params: &HashMap<String, String>) -> Result<(), ParamError> {
+    for (k, v) in params {
+        let known = matches!(
+            k.as_str(),
+            "clusterID"
+                | "pool"
+                | "dataPool"
+                | "imageFeatures"
+                | "mounter"
+                | "mapOptions"
+                | "unmapOptions"
+                | "mkfsOptions"
+                | "volumeNamePrefix"
+                | "snapshotNamePrefix"
+                | "stripeUnit"
+                | "stripeCount"
+                | "objectSize"
+                | "monitors"
+                | "adminId"
+                | "userId"
+                | "fsType"
+        ) || k.starts_with("csi.storage.k8s.io/")
+            || IGNORED.contains(&k.as_str());
+        if let Some((_, ok)) = ONLY_DEFAULT.iter().find(|(name, _)| name == k) {
+            if !v.trim().eq_ignore_ascii_case(ok) {
+                return err(format!(
+                    "parameter {k}={v:?} is not supported by ferroceph; remove it or set it to {ok:?}"
+                ));
+            }
+            continue;
+        }
+        if !known {
+            return err(format!(
+                "unknown parameter {k:?}; see the StorageClass parameters in the README"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_image_format(params: &HashMap<String, String>) -> Result<(), ParamError> {
+    if let Some(f) = param(params, "imageFormat") {
+        if f != "2" {
+            return err(format!(
+                "imageFormat {f:?} is not supported: only format 2 images exist in current Ceph; set imageFormat: \"2\" or remove it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The cluster ID and the legacy monitors list (empty when the cluster comes from
+/// config.json); with a monitors list, the cluster ID is the joined list.
+fn cluster_and_monitors(
+    params: &HashMap<String, String>,
+) -> Result<(String, Vec<String>), ParamError> {
+    let get = |k: &str| param(params, k);
+    let monitors: Vec<String> = get("monitors")
+        .map(|m| {
+            m.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let cluster_id = match (get("clusterID"), monitors.is_empty()) {
+        (Some(_), false) => {
+            return err("parameters clusterID and monitors contradict each other: use clusterID (monitors from config.json) or the legacy monitors list, not both")
+        }
+        (Some(id), true) => id,
+        (None, false) => {
+            let joined = monitors.join(",");
+            if joined.len() > MAX_MONITORS_HANDLE {
+                return err(format!(
+                    "the monitors list is {} bytes, too long to be carried in the volume handle (max {MAX_MONITORS_HANDLE}); add the cluster to config.json and use clusterID",
+                    joined.len()
+                ));
+            }
+            joined
+        }
+        (None, true) => return err("missing parameter clusterID (or the legacy monitors list)"),
+    };
+    Ok((cluster_id, monitors))
+}
+
+fn parse_mounter(params: &HashMap<String, String>) -> Result<Option<String>, ParamError> {
+    let mounter = param(params, "mounter");
+    if let Some(m) = &mounter {
+        if !matches!(m.as_str(), "krbd" | "rbd-nbd" | "nbd" | "fuse" | "auto") {
+            return err(format!(
+                "mounter {m:?} is not known: use krbd, rbd-nbd, fuse or auto"
+            ));
+        }
+    }
+    Ok(mounter)
+}
+
+/// The filesystem type from `csi.storage.k8s.io/fstype` or the legacy `fsType`.
+fn parse_fs_type(params: &HashMap<String, String>) -> Result<Option<String>, ParamError> {
+    let get = |k: &str| param(params, k);
+    let fs_csi = get("csi.storage.k8s.io/fstype");
+    let fs_legacy = get("fsType");
+    let fs_type = match (fs_csi, fs_legacy) {
+        (Some(a), Some(b)) if a != b => {
+            return err(format!(
+                "csi.storage.k8s.io/fstype {a:?} and fsType {b:?} contradict each other"
+            ))
+        }
+        (a, b) => a.or(b),
+    };
+    if let Some(fs) = &fs_type {
+        if !matches!(fs.as_str(), "ext4" | "xfs" | "ext3") {
+            return err(format!("fsType {fs:?} is not supported: use ext4 or xfs"));
+        }
+    }
+    Ok(fs_type)
+}
+
+/// stripeUnit, stripeCount and objectSize, in bytes.
+struct Striping {
+    stripe_unit: Option<u64>,
+    stripe_count: Option<u64>,
+    object_size: Option<u64>,
+}
+
+/// The striping parameters, each a positive number of bytes, consistent with each other.
+fn parse_striping(params: &HashMap<String, String>) -> Result<Striping, ParamError> {
+    let get = |k: &str| param(params, k);
+    let number = |k: &str| -> Result<Option<u64>, ParamError> {
+        match get(k) {
+            None => Ok(None),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => err(format!(
+                    "parameter {k}={v:?} must be a positive number of bytes"
+                )),
+            },
+        }
+    };
+    let stripe_unit = number("stripeUnit")?;
+    let stripe_count = number("stripeCount")?;
+    let object_size = number("objectSize")?;
+    if let Some(os) = object_size {
+        if !os.is_power_of_two() || !(4096..=(32 << 20)).contains(&os) {
+            return err(format!(
+                "objectSize {os} must be a power of two between 4096 and 33554432"
+            ));
+        }
+    }
+    if stripe_unit.is_some() != stripe_count.is_some() {
+        return err("stripeUnit and stripeCount must be given together");
+    }
+    if let (Some(su), Some(os)) = (stripe_unit, object_size) {
+        if su > os || os % su != 0 {
+            return err(format!("stripeUnit {su} must divide objectSize {os}"));
+        }
+    }
+    Ok(Striping {
+        stripe_unit,
+        stripe_count,
+        object_size,
+    })
+}
+
+fn check_name_prefixes(params: &HashMap<String, String>) -> Result<(), ParamError> {
+    for k in ["volumeNamePrefix", "snapshotNamePrefix"] {
+        if let Some(p) = param(params, k) {
+            if p.contains('/') || p.contains('@') || p.len() > 64 {
+                return err(format!(
+                    "{k} {p:?} must not contain '/' or '@' and must be at most 64 bytes"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// mkfsOptions suit the filesystem; mapOptions and unmapOptions parse.
+fn check_tool_options(
+    params: &HashMap<String, String>,
+    fs_type: Option<&str>,
+) -> Result<(), ParamError> {
+    if let Some(mo) = param(params, "mkfsOptions") {
+        crate::options::check_mkfs(fs_type.unwrap_or("ext4"), &mo)
+            .map_err(|e| ParamError(e.message()))?;
+    }
+    if let Some(mo) = param(params, "mapOptions") {
+        parse_map_options(&mo)?;
+    }
+    if let Some(mo) = param(params, "unmapOptions") {
+        parse_map_options(&mo)?;
+    }
+    Ok(())
 }
 
 /// Parses a comma separated feature list into canonical order, checking dependencies.

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 pub mod cephfs;
+pub mod doctor;
+pub mod manifests;
 pub mod node;
+pub mod rbd_controller;
 mod scratch;
 pub mod vm;
 #[allow(unused_imports)] // not every test binary uses it
