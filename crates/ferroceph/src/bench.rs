@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// /var/tmp/ferroceph-cluster/env). Keeps the keys out of every process environment.
     #[arg(long)]
     pub env_file: Option<PathBuf>,
+    /// Only the RBD CreateVolume/DeleteVolume figures (sequential and concurrent, with
+    /// their floors): a quick check of the provisioning path.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 struct Env {
@@ -337,6 +341,46 @@ async fn delete_many(
     Ok((stats, started.elapsed()))
 }
 
+/// Waits until no image of the volumes `ids` is left in the driver's trash log in `pool`
+/// (each deleted image has left the trash); returns how long that took.
+async fn trash_drained(e: &Arc<Env>, pool: &str, ids: &[String]) -> anyhow::Result<Duration> {
+    let (e, pool) = (e.clone(), pool.to_string());
+    let images: std::collections::HashSet<String> = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "csi-vol-{}",
+                id.get(id.len().saturating_sub(36)..).unwrap_or(id)
+            )
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        let cfg = rados::ConnectConfig::new([e.monitors.clone()], e.user.clone(), e.key.clone());
+        let cluster = rados::Cluster::connect(&cfg)?;
+        let io = cluster.ioctx(&pool, "")?;
+        let started = Instant::now();
+        loop {
+            let left = match io.omap_list("csi.ferroceph.trash.default", "", "", 100_000) {
+                Ok(kv) => kv.iter().any(|(_, v)| {
+                    let v = String::from_utf8_lossy(v);
+                    v.split_once(' ')
+                        .is_some_and(|(_, name)| images.contains(name))
+                }),
+                Err(e) if e.kind() == rados::ErrorKind::NotFound => false,
+                Err(e) => return Err(e.into()),
+            };
+            if !left {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                anyhow::bail!("deleted images still in the trash after 10 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await?
+}
+
 /// The floor: what a create must do in Ceph (directory key, per-volume object with its
 /// keys, image, image id recorded), issued directly, and the reverse for a delete.
 fn floor_create(io: &rados::IoCtx, name: &str) -> anyhow::Result<String> {
@@ -361,15 +405,30 @@ fn floor_create(io: &rados::IoCtx, name: &str) -> anyhow::Result<String> {
     Ok(uuid)
 }
 
-fn floor_delete(io: &rados::IoCtx, name: &str, uuid: &str) -> anyhow::Result<()> {
+/// The floor of what DeleteVolume does before it answers: look at the image (watchers,
+/// id), record the move in a trash log, move the image to the trash, drop the name key and
+/// the per-volume object. Returns the image id for [`floor_remove`].
+fn floor_delete(io: &rados::IoCtx, name: &str, uuid: &str) -> anyhow::Result<String> {
     let image = format!("floor-vol-{uuid}");
-    rados::rbd::remove(io, &image)?;
+    let img = rados::rbd::Image::open_read_only(io, &image)?;
+    anyhow::ensure!(img.watchers()?.is_empty(), "floor image {image} in use");
+    let id = img.id()?;
+    drop(img);
+    io.omap_set("floor.trash", &[(id.as_str(), image.as_bytes())])?;
+    rados::rbd::trash_move(io, &image, 0)?;
     io.omap_remove("floor.volumes", &[format!("floor.volume.{name}").as_str()])?;
     io.remove_object(&format!("floor.volume.{uuid}"))?;
+    Ok(id)
+}
+
+/// The floor of the removal that follows a delete: the image leaves the trash and its
+/// record goes.
+fn floor_remove(io: &rados::IoCtx, id: &str) -> anyhow::Result<()> {
+    rados::rbd::trash_remove(io, id, false)?;
+    io.omap_remove("floor.trash", &[id])?;
     Ok(())
 }
 
-/// (request name, uuid) of the volumes one floor thread made.
 type Made = Vec<(String, String)>;
 
 /// Sequential creates and deletes, driver and floor taking turns one volume at a time, so
@@ -403,8 +462,10 @@ async fn paired_sequential(
             let u = match uuid {
                 None => floor_create(&io, &name)?,
                 Some(u) => {
-                    floor_delete(&io, &name, &u)?;
-                    u
+                    let id = floor_delete(&io, &name, &u)?;
+                    let answered = t.elapsed();
+                    floor_remove(&io, &id)?;
+                    return Ok((u, answered));
                 }
             };
             Ok((u, t.elapsed()))
@@ -429,6 +490,8 @@ async fn paired_sequential(
     for (id, (name, u)) in ids.iter().zip(made) {
         let (s, _) = delete_many(ch, e, std::slice::from_ref(id), 1).await?;
         dd.samples.extend_from_slice(&s.samples);
+        // the floor's delete must not share the cluster with the driver's background removal
+        trash_drained(e, pool, std::slice::from_ref(id)).await?;
         let (_, t) = floor_op(name, Some(u)).await??;
         fd.push(t);
     }
@@ -448,39 +511,61 @@ async fn create_one(
     Ok((v.map(|v| v.volume_id).unwrap_or_default(), t.elapsed()))
 }
 
-/// The concurrent floor: creates/s and deletes/s.
-fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(f64, f64)> {
+/// One phase of the concurrent floor, per thread: create (names), delete (name, uuid) or
+/// remove from the trash (image ids).
+#[derive(Clone)]
+enum FloorWork {
+    Create,
+    Delete(Made),
+    Remove(Vec<String>),
+}
+
+/// Rates of the concurrent floor, per second: creates, deletes answered, and deletes with
+/// the image removed from the trash too.
+struct FloorRates {
+    create: f64,
+    delete: f64,
+    removed: f64,
+}
+
+/// The concurrent floor: `conc` threads, each with its own I/O context, sharing one
+/// connection.
+fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<FloorRates> {
     let cfg = rados::ConnectConfig::new([e.monitors.clone()], e.user.clone(), e.key.clone());
     let cluster = Arc::new(rados::Cluster::connect(&cfg)?);
     let io = cluster.ioctx(pool, "")?;
-    // warm up
     for i in 0..3 {
         let u = floor_create(&io, &format!("warm-{i}"))?;
-        floor_delete(&io, &format!("warm-{i}"), &u)?;
+        let id = floor_delete(&io, &format!("warm-{i}"), &u)?;
+        floor_remove(&io, &id)?;
     }
-    // concurrent: `conc` threads, each with its own io context, sharing one connection
-    let per = n.div_ceil(conc.max(1));
-    let run = |delete: Option<Vec<Made>>| -> anyhow::Result<(f64, Vec<Made>)> {
+    let conc = conc.max(1);
+    let per = n.div_ceil(conc);
+    let run = |work: Vec<FloorWork>| -> anyhow::Result<(f64, Vec<Made>)> {
         let started = Instant::now();
         let mut handles = Vec::new();
-        for t in 0..conc.max(1) {
+        for (t, work) in work.into_iter().enumerate() {
             let cluster = cluster.clone();
             let pool = pool.to_string();
-            let work = delete.as_ref().map(|d| d[t].clone());
             handles.push(std::thread::spawn(move || -> anyhow::Result<Made> {
                 let io = cluster.ioctx(&pool, "")?;
                 let mut out = Vec::new();
                 match work {
-                    None => {
+                    FloorWork::Create => {
                         for i in 0..per {
                             let name = format!("con-{t}-{i}");
                             let u = floor_create(&io, &name)?;
                             out.push((name, u));
                         }
                     }
-                    Some(items) => {
+                    FloorWork::Delete(items) => {
                         for (name, u) in items {
-                            floor_delete(&io, &name, &u)?;
+                            out.push((name.clone(), floor_delete(&io, &name, &u)?));
+                        }
+                    }
+                    FloorWork::Remove(ids) => {
+                        for id in ids {
+                            floor_remove(&io, &id)?;
                         }
                     }
                 }
@@ -494,15 +579,23 @@ fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(f64, f64
                     .map_err(|_| anyhow::anyhow!("floor thread panicked"))??,
             );
         }
-        Ok((
-            (per * conc.max(1)) as f64 / started.elapsed().as_secs_f64(),
-            all,
-        ))
+        Ok((started.elapsed().as_secs_f64(), all))
     };
-    let (create_rate, made) = run(None)?;
-    let (delete_rate, _) = run(Some(made))?;
+    let (create_secs, made) = run(vec![FloorWork::Create; conc])?;
+    let (delete_secs, trashed) = run(made.into_iter().map(FloorWork::Delete).collect())?;
+    let ids = trashed
+        .into_iter()
+        .map(|t| FloorWork::Remove(t.into_iter().map(|(_, id)| id).collect()))
+        .collect();
+    let (remove_secs, _) = run(ids)?;
     let _ = io.remove_object("floor.volumes");
-    Ok((create_rate, delete_rate))
+    let _ = io.remove_object("floor.trash");
+    let total = (per * conc) as f64;
+    Ok(FloorRates {
+        create: total / create_secs,
+        delete: total / delete_secs,
+        removed: total / (delete_secs + remove_secs),
+    })
 }
 
 type Ctl = pb::controller_client::ControllerClient<Channel>;
@@ -1116,7 +1209,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let pool = args.pool.clone();
     eprintln!("bench: start-up time");
     let mut startup = Stats::default();
-    for _ in 0..5 {
+    for _ in 0..if args.quick { 0 } else { 5 } {
         let (d, started) = spawn_driver(&e)?;
         wait_probe(&d.socket).await?;
         startup.push(started.elapsed());
@@ -1147,6 +1240,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     );
     let (mut con_create, mut con_delete) = (Stats::default(), Stats::default());
     let (mut drv_c_secs, mut drv_d_secs, mut flr_c_secs, mut flr_d_secs) = (0.0, 0.0, 0.0, 0.0);
+    let (mut drv_gone_secs, mut flr_gone_secs) = (0.0, 0.0);
     for (round, driver_side) in [true, false, false, true].into_iter().enumerate() {
         if driver_side {
             let (ids, c, c_wall) = create_many(
@@ -1159,17 +1253,21 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             )
             .await?;
             let (d, d_wall) = delete_many(&ch, &e, &ids, args.concurrency).await?;
+            // the driver removes deleted images in the background: wait for it, so that
+            // the next run does not share the cluster with it, and time it
+            let drained = trash_drained(&e, &pool, &ids).await?;
             con_create.samples.extend_from_slice(&c.samples);
             con_delete.samples.extend_from_slice(&d.samples);
             drv_c_secs += c_wall.as_secs_f64();
             drv_d_secs += d_wall.as_secs_f64();
+            drv_gone_secs += (d_wall + drained).as_secs_f64();
         } else {
             let (e, pool) = (e.clone(), pool.clone());
             let (n, c) = (args.n, args.concurrency);
-            let (c_rate, d_rate) =
-                tokio::task::spawn_blocking(move || floor(&e, &pool, n, c)).await??;
-            flr_c_secs += n as f64 / c_rate;
-            flr_d_secs += n as f64 / d_rate;
+            let r = tokio::task::spawn_blocking(move || floor(&e, &pool, n, c)).await??;
+            flr_c_secs += n as f64 / r.create;
+            flr_d_secs += n as f64 / r.delete;
+            flr_gone_secs += n as f64 / r.removed;
         }
     }
     let per_s = |secs: f64| {
@@ -1181,6 +1279,50 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let (con_create_rate, con_delete_rate) = (per_s(drv_c_secs), per_s(drv_d_secs));
     let (f_con_c, f_con_d) = (per_s(flr_c_secs), per_s(flr_d_secs));
+    let (con_gone_rate, f_con_gone) = (per_s(drv_gone_secs), per_s(flr_gone_secs));
+    if args.quick {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        println!(
+            "ferroceph bench --quick: {} volumes per run, {} in flight, pool {pool}",
+            args.n, args.concurrency
+        );
+        for (name, s, f) in [
+            ("RBD CreateVolume, sequential", &seq_create, &f_seq_c),
+            ("RBD DeleteVolume, sequential", &seq_delete, &f_seq_d),
+        ] {
+            println!(
+                "{name:<44} {:>8.1}ms floor {:>8.1}ms {:>7.2}x",
+                s.median(),
+                f.median(),
+                ratio(s.median(), f.median())
+            );
+        }
+        for (name, r, f) in [
+            ("RBD CreateVolume throughput", con_create_rate, f_con_c),
+            ("RBD DeleteVolume throughput", con_delete_rate, f_con_d),
+            (
+                "RBD DeleteVolume + trash removal",
+                con_gone_rate,
+                f_con_gone,
+            ),
+        ] {
+            println!(
+                "{:<44} {r:>8.1}/s floor {f:>8.1}/s {:>7.2}x",
+                format!("{name}, {} in flight", args.concurrency),
+                ratio(r, f)
+            );
+        }
+        println!(
+            "{}",
+            json!({
+                "create_seq_ms": seq_create.median(), "floor_create_seq_ms": f_seq_c.median(),
+                "delete_seq_ms": seq_delete.median(), "floor_delete_seq_ms": f_seq_d.median(),
+                "create_concurrent_per_s": con_create_rate, "floor_create_concurrent_per_s": f_con_c,
+                "delete_concurrent_per_s": con_delete_rate, "floor_delete_concurrent_per_s": f_con_d,
+            })
+        );
+        return Ok(());
+    }
 
     eprintln!("bench: snapshot and restore x{}", args.snapshots);
     let mut snap_t = Stats::default();
@@ -1370,6 +1512,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         ratio(con_delete_rate, f_con_d)
     );
     println!(
+        "{:<44} {:>10.0}/s {:>21} {:>8.0}/s {:>7.2}x",
+        format!(
+            "RBD DeleteVolume + trash removal, {} in flight",
+            args.concurrency
+        ),
+        con_gone_rate,
+        "",
+        f_con_gone,
+        ratio(con_gone_rate, f_con_gone)
+    );
+    println!(
         "controller RSS: idle {:.1} MiB ({} threads), after {} creates {:.1} MiB ({} threads; {:.1} MiB of it anonymous, the rest mapped code of the binary and the Ceph client libraries), after deleting them {:.1} MiB",
         rss_idle as f64 / 1024.0,
         threads_idle,
@@ -1397,6 +1550,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "create_concurrent_per_s": con_create_rate, "floor_create_concurrent_per_s": f_con_c,
         "create_concurrent_ratio": ratio(con_create_rate, f_con_c),
         "delete_concurrent_per_s": con_delete_rate, "floor_delete_concurrent_per_s": f_con_d,
+        "delete_concurrent_removed_per_s": con_gone_rate, "floor_delete_concurrent_removed_per_s": f_con_gone,
         "snapshot_ms": snap_t.median(), "restore_ms": restore_t.median(),
         "startup_ms": startup.median(),
         "cephfs_create_seq_ms": fs.as_ref().map(|f| f.create.median()),

@@ -89,7 +89,7 @@ impl RbdController {
         kind: &'static str,
         handle: &str,
         secrets: &HashMap<String, String>,
-        remove: fn(&Place<'_>, &str) -> Result<(), Status>,
+        remove: fn(&Place<'_>, &str) -> crate::error::Result<()>,
     ) -> Result<(), Status> {
         let creds = self.creds(secrets)?;
         let Some((id, monitors, namespace)) = self.locate(handle)? else {
@@ -115,6 +115,7 @@ impl RbdController {
             })
             .await?;
         self.remember(&cluster_id, &monitors, &namespace, &creds, pool.as_deref());
+        image::request_removal();
         Ok(())
     }
 
@@ -143,39 +144,30 @@ impl RbdController {
         }
     }
 
-    /// Every `interval`, removes deleted images that had to stay in the trash (clones still
-    /// depending on them, or a dead client's watch) from the pools this controller used;
-    /// only images this instance trashed (see `journal::TrashLog`).
+    /// Removes deleted images from the trash in the background, in the pools this
+    /// controller used: at once after a delete asks for it, and every `interval` (zero:
+    /// only when asked) for images that clones or a dead client's watch kept there. Only
+    /// images this instance trashed (see `journal::TrashLog`).
     pub fn spawn_trash_reaper(self: &Arc<Self>, interval: std::time::Duration) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             loop {
-                tick.tick().await;
+                image::next_removal_pass(interval).await;
                 let Some(ctl) = me.upgrade() else { return };
                 for (cluster_id, k) in ctl.known() {
                     let cfg = ctl
                         .ceph
                         .connect_config(&k.monitors, &k.creds.user, &k.creds.key);
-                    let pools = k.pools.clone();
-                    let ns = k.namespace.clone();
-                    let instance = ctl.instance.clone();
+                    let pools: Vec<String> = k.pools.iter().cloned().collect();
+                    let (ns, instance) = (k.namespace.clone(), ctl.instance.clone());
                     let r = ctl
                         .ceph
                         .run(cfg, move |cluster| {
-                            let mut n = 0;
-                            for pool in &pools {
-                                if let Ok(io) = cluster.ioctx(pool, &ns) {
-                                    n += image::reap_trash(&io, &instance);
-                                }
-                            }
-                            Ok(n)
+                            Ok(image::remove_trashed_in(cluster, &pools, &ns, &instance))
                         })
                         .await;
                     if let Err(e) = r {
-                        tracing::debug!(cluster = %cluster_id, "trash reaper: {}", e.message());
+                        tracing::debug!(cluster = %cluster_id, "trash remover: {}", e.message());
                     }
                 }
             }

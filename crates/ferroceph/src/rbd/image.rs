@@ -34,6 +34,12 @@ pub const SOFT_CLONE_DEPTH: usize = 4;
 /// Refuse to add to a chain this deep until flattening has shortened it.
 pub const HARD_CLONE_DEPTH: usize = 8;
 
+mod delete;
+mod trash;
+pub use delete::{delete_snapshot, delete_volume};
+use trash::move_aside;
+pub(crate) use trash::{next_removal_pass, remove_trashed_in, request_removal};
+
 pub fn jerr(what: &str, e: JournalError) -> Status {
     match e {
         JournalError::Rados(e) => status(what, &e),
@@ -306,7 +312,7 @@ fn discard_unfinished(place: &Place<'_>, image: &str) -> Result<(), Status> {
                     "an unfinished image keeps a watch after its client was fenced (a stale \
                      OSD watch, cleared when the PG re-peers); moving it to the trash: {e}"
                 );
-                return move_aside(place, image);
+                return Ok(move_aside(place, image)?);
             }
             Err(e) => return Err(status("remove an unfinished image", &e)),
         }
@@ -582,35 +588,12 @@ pub fn create_volume(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Created
             return Ok(created);
         }
     }
-    let found = find_volume(&journal, spec)?;
+    let mut found = find_volume(&journal, spec)?;
     if let Some(entry) = &found {
-        let recorded_source = entry.attr(SOURCE_KEY).unwrap_or("");
-        if recorded_source != spec.source_id {
-            return Err(Status::already_exists(format!(
-                "volume {:?} already exists with another content source ({:?})",
-                spec.name, recorded_source
-            )));
-        }
-        let image = entry_image(entry, &spec.params.vol_prefix);
-        if entry.attr(journal::IMAGE_ID).is_some() {
-            if let Some(img) = place.open_read_only(&image)? {
-                let size = img.size().map_err(|e| status("stat image", &e))?;
-                if !validate::size_fits(size, spec.range) {
-                    return Err(Status::already_exists(format!(
-                        "volume {:?} already exists with size {size}, which does not fit the requested range",
-                        spec.name
-                    )));
-                }
-                return Ok(Created {
-                    uuid: entry.uuid.clone(),
-                    image,
-                    size,
-                });
-            }
-        } else if entry.attr(DRIVER_KEY).is_none() {
-            if let Some(created) = adopt_volume(place, &journal, entry, &image, spec)? {
-                return Ok(created);
-            }
+        match existing_volume(place, &journal, entry, spec)? {
+            Existing::Done(created) => return Ok(created),
+            Existing::Deleted => found = None,
+            Existing::Unfinished => {}
         }
     }
     // Everything that can make the request fail for good is checked before reserving.
@@ -661,6 +644,67 @@ pub fn create_volume(place: &Place<'_>, spec: &CreateSpec<'_>) -> Result<Created
             Err(e)
         }
     }
+}
+
+/// What a journal entry found for a CreateVolume's name stands for.
+enum Existing {
+    /// A volume that exists and fits the request: the answer.
+    Done(Created),
+    /// A finished volume whose image is gone by name: a delete killed after moving the
+    /// image to the trash and before releasing the entry (or someone removed it). The
+    /// entry has been released, so the name gets a new entry and handle rather than an
+    /// image remade under the deleted volume's handle.
+    Deleted,
+    /// An attempt that did not finish: made again under the same entry.
+    Unfinished,
+}
+
+fn existing_volume(
+    place: &Place<'_>,
+    journal: &Journal<'_>,
+    entry: &Entry,
+    spec: &CreateSpec<'_>,
+) -> Result<Existing, Status> {
+    let image = entry_image(entry, &spec.params.vol_prefix);
+    if entry.attr(journal::IMAGE_ID).is_some() {
+        let Some(img) = place.open_read_only(&image)? else {
+            journal
+                .release(&entry.uuid, Some(spec.name))
+                .map_err(|e| jerr("release a deleted volume's journal entry", e))?;
+            return Ok(Existing::Deleted);
+        };
+        check_source(entry, spec)?;
+        let size = img.size().map_err(|e| status("stat image", &e))?;
+        if !validate::size_fits(size, spec.range) {
+            return Err(Status::already_exists(format!(
+                "volume {:?} already exists with size {size}, which does not fit the requested range",
+                spec.name
+            )));
+        }
+        return Ok(Existing::Done(Created {
+            uuid: entry.uuid.clone(),
+            image,
+            size,
+        }));
+    }
+    check_source(entry, spec)?;
+    if entry.attr(DRIVER_KEY).is_none() {
+        if let Some(created) = adopt_volume(place, journal, entry, &image, spec)? {
+            return Ok(Existing::Done(created));
+        }
+    }
+    Ok(Existing::Unfinished)
+}
+
+fn check_source(entry: &Entry, spec: &CreateSpec<'_>) -> Result<(), Status> {
+    let recorded_source = entry.attr(SOURCE_KEY).unwrap_or("");
+    if recorded_source != spec.source_id {
+        return Err(Status::already_exists(format!(
+            "volume {:?} already exists with another content source ({:?})",
+            spec.name, recorded_source
+        )));
+    }
+    Ok(())
 }
 
 /// Takes over ceph-csi's entry without an image id: its image (if it exists) is the
@@ -1178,286 +1222,6 @@ pub fn create_snapshot(
             Err(e)
         }
     }
-}
-
-/// Moves `image` (id `id`) to the trash with no deferment, recorded first in the trash log
-/// so that the reaper and `purge_parent` know it is ours to remove.
-fn move_to_trash(place: &Place<'_>, image: &str, id: &str) -> Result<(), Status> {
-    place
-        .trash_log()
-        .record(id, image)
-        .map_err(|e| jerr("record a move to the trash", e))?;
-    ok_if_missing(rbd::trash_move(&place.io, image, 0), "move image to trash")
-}
-
-/// [`move_to_trash`] for an image known by name only (an unfinished or rolled-back one).
-fn move_aside(place: &Place<'_>, image: &str) -> Result<(), Status> {
-    let id = image_id(&place.io, image)?;
-    move_to_trash(place, image, &id)
-}
-
-/// Moves an image to the trash and removes it there. An image that clones still depend on
-/// stays in the trash; `purge_parent` removes it once its last child is gone.
-fn trash_image(place: &Place<'_>, image: &str, id: &str) -> Result<(), Status> {
-    move_to_trash(place, image, id)?;
-    crash_point("delete.trashed");
-    remove_from_trash(&place.io, &place.instance, id);
-    Ok(())
-}
-
-/// Removes a trashed image (never before its deferment ends) and forgets its record once
-/// it is gone. True when it is gone.
-fn remove_from_trash(io: &IoCtx, instance: &str, id: &str) -> bool {
-    let gone = match rbd::trash_remove(io, id, false) {
-        Ok(()) => true,
-        Err(e) if e.kind() == ErrorKind::NotFound => true,
-        Err(e) if e.kind() == ErrorKind::Busy => {
-            tracing::info!(
-                image_id = id,
-                "image stays in the trash until its clones are gone"
-            );
-            false
-        }
-        Err(e) => {
-            tracing::warn!(
-                image_id = id,
-                "cannot remove image from trash (left for later): {e}"
-            );
-            false
-        }
-    };
-    if gone {
-        if let Err(e) = TrashLog::new(io, instance).forget(id) {
-            tracing::warn!(
-                image_id = id,
-                "cannot drop the trash record (the reaper will): {e}"
-            );
-        }
-    }
-    gone
-}
-
-/// Finishes a delete that was interrupted after the image went to the trash: removes it
-/// there (if clones still need it, it stays and goes with its last child).
-fn finish_trashed(place: &Place<'_>, id: &str) {
-    let parent = rbd::Image::open_by_id_read_only(&place.io, id)
-        .ok()
-        .and_then(|img| img.parent().ok().flatten());
-    remove_from_trash(&place.io, &place.instance, id);
-    purge_parent(place, parent);
-}
-
-/// After a child image is removed, removes its parent too if this driver moved the parent
-/// to the trash (a deleted snapshot or volume that clones kept) and nothing else depends
-/// on it. Walks up the chain. A parent someone else trashed is theirs to remove.
-fn purge_parent(place: &Place<'_>, mut parent: Option<rbd::ParentInfo>) {
-    let mut steps = 0;
-    while let Some(p) = parent.take() {
-        steps += 1;
-        if !p.trash || steps > HARD_CLONE_DEPTH * 2 {
-            return;
-        }
-        let Ok(io) = place.cluster.ioctx_by_id(p.pool_id, &p.pool_namespace) else {
-            return;
-        };
-        match TrashLog::new(&io, &place.instance).get(&p.image_id) {
-            Ok(Some(_)) => {}
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(image_id = %p.image_id, "cannot read the trash log: {e}");
-                return;
-            }
-        }
-        let grand = rbd::Image::open_by_id_read_only(&io, &p.image_id)
-            .ok()
-            .and_then(|img| img.parent().ok().flatten());
-        if !remove_from_trash(&io, &place.instance, &p.image_id) {
-            return;
-        }
-        parent = grand;
-    }
-}
-
-/// How old an interrupted trash move must be before the reaper finishes it.
-const STALE_TRASH_MOVE_SECS: i64 = 30;
-/// How old a record of a trash move that never happened (the process died in between)
-/// must be before the reaper drops it; a retried delete records the move again.
-const STALE_TRASH_RECORD_SECS: i64 = 3600;
-
-/// Removes from the trash the images this driver instance moved there (see [`TrashLog`])
-/// whose deferment has ended: images that could not be removed when they were deleted
-/// because clones still depended on them or a dead client's watch still lingered. Nothing
-/// else in the trash is touched. Children go before parents, so a few passes run while
-/// they make progress. Returns how many were removed.
-pub fn reap_trash(io: &IoCtx, instance: &str) -> usize {
-    let log = TrashLog::new(io, instance);
-    let mut removed = 0;
-    for _ in 0..4 {
-        let now = journal::unix_now();
-        let recorded = match log.all() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("cannot read the trash log: {e}");
-                return removed;
-            }
-        };
-        if recorded.is_empty() {
-            return removed;
-        }
-        let entries = match rbd::trash_list(io) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!("cannot list the trash: {e}");
-                return removed;
-            }
-        };
-        let mut progress = false;
-        for e in entries
-            .iter()
-            .filter(|e| e.deferment_end_time <= now && recorded.contains_key(&e.id))
-            .take(2000)
-        {
-            let mut removed_now = rbd::trash_remove(io, &e.id, false);
-            // A delete killed inside librbd's trash move leaves the entry "moving", which
-            // librbd never removes; an old one is finished here (the image was being
-            // deleted anyway, so finishing a move still in flight does no harm either).
-            if matches!(&removed_now, Err(err) if err.errno == libc::EUCLEAN)
-                && now - e.deletion_time >= STALE_TRASH_MOVE_SECS
-            {
-                tracing::warn!(image = %e.name, "finishing an interrupted move to the trash");
-                removed_now = rbd::trash_finish_move(io, &e.id, &e.name)
-                    .and_then(|()| rbd::trash_remove(io, &e.id, false));
-            }
-            match removed_now {
-                Ok(()) => {
-                    tracing::info!(image = %e.name, "removed a deleted image from the trash");
-                    if let Err(err) = log.forget(&e.id) {
-                        tracing::debug!(image = %e.name, "trash record stays for now: {err}");
-                    }
-                    removed += 1;
-                    progress = true;
-                }
-                Err(err) => tracing::debug!(image = %e.name, "trash entry stays for now: {err}"),
-            }
-        }
-        // Records of images no longer in the trash: removed already (the process died
-        // before forgetting them), or a move that never happened.
-        for (id, rec) in &recorded {
-            if entries.iter().any(|e| &e.id == id) {
-                continue;
-            }
-            let stale = match Image::open_by_id_read_only(io, id) {
-                Err(e) if e.kind() == ErrorKind::NotFound => true,
-                Ok(_) => now - rec.recorded_at >= STALE_TRASH_RECORD_SECS,
-                Err(_) => false,
-            };
-            if stale {
-                if let Err(err) = log.forget(id) {
-                    tracing::debug!(image = %rec.name, "stale trash record stays for now: {err}");
-                }
-            }
-        }
-        if !progress {
-            break;
-        }
-    }
-    removed
-}
-
-/// Fails with FailedPrecondition when any client has the image open read-write (a node
-/// that mapped it). `img` must be opened read-only, which registers no watch of its own.
-fn check_unused(img: &Image, image: &str) -> Result<(), Status> {
-    let watchers = img
-        .watchers()
-        .map_err(|e| status("list image watchers", &e))?;
-    if !watchers.is_empty() {
-        let who: Vec<String> = watchers
-            .iter()
-            .map(|w| format!("client.{} at {}", w.id, w.addr))
-            .collect();
-        return Err(Status::failed_precondition(format!(
-            "image {image} is still in use by {}; unstage it on that node (or unmap it) first (a client that died is dropped by Ceph within 30 s)",
-            who.join(", ")
-        )));
-    }
-    Ok(())
-}
-
-pub fn delete_volume(place: &Place<'_>, uuid: &str) -> Result<(), Status> {
-    let journal = place.volumes();
-    let attrs = journal
-        .get(uuid)
-        .map_err(|e| jerr("read volume journal", e))?;
-    let image = attrs
-        .as_ref()
-        .and_then(|a| a.get(journal::IMAGE_NAME).cloned())
-        .unwrap_or_else(|| format!("{}{uuid}", crate::rbd::params::DEFAULT_VOL_PREFIX));
-    if let Some(img) = place.open_read_only(&image)? {
-        check_unused(&img, &image)?;
-        let parent = img.parent().map_err(|e| status("read image parent", &e))?;
-        let id = img.id().map_err(|e| status("read image id", &e))?;
-        drop(img);
-        trash_image(place, &image, &id)?;
-        purge_parent(place, parent);
-    } else if let Some(id) = attrs.as_ref().and_then(|a| a.get(journal::IMAGE_ID)) {
-        finish_trashed(place, id);
-    }
-    remove_temp_clone(place, &format!("{image}-temp"))?;
-    journal
-        .release(uuid, None)
-        .map_err(|e| jerr("remove journal entry", e))?;
-    crash_point("delete.released");
-    Ok(())
-}
-
-/// ceph-csi clones a volume through a temporary clone of the source named
-/// `<image>-temp`, which stays as the new image's parent; it goes with its child. If the
-/// child still sits in the trash (clones of its own), the temp clone waits in the trash
-/// too and goes with the chain.
-fn remove_temp_clone(place: &Place<'_>, temp: &str) -> Result<(), Status> {
-    let Some(img) = place.open_read_only(temp)? else {
-        return Ok(());
-    };
-    let parent = img.parent().map_err(|e| status("read image parent", &e))?;
-    let id = img.id().map_err(|e| status("read image id", &e))?;
-    drop(img);
-    trash_image(place, temp, &id)?;
-    purge_parent(place, parent);
-    Ok(())
-}
-
-pub fn delete_snapshot(place: &Place<'_>, uuid: &str) -> Result<(), Status> {
-    let journal = place.snaps();
-    let attrs = journal
-        .get(uuid)
-        .map_err(|e| jerr("read snapshot journal", e))?;
-    let image = attrs
-        .as_ref()
-        .and_then(|a| a.get(journal::IMAGE_NAME).cloned())
-        .unwrap_or_else(|| format!("{}{uuid}", crate::rbd::params::DEFAULT_SNAP_PREFIX));
-    if let Some(img) = place.open(&image)? {
-        ok_if_missing(img.snap_remove(&image), "remove the snapshot")?;
-        let parent = img.parent().map_err(|e| status("read image parent", &e))?;
-        let id = img.id().map_err(|e| status("read image id", &e))?;
-        drop(img);
-        trash_image(place, &image, &id)?;
-        purge_parent(place, parent);
-    } else if let Some(id) = attrs.as_ref().and_then(|a| a.get(journal::IMAGE_ID)) {
-        finish_trashed(place, id);
-    }
-    // A crash between the temporary snapshot and the clone leaves it on the source.
-    if let Some(src) = attrs.as_ref().and_then(|a| a.get(journal::SOURCE)) {
-        if let Some(src_img) = place.open(src)? {
-            ok_if_missing(
-                src_img.snap_remove(&image),
-                "remove a leftover temporary snapshot",
-            )?;
-        }
-    }
-    journal
-        .release(uuid, None)
-        .map_err(|e| jerr("remove journal entry", e))?;
-    Ok(())
 }
 
 /// Grows the image to at least `size`; returns the size it has now.
