@@ -317,10 +317,22 @@ async fn full_lifecycle_with_data() {
         ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
         assert!(!image_exists(&image_name(v)));
     }
-    // nothing of this test is left, not even in the trash
-    let (_, trash) = admin_cli("rbd", &["trash", "ls", "-p", "rbd", "--all"]);
-    for part in [uuid_of(&vol.volume_id), uuid_of(&snap.snapshot_id)] {
-        assert!(!trash.contains(&part), "left in trash: {trash}");
+    // nothing of this test is left, not even in the trash (the controller removes deleted
+    // images from the trash in the background, right after the deletes)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, trash) = admin_cli("rbd", &["trash", "ls", "-p", "rbd", "--all"]);
+        let left = [uuid_of(&vol.volume_id), uuid_of(&snap.snapshot_id)]
+            .iter()
+            .any(|part| trash.contains(part.as_str()));
+        if !left {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left in trash: {trash}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -1088,6 +1100,14 @@ async fn rados_namespace_from_config_and_reload() {
     ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
     let (_, listed) = admin_cli("rbd", &["ls", &format!("rbd/{ns}")]);
     assert!(listed.trim().is_empty(), "{listed}");
-    let (ok, out) = admin_cli("rbd", &["namespace", "remove", &format!("rbd/{ns}")]);
-    assert!(ok, "{out}");
+    // the deleted image leaves the namespace's trash in the background
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = admin_cli("rbd", &["namespace", "remove", &format!("rbd/{ns}")]);
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -753,7 +753,7 @@ impl Controller for RbdController {
                     .get(journal::IMAGE_NAME)
                     .cloned()
                     .ok_or_else(not_found)?;
-                Ok(image::expand(&place, &img, size)?)
+                image::expand(&place, &img, size)
             })
             .await?;
         Ok(Response::new(pb::ControllerExpandVolumeResponse {
