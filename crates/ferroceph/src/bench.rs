@@ -14,6 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+mod cephfs;
+mod floor;
+mod node;
+use cephfs::*;
+use floor::*;
+use node::*;
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Volumes per sequential and concurrent run.
@@ -40,6 +47,10 @@ pub struct BenchArgs {
     /// /var/tmp/ferroceph-cluster/env). Keeps the keys out of every process environment.
     #[arg(long)]
     pub env_file: Option<PathBuf>,
+    /// Only the RBD CreateVolume/DeleteVolume figures (sequential and concurrent, with
+    /// their floors): a quick check of the provisioning path.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 struct Env {
@@ -337,104 +348,6 @@ async fn delete_many(
     Ok((stats, started.elapsed()))
 }
 
-/// The floor: what a create must do in Ceph (directory key, per-volume object with its
-/// keys, image, image id recorded), issued directly, and the reverse for a delete.
-fn floor_create(io: &rados::IoCtx, name: &str) -> anyhow::Result<String> {
-    let uuid = uuid::Uuid::new_v4().to_string();
-    let image = format!("floor-vol-{uuid}");
-    io.omap_set(
-        "floor.volumes",
-        &[(format!("floor.volume.{name}").as_str(), uuid.as_bytes())],
-    )?;
-    io.create_with_omap(
-        &format!("floor.volume.{uuid}"),
-        &[
-            ("csi.volname", name.as_bytes()),
-            ("csi.imagename", image.as_bytes()),
-        ],
-    )?;
-    rados::rbd::create(io, &image, &rados::rbd::ImageOptions::new(1 << 30))?;
-    io.omap_set(
-        &format!("floor.volume.{uuid}"),
-        &[("csi.imageid", b"x".as_slice())],
-    )?;
-    Ok(uuid)
-}
-
-fn floor_delete(io: &rados::IoCtx, name: &str, uuid: &str) -> anyhow::Result<()> {
-    let image = format!("floor-vol-{uuid}");
-    rados::rbd::remove(io, &image)?;
-    io.omap_remove("floor.volumes", &[format!("floor.volume.{name}").as_str()])?;
-    io.remove_object(&format!("floor.volume.{uuid}"))?;
-    Ok(())
-}
-
-/// (request name, uuid) of the volumes one floor thread made.
-type Made = Vec<(String, String)>;
-
-/// Sequential creates and deletes, driver and floor taking turns one volume at a time, so
-/// both meet the same cluster (a single-node cluster's speed drifts while it digests
-/// earlier work). Returns (driver create, driver delete, floor create, floor delete).
-async fn paired_sequential(
-    ch: &Channel,
-    e: &Arc<Env>,
-    pool: &str,
-    prefix: &str,
-    n: usize,
-) -> anyhow::Result<(Stats, Stats, Stats, Stats)> {
-    let io = {
-        let (e, pool) = (e.clone(), pool.to_string());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<rados::IoCtx> {
-            let cfg =
-                rados::ConnectConfig::new([e.monitors.clone()], e.user.clone(), e.key.clone());
-            let cluster = rados::Cluster::connect(&cfg)?;
-            Ok(cluster.ioctx(&pool, "")?)
-        })
-        .await??
-    };
-    let io = Arc::new(std::sync::Mutex::new(io));
-    let floor_op = |name: String, uuid: Option<String>| {
-        let io = io.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(String, Duration)> {
-            let io = io
-                .lock()
-                .map_err(|_| anyhow::anyhow!("floor io context poisoned"))?;
-            let t = Instant::now();
-            let u = match uuid {
-                None => floor_create(&io, &name)?,
-                Some(u) => {
-                    floor_delete(&io, &name, &u)?;
-                    u
-                }
-            };
-            Ok((u, t.elapsed()))
-        })
-    };
-    let (mut dc, mut dd, mut fc, mut fd) = (
-        Stats::default(),
-        Stats::default(),
-        Stats::default(),
-        Stats::default(),
-    );
-    let (mut ids, mut made) = (Vec::new(), Vec::new());
-    for i in 0..n.max(1) {
-        let (id, t) = create_one(ch, e, pool, &format!("{prefix}-{i}")).await?;
-        dc.push(t);
-        ids.push(id);
-        let name = format!("seq-{i}");
-        let (u, t) = floor_op(name.clone(), None).await??;
-        fc.push(t);
-        made.push((name, u));
-    }
-    for (id, (name, u)) in ids.iter().zip(made) {
-        let (s, _) = delete_many(ch, e, std::slice::from_ref(id), 1).await?;
-        dd.samples.extend_from_slice(&s.samples);
-        let (_, t) = floor_op(name, Some(u)).await??;
-        fd.push(t);
-    }
-    Ok((dc, dd, fc, fd))
-}
-
 async fn create_one(
     ch: &Channel,
     e: &Arc<Env>,
@@ -448,657 +361,9 @@ async fn create_one(
     Ok((v.map(|v| v.volume_id).unwrap_or_default(), t.elapsed()))
 }
 
-/// The concurrent floor: creates/s and deletes/s.
-fn floor(e: &Env, pool: &str, n: usize, conc: usize) -> anyhow::Result<(f64, f64)> {
-    let cfg = rados::ConnectConfig::new([e.monitors.clone()], e.user.clone(), e.key.clone());
-    let cluster = Arc::new(rados::Cluster::connect(&cfg)?);
-    let io = cluster.ioctx(pool, "")?;
-    // warm up
-    for i in 0..3 {
-        let u = floor_create(&io, &format!("warm-{i}"))?;
-        floor_delete(&io, &format!("warm-{i}"), &u)?;
-    }
-    // concurrent: `conc` threads, each with its own io context, sharing one connection
-    let per = n.div_ceil(conc.max(1));
-    let run = |delete: Option<Vec<Made>>| -> anyhow::Result<(f64, Vec<Made>)> {
-        let started = Instant::now();
-        let mut handles = Vec::new();
-        for t in 0..conc.max(1) {
-            let cluster = cluster.clone();
-            let pool = pool.to_string();
-            let work = delete.as_ref().map(|d| d[t].clone());
-            handles.push(std::thread::spawn(move || -> anyhow::Result<Made> {
-                let io = cluster.ioctx(&pool, "")?;
-                let mut out = Vec::new();
-                match work {
-                    None => {
-                        for i in 0..per {
-                            let name = format!("con-{t}-{i}");
-                            let u = floor_create(&io, &name)?;
-                            out.push((name, u));
-                        }
-                    }
-                    Some(items) => {
-                        for (name, u) in items {
-                            floor_delete(&io, &name, &u)?;
-                        }
-                    }
-                }
-                Ok(out)
-            }));
-        }
-        let mut all = Vec::new();
-        for h in handles {
-            all.push(
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("floor thread panicked"))??,
-            );
-        }
-        Ok((
-            (per * conc.max(1)) as f64 / started.elapsed().as_secs_f64(),
-            all,
-        ))
-    };
-    let (create_rate, made) = run(None)?;
-    let (delete_rate, _) = run(Some(made))?;
-    let _ = io.remove_object("floor.volumes");
-    Ok((create_rate, delete_rate))
-}
-
-type Ctl = pb::controller_client::ControllerClient<Channel>;
-type Node = pb::node_client::NodeClient<Channel>;
-
-/// A mount capability with an access mode and a filesystem type ("" = the driver's).
-fn mount_cap(
-    mode: pb::volume_capability::access_mode::Mode,
-    fs_type: &str,
-) -> pb::VolumeCapability {
-    pb::VolumeCapability {
-        access_type: Some(pb::volume_capability::AccessType::Mount(
-            pb::volume_capability::MountVolume {
-                fs_type: fs_type.to_string(),
-                ..Default::default()
-            },
-        )),
-        access_mode: Some(pb::volume_capability::AccessMode { mode: mode as i32 }),
-    }
-}
-
 /// Median, p90 and max of a figure, for the JSON line.
 fn summary(s: &Stats) -> serde_json::Value {
     json!({"median": s.median(), "p90": s.pct(0.9), "max": s.max()})
-}
-
-/// Staging and target paths of node rounds, under one temporary directory. `cleanup`
-/// runs after the rounds, also after a failed one: it detaches whatever is still mounted
-/// there, with its loop devices, RBD FUSE exporters and ceph-fuse processes, and removes
-/// the directory only once nothing is mounted under it.
-struct NodeScratch {
-    root: PathBuf,
-    staged: Vec<PathBuf>,
-}
-
-impl NodeScratch {
-    fn new(tag: &str) -> anyhow::Result<NodeScratch> {
-        let root = tempfile::Builder::new()
-            .prefix(&format!("ferroceph-bench-{tag}-"))
-            .tempdir()?
-            .keep();
-        Ok(NodeScratch {
-            root,
-            staged: Vec::new(),
-        })
-    }
-
-    /// Fresh (staging, target) paths for round `i`.
-    fn paths(&mut self, i: usize) -> (PathBuf, PathBuf) {
-        let base = self.root.join(format!("round-{i}"));
-        let staging = base.join("globalmount");
-        self.staged.push(staging.clone());
-        (staging, base.join("pod/mount"))
-    }
-
-    /// Mount points under the directory, deepest first.
-    fn mounts(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = crate::node::mount::mounts()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| m.mount_point)
-            .filter(|p| p.starts_with(&self.root))
-            .collect();
-        v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        v.dedup();
-        v
-    }
-
-    /// Loop devices whose backing file lies under the directory.
-    fn loops(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir("/sys/block") else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
-            .filter(|dev| {
-                crate::rbd::attach::fuse::loop_backing(dev)
-                    .is_some_and(|b| b.starts_with(&self.root))
-            })
-            .collect()
-    }
-
-    async fn cleanup(self) {
-        let t = Duration::from_secs(30);
-        let loops = self.loops();
-        for m in self.mounts() {
-            eprintln!("bench: cleanup: unmounting {}", m.display());
-            if let Err(e) = crate::cephfs::mounter::lazy_unmount(&m, t).await {
-                eprintln!("bench: cleanup: {}", e.message());
-            }
-        }
-        for dev in loops {
-            eprintln!("bench: cleanup: detaching {dev}");
-            let _ = crate::node::exec::output("losetup", &["-d", &dev], &[], t).await;
-        }
-        for staging in &self.staged {
-            let fuse_dir = crate::node::record::paths(staging).fuse_dir;
-            for (pid, start) in crate::rbd::attach::fuse::find_exporters(&fuse_dir) {
-                eprintln!("bench: cleanup: stopping the FUSE exporter {pid}");
-                crate::rbd::attach::stop_process(pid, start, Duration::from_secs(10)).await;
-            }
-            if let Some(p) = crate::cephfs::mounter::find_fuse(staging) {
-                eprintln!("bench: cleanup: stopping ceph-fuse {}", p.pid);
-                crate::cephfs::mounter::stop_fuse(p, Duration::from_secs(5)).await;
-            }
-        }
-        // what the exporters held until they stopped
-        for m in self.mounts() {
-            let _ = crate::cephfs::mounter::lazy_unmount(&m, t).await;
-        }
-        if self.mounts().is_empty() {
-            if let Err(e) = std::fs::remove_dir_all(&self.root) {
-                eprintln!("bench: cleanup: cannot remove {}: {e}", self.root.display());
-            }
-        } else {
-            eprintln!(
-                "bench: cleanup: {} is left behind: something is still mounted under it",
-                self.root.display()
-            );
-        }
-    }
-}
-
-/// What the node rounds of one driver type ask for: the CreateVolume request (its name
-/// is set per round), the capability to stage and publish with, the secrets (for the
-/// controller's DeleteVolume and the node's NodeStageVolume), and volume_context entries
-/// to add on the node side; `staged_by` reads which mounter staged a staging path (from
-/// the plugin's record), to make sure the rounds measure the path they claim to.
-struct NodeKind {
-    driver_type: &'static str,
-    staged_by: fn(&Path) -> Option<String>,
-    create: pb::CreateVolumeRequest,
-    cap: pb::VolumeCapability,
-    secrets: HashMap<String, String>,
-    context: HashMap<String, String>,
-}
-
-/// The node plugin's figures: memory (RSS KiB, threads) right after its first Probe and
-/// after the rounds, and the latencies of the rounds.
-struct NodeFigures {
-    idle: (u64, u64),
-    after: (u64, u64),
-    stage_publish: Stats,
-    unpublish_unstage: Stats,
-}
-
-/// The first NodeStageVolume+NodePublishVolume failed: the attachment does not work on
-/// this machine (as opposed to a failure after it worked once).
-#[derive(Debug)]
-struct FirstStageFailed(String);
-
-impl std::fmt::Display for FirstStageFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the first NodeStage+NodePublish failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for FirstStageFailed {}
-
-/// A provisioned volume as the node requests name it.
-struct NodeVol<'a> {
-    id: String,
-    context: HashMap<String, String>,
-    kind: &'a NodeKind,
-}
-
-async fn stage_publish(
-    node: &mut Node,
-    v: &NodeVol<'_>,
-    staging: &Path,
-    target: &Path,
-) -> anyhow::Result<()> {
-    node.node_stage_volume(pb::NodeStageVolumeRequest {
-        volume_id: v.id.clone(),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: Some(v.kind.cap.clone()),
-        secrets: v.kind.secrets.clone(),
-        volume_context: v.context.clone(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|s| anyhow::anyhow!("NodeStageVolume: {}: {}", s.code(), s.message()))?;
-    node.node_publish_volume(pb::NodePublishVolumeRequest {
-        volume_id: v.id.clone(),
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(v.kind.cap.clone()),
-        volume_context: v.context.clone(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|s| anyhow::anyhow!("NodePublishVolume: {}: {}", s.code(), s.message()))?;
-    Ok(())
-}
-
-async fn unpublish_unstage(
-    node: &mut Node,
-    v: &NodeVol<'_>,
-    staging: &Path,
-    target: &Path,
-) -> anyhow::Result<()> {
-    node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
-        volume_id: v.id.clone(),
-        target_path: target.display().to_string(),
-    })
-    .await
-    .map_err(|s| anyhow::anyhow!("NodeUnpublishVolume: {}: {}", s.code(), s.message()))?;
-    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
-        volume_id: v.id.clone(),
-        staging_target_path: staging.display().to_string(),
-    })
-    .await
-    .map_err(|s| anyhow::anyhow!("NodeUnstageVolume: {}: {}", s.code(), s.message()))?;
-    Ok(())
-}
-
-/// One round on a provisioned volume: (stage+publish, unpublish+unstage). After a
-/// failure the volume is unpublished and unstaged as far as the plugin manages.
-async fn node_round(
-    node: &mut Node,
-    v: &NodeVol<'_>,
-    staging: &Path,
-    target: &Path,
-    first: bool,
-) -> anyhow::Result<(Duration, Duration)> {
-    let t = Instant::now();
-    let up = stage_publish(node, v, staging, target).await;
-    let up_t = t.elapsed();
-    let up = up.and_then(|()| match (v.kind.staged_by)(staging) {
-        Some(m) if m == "fuse" => Ok(()),
-        other => Err(anyhow::anyhow!(
-            "staged through {}, not the FUSE path",
-            other.as_deref().unwrap_or("an unknown mounter (no record)")
-        )),
-    });
-    if let Err(e) = up {
-        let _ = unpublish_unstage(node, v, staging, target).await;
-        return Err(if first {
-            FirstStageFailed(format!("{e:#}")).into()
-        } else {
-            e
-        });
-    }
-    let t = Instant::now();
-    let down = unpublish_unstage(node, v, staging, target).await;
-    let down_t = t.elapsed();
-    if let Err(e) = down {
-        let _ = unpublish_unstage(node, v, staging, target).await;
-        return Err(e);
-    }
-    Ok((up_t, down_t))
-}
-
-async fn delete_volume(
-    ctl: &mut Ctl,
-    id: &str,
-    secrets: &HashMap<String, String>,
-) -> anyhow::Result<()> {
-    ctl.delete_volume(pb::DeleteVolumeRequest {
-        volume_id: id.to_string(),
-        secrets: secrets.clone(),
-    })
-    .await
-    .map_err(|s| anyhow::anyhow!("DeleteVolume {id}: {}: {}", s.code(), s.message()))?;
-    Ok(())
-}
-
-/// The rounds: per round the controller creates a fresh volume (not timed), the node
-/// stages+publishes it and unpublishes+unstages it (timed), and the controller deletes
-/// it. `live` holds the volumes not deleted yet, for the cleanup after a failure.
-async fn node_rounds(
-    ctl: &mut Ctl,
-    node: &mut Node,
-    kind: &NodeKind,
-    prefix: &str,
-    rounds: usize,
-    scratch: &mut NodeScratch,
-    live: &mut Vec<String>,
-) -> anyhow::Result<(Stats, Stats)> {
-    let (mut up, mut down) = (Stats::default(), Stats::default());
-    for i in 0..rounds {
-        let mut req = kind.create.clone();
-        req.name = format!("{prefix}-{i}");
-        let vol = ctl
-            .create_volume(req)
-            .await
-            .map_err(|s| anyhow::anyhow!("CreateVolume: {}: {}", s.code(), s.message()))?
-            .into_inner()
-            .volume
-            .ok_or_else(|| anyhow::anyhow!("CreateVolume answered no volume"))?;
-        live.push(vol.volume_id.clone());
-        let mut context = vol.volume_context;
-        context.extend(kind.context.clone());
-        let v = NodeVol {
-            id: vol.volume_id,
-            context,
-            kind,
-        };
-        let (staging, target) = scratch.paths(i);
-        let (u, d) = node_round(node, &v, &staging, &target, i == 0).await?;
-        up.push(u);
-        down.push(d);
-        delete_volume(ctl, &v.id, &kind.secrets).await?;
-        live.retain(|id| id != &v.id);
-    }
-    Ok((up, down))
-}
-
-/// A node plugin of its own (node service only), its memory idle and after `rounds`
-/// node rounds through `ctl_ch`'s controller. Whatever a failed round leaves behind is
-/// unmounted, stopped and deleted before the error is returned.
-async fn node_bench(
-    ctl_ch: &Channel,
-    e: &Env,
-    kind: &NodeKind,
-    prefix: &str,
-    rounds: usize,
-) -> anyhow::Result<NodeFigures> {
-    let (d, _) = spawn_node(e, kind.driver_type)?;
-    let node_ch = wait_probe(&d.socket).await?;
-    let pid = d.child.id();
-    let idle = rss_kib(pid);
-    let mut ctl = pb::controller_client::ControllerClient::new(ctl_ch.clone());
-    let mut node = pb::node_client::NodeClient::new(node_ch);
-    let mut scratch = NodeScratch::new(kind.driver_type)?;
-    let mut live = Vec::new();
-    let r = node_rounds(
-        &mut ctl,
-        &mut node,
-        kind,
-        prefix,
-        rounds,
-        &mut scratch,
-        &mut live,
-    )
-    .await;
-    let after = rss_kib(pid);
-    scratch.cleanup().await;
-    drop(d);
-    for id in &live {
-        if let Err(err) = delete_volume(&mut ctl, id, &kind.secrets).await {
-            eprintln!("bench: cleanup: {err:#}");
-        }
-    }
-    let (stage_publish, unpublish_unstage) = r?;
-    Ok(NodeFigures {
-        idle,
-        after,
-        stage_publish,
-        unpublish_unstage,
-    })
-}
-
-/// RBD through the FUSE attachment (`mounter=fuse`), ext4 as in the node tests.
-fn rbd_node_kind(e: &Env, pool: &str) -> NodeKind {
-    use pb::volume_capability::access_mode::Mode;
-    NodeKind {
-        driver_type: "rbd",
-        staged_by: |staging| {
-            crate::node::record::read(staging)
-                .ok()
-                .flatten()
-                .map(|r| r.mounter)
-        },
-        create: create_req(e, pool, ""),
-        cap: mount_cap(Mode::SingleNodeWriter, "ext4"),
-        secrets: secrets(e),
-        context: HashMap::from([("mounter".to_string(), "fuse".to_string())]),
-    }
-}
-
-/// The CephFS figures: CreateVolume/DeleteVolume, CreateSnapshot/DeleteSnapshot, and the
-/// node rounds through ceph-fuse (Err: why they were skipped).
-struct FsFigures {
-    create: Stats,
-    delete: Stats,
-    snap_create: Stats,
-    snap_delete: Stats,
-    node: Result<NodeFigures, String>,
-}
-
-fn cephfs_create_req(
-    e: &Env,
-    fs: &str,
-    secrets: &HashMap<String, String>,
-    name: String,
-) -> pb::CreateVolumeRequest {
-    pb::CreateVolumeRequest {
-        name,
-        capacity_range: Some(pb::CapacityRange {
-            required_bytes: 1 << 30,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![mount_cap(
-            pb::volume_capability::access_mode::Mode::MultiNodeMultiWriter,
-            "",
-        )],
-        parameters: HashMap::from([
-            ("clusterID".to_string(), e.fsid.clone()),
-            ("fsName".to_string(), fs.to_string()),
-        ]),
-        secrets: secrets.clone(),
-        ..Default::default()
-    }
-}
-
-/// Why ceph-fuse cannot mount here, if that is visible without trying.
-fn ceph_fuse_unavailable() -> Option<String> {
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("ceph-fuse").is_file()));
-    if !on_path {
-        return Some("ceph-fuse is not installed (not on PATH)".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse does not exist".into());
-    }
-    None
-}
-
-/// CreateSnapshot and DeleteSnapshot, `rounds` times, on one CephFS volume.
-async fn cephfs_snapshots(
-    ctl: &mut Ctl,
-    req: pb::CreateVolumeRequest,
-    secrets: &HashMap<String, String>,
-    prefix: &str,
-    rounds: usize,
-) -> anyhow::Result<(Stats, Stats)> {
-    let vol = ctl
-        .create_volume(req)
-        .await?
-        .into_inner()
-        .volume
-        .ok_or_else(|| anyhow::anyhow!("no volume"))?;
-    let mut left = None;
-    let r = cephfs_snapshot_rounds(ctl, &vol.volume_id, secrets, prefix, rounds, &mut left).await;
-    if let Some(id) = left {
-        let _ = ctl
-            .delete_snapshot(pb::DeleteSnapshotRequest {
-                snapshot_id: id,
-                secrets: secrets.clone(),
-            })
-            .await;
-    }
-    let del = delete_volume(ctl, &vol.volume_id, secrets).await;
-    let stats = r?;
-    del?;
-    Ok(stats)
-}
-
-/// The rounds of [`cephfs_snapshots`]; `left` names a snapshot made and not deleted.
-async fn cephfs_snapshot_rounds(
-    ctl: &mut Ctl,
-    volume_id: &str,
-    secrets: &HashMap<String, String>,
-    prefix: &str,
-    rounds: usize,
-    left: &mut Option<String>,
-) -> anyhow::Result<(Stats, Stats)> {
-    let (mut c, mut d) = (Stats::default(), Stats::default());
-    for i in 0..rounds {
-        let t = Instant::now();
-        let snap = ctl
-            .create_snapshot(pb::CreateSnapshotRequest {
-                name: format!("{prefix}-{i}"),
-                source_volume_id: volume_id.to_string(),
-                secrets: secrets.clone(),
-                parameters: Default::default(),
-            })
-            .await?
-            .into_inner()
-            .snapshot
-            .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
-        c.push(t.elapsed());
-        *left = Some(snap.snapshot_id.clone());
-        let t = Instant::now();
-        ctl.delete_snapshot(pb::DeleteSnapshotRequest {
-            snapshot_id: snap.snapshot_id,
-            secrets: secrets.clone(),
-        })
-        .await?;
-        d.push(t.elapsed());
-        *left = None;
-    }
-    Ok((c, d))
-}
-
-/// CephFS CreateVolume / DeleteVolume, sequential, after one warm-up create; then
-/// snapshots, then node rounds through ceph-fuse with a node plugin of its own.
-async fn cephfs_bench(
-    e: &Env,
-    n: usize,
-    snapshots: usize,
-    node_rounds: usize,
-) -> anyhow::Result<Option<FsFigures>> {
-    let Some((user, key, fs)) = e.cephfs.clone() else {
-        return Ok(None);
-    };
-    let (d, _) = spawn_typed(e, "cephfs")?;
-    let ch = wait_probe(&d.socket).await?;
-    let secrets = HashMap::from([("adminID".to_string(), user), ("adminKey".to_string(), key)]);
-    let req = |name: String| cephfs_create_req(e, &fs, &secrets, name);
-    let mut ctl = pb::controller_client::ControllerClient::new(ch.clone());
-    let run_id = &uuid::Uuid::new_v4().to_string()[..8];
-    let warm = ctl
-        .create_volume(req(format!("bench-{run_id}-fswarm")))
-        .await?
-        .into_inner()
-        .volume
-        .unwrap_or_default();
-    ctl.delete_volume(pb::DeleteVolumeRequest {
-        volume_id: warm.volume_id,
-        secrets: secrets.clone(),
-    })
-    .await?;
-    let (mut c, mut dl) = (Stats::default(), Stats::default());
-    let mut ids = Vec::new();
-    for i in 0..n {
-        let t = Instant::now();
-        let v = ctl
-            .create_volume(req(format!("bench-{run_id}-fs-{i}")))
-            .await?
-            .into_inner()
-            .volume
-            .unwrap_or_default();
-        c.push(t.elapsed());
-        ids.push(v.volume_id);
-    }
-    for id in ids {
-        let t = Instant::now();
-        ctl.delete_volume(pb::DeleteVolumeRequest {
-            volume_id: id,
-            secrets: secrets.clone(),
-        })
-        .await?;
-        dl.push(t.elapsed());
-    }
-
-    eprintln!("bench: CephFS snapshots x{snapshots}");
-    let (snap_create, snap_delete) = cephfs_snapshots(
-        &mut ctl,
-        req(format!("bench-{run_id}-fssnapsrc")),
-        &secrets,
-        &format!("bench-{run_id}-fssnap"),
-        snapshots,
-    )
-    .await?;
-
-    eprintln!("bench: CephFS node plugin, ceph-fuse stage/publish x{node_rounds}");
-    let node = match ceph_fuse_unavailable() {
-        Some(why) => Err(why),
-        None => {
-            let mut create = req(String::new());
-            create
-                .parameters
-                .insert("mounter".to_string(), "fuse".to_string());
-            let kind = NodeKind {
-                driver_type: "cephfs",
-                staged_by: |staging| {
-                    crate::cephfs::mounter::read_record(staging).map(|r| r.mounter)
-                },
-                create,
-                cap: mount_cap(
-                    pb::volume_capability::access_mode::Mode::MultiNodeMultiWriter,
-                    "",
-                ),
-                secrets: secrets.clone(),
-                context: HashMap::from([("mounter".to_string(), "fuse".to_string())]),
-            };
-            match node_bench(
-                &ch,
-                e,
-                &kind,
-                &format!("bench-{run_id}-fsnode"),
-                node_rounds,
-            )
-            .await
-            {
-                Ok(f) => Ok(f),
-                Err(err) => match err.downcast_ref::<FirstStageFailed>() {
-                    Some(first) => Err(first.to_string()),
-                    None => return Err(err),
-                },
-            }
-        }
-    };
-    if let Err(why) = &node {
-        eprintln!("bench: CephFS node rounds skipped: {why}");
-    }
-    Ok(Some(FsFigures {
-        create: c,
-        delete: dl,
-        snap_create,
-        snap_delete,
-        node,
-    }))
 }
 
 pub async fn run(args: BenchArgs) -> i32 {
@@ -1116,7 +381,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let pool = args.pool.clone();
     eprintln!("bench: start-up time");
     let mut startup = Stats::default();
-    for _ in 0..5 {
+    for _ in 0..if args.quick { 0 } else { 5 } {
         let (d, started) = spawn_driver(&e)?;
         wait_probe(&d.socket).await?;
         startup.push(started.elapsed());
@@ -1147,6 +412,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     );
     let (mut con_create, mut con_delete) = (Stats::default(), Stats::default());
     let (mut drv_c_secs, mut drv_d_secs, mut flr_c_secs, mut flr_d_secs) = (0.0, 0.0, 0.0, 0.0);
+    let (mut drv_gone_secs, mut flr_gone_secs) = (0.0, 0.0);
     for (round, driver_side) in [true, false, false, true].into_iter().enumerate() {
         if driver_side {
             let (ids, c, c_wall) = create_many(
@@ -1159,17 +425,21 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             )
             .await?;
             let (d, d_wall) = delete_many(&ch, &e, &ids, args.concurrency).await?;
+            // the driver removes deleted images in the background: wait for it, so that
+            // the next run does not share the cluster with it, and time it
+            let drained = trash_drained(&e, &pool, &ids).await?;
             con_create.samples.extend_from_slice(&c.samples);
             con_delete.samples.extend_from_slice(&d.samples);
             drv_c_secs += c_wall.as_secs_f64();
             drv_d_secs += d_wall.as_secs_f64();
+            drv_gone_secs += (d_wall + drained).as_secs_f64();
         } else {
             let (e, pool) = (e.clone(), pool.clone());
             let (n, c) = (args.n, args.concurrency);
-            let (c_rate, d_rate) =
-                tokio::task::spawn_blocking(move || floor(&e, &pool, n, c)).await??;
-            flr_c_secs += n as f64 / c_rate;
-            flr_d_secs += n as f64 / d_rate;
+            let r = tokio::task::spawn_blocking(move || floor(&e, &pool, n, c)).await??;
+            flr_c_secs += n as f64 / r.create;
+            flr_d_secs += n as f64 / r.delete;
+            flr_gone_secs += n as f64 / r.removed;
         }
     }
     let per_s = |secs: f64| {
@@ -1181,6 +451,50 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let (con_create_rate, con_delete_rate) = (per_s(drv_c_secs), per_s(drv_d_secs));
     let (f_con_c, f_con_d) = (per_s(flr_c_secs), per_s(flr_d_secs));
+    let (con_gone_rate, f_con_gone) = (per_s(drv_gone_secs), per_s(flr_gone_secs));
+    if args.quick {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        println!(
+            "ferroceph bench --quick: {} volumes per run, {} in flight, pool {pool}",
+            args.n, args.concurrency
+        );
+        for (name, s, f) in [
+            ("RBD CreateVolume, sequential", &seq_create, &f_seq_c),
+            ("RBD DeleteVolume, sequential", &seq_delete, &f_seq_d),
+        ] {
+            println!(
+                "{name:<44} {:>8.1}ms floor {:>8.1}ms {:>7.2}x",
+                s.median(),
+                f.median(),
+                ratio(s.median(), f.median())
+            );
+        }
+        for (name, r, f) in [
+            ("RBD CreateVolume throughput", con_create_rate, f_con_c),
+            ("RBD DeleteVolume throughput", con_delete_rate, f_con_d),
+            (
+                "RBD DeleteVolume + trash removal",
+                con_gone_rate,
+                f_con_gone,
+            ),
+        ] {
+            println!(
+                "{:<44} {r:>8.1}/s floor {f:>8.1}/s {:>7.2}x",
+                format!("{name}, {} in flight", args.concurrency),
+                ratio(r, f)
+            );
+        }
+        println!(
+            "{}",
+            json!({
+                "create_seq_ms": seq_create.median(), "floor_create_seq_ms": f_seq_c.median(),
+                "delete_seq_ms": seq_delete.median(), "floor_delete_seq_ms": f_seq_d.median(),
+                "create_concurrent_per_s": con_create_rate, "floor_create_concurrent_per_s": f_con_c,
+                "delete_concurrent_per_s": con_delete_rate, "floor_delete_concurrent_per_s": f_con_d,
+            })
+        );
+        return Ok(());
+    }
 
     eprintln!("bench: snapshot and restore x{}", args.snapshots);
     let mut snap_t = Stats::default();
@@ -1370,6 +684,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         ratio(con_delete_rate, f_con_d)
     );
     println!(
+        "{:<44} {:>10.0}/s {:>21} {:>8.0}/s {:>7.2}x",
+        format!(
+            "RBD DeleteVolume + trash removal, {} in flight",
+            args.concurrency
+        ),
+        con_gone_rate,
+        "",
+        f_con_gone,
+        ratio(con_gone_rate, f_con_gone)
+    );
+    println!(
         "controller RSS: idle {:.1} MiB ({} threads), after {} creates {:.1} MiB ({} threads; {:.1} MiB of it anonymous, the rest mapped code of the binary and the Ceph client libraries), after deleting them {:.1} MiB",
         rss_idle as f64 / 1024.0,
         threads_idle,
@@ -1397,6 +722,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "create_concurrent_per_s": con_create_rate, "floor_create_concurrent_per_s": f_con_c,
         "create_concurrent_ratio": ratio(con_create_rate, f_con_c),
         "delete_concurrent_per_s": con_delete_rate, "floor_delete_concurrent_per_s": f_con_d,
+        "delete_concurrent_removed_per_s": con_gone_rate, "floor_delete_concurrent_removed_per_s": f_con_gone,
         "snapshot_ms": snap_t.median(), "restore_ms": restore_t.median(),
         "startup_ms": startup.median(),
         "cephfs_create_seq_ms": fs.as_ref().map(|f| f.create.median()),

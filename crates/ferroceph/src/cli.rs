@@ -98,7 +98,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub cephtimeout: Duration,
 
-    /// How often the controller retries removing deleted images left in the RBD trash.
+    /// How often the controller retries removing deleted images left in the RBD trash
+    /// (clones still depend on them, or a dead client's watch); 0: only right after deletes.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub reapinterval: Duration,
 

@@ -81,11 +81,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                         locks.clone(),
                         args.controllersecrets.clone(),
                     ));
-                    // retries removing deleted images a clone or a dead client's watch kept
-                    // in the trash (--reapinterval); it was never started before
-                    if !args.reapinterval.is_zero() {
-                        controller.spawn_trash_reaper(args.reapinterval);
-                    }
+                    // removes deleted images from the trash in the background (a delete
+                    // answers after the trash move), and retries every --reapinterval those
+                    // a clone or a dead client's watch kept there
+                    controller.spawn_trash_reaper(args.reapinterval);
                     ControllerServer::from_arc(controller)
                 }),
                 args.nodeserver.then(|| {

@@ -359,6 +359,14 @@ async fn create_volume_in_rados_namespace_from_config_and_reload() {
     ctl.delete_volume(del_req(&v.volume_id)).await.unwrap();
     let (_, listed) = admin_cli("rbd", &["ls", &format!("rbd/{ns}")]);
     assert!(listed.trim().is_empty(), "{listed}");
-    let (ok, out) = admin_cli("rbd", &["namespace", "remove", &format!("rbd/{ns}")]);
-    assert!(ok, "{out}");
+    // the deleted image leaves the namespace's trash in the background
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (ok, out) = admin_cli("rbd", &["namespace", "remove", &format!("rbd/{ns}")]);
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

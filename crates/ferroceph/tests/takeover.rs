@@ -452,11 +452,19 @@ async fn cephcsi_clone_takes_its_temp_parent_along() {
 
     let deleted = ctl.delete_volume(del_req(&volume_id(&uuid))).await;
     let temp_left = image_exists(&temp);
-    let temp_trashed: Vec<_> = rbd::trash_list(&io)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.name == temp)
-        .collect();
+    // the controller removes deleted images from the trash in the background
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let temp_trashed: Vec<_> = loop {
+        let left: Vec<_> = rbd::trash_list(&io)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.name == temp)
+            .collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     // clean up by hand whatever is left
     if temp_left {
         let _ = rbd::remove(&io, &temp);

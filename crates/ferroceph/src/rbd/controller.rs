@@ -186,6 +186,8 @@ impl Backend for RbdBackend {
             return Ok(None);
         };
         image::delete_volume(&place, &id.uuid)?;
+        // the image is in the trash: the background remover takes it from there
+        image::request_removal();
         Ok(Some(place.io.pool_name().to_string()))
     }
 
@@ -194,6 +196,7 @@ impl Backend for RbdBackend {
             return Ok(None);
         };
         image::delete_snapshot(&place, &id.uuid)?;
+        image::request_removal();
         Ok(Some(place.io.pool_name().to_string()))
     }
 
@@ -399,17 +402,16 @@ fn rbd_pools(json: &[u8]) -> Vec<String> {
 }
 
 impl RbdController {
-    /// Every `interval`, removes deleted images that had to stay in the trash (clones still
-    /// depending on them, or a dead client's watch) from the pools this controller can
-    /// reach; only images this instance trashed (see `journal::TrashLog`).
-    pub fn spawn_trash_reaper(self: &std::sync::Arc<Self>, interval: std::time::Duration) {
+    /// Removes deleted images from the trash in the background, in every pool this
+    /// controller can reach: at once after a delete asks for it, and every `interval` (zero:
+    /// only when asked) for images that clones or a dead client's watch kept there. Only
+    /// images this instance trashed (see `journal::TrashLog`); after a restart it resumes
+    /// from the trash logs.
+    pub(crate) fn spawn_trash_reaper(self: &std::sync::Arc<Self>, interval: std::time::Duration) {
         let me = std::sync::Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             loop {
-                tick.tick().await;
+                image::next_removal_pass(interval).await;
                 let Some(ctl) = me.upgrade() else { return };
                 for t in ctl.targets() {
                     let cfg =
@@ -424,17 +426,17 @@ impl RbdController {
                             if let Ok(more) = RbdBackend::discover_locations(cluster) {
                                 pools.extend(more);
                             }
-                            let mut n = 0;
-                            for pool in &pools {
-                                if let Ok(io) = cluster.ioctx(pool, &site.namespace) {
-                                    n += image::reap_trash(&io, &site.instance);
-                                }
-                            }
-                            Ok(n)
+                            let pools: Vec<String> = pools.into_iter().collect();
+                            Ok(image::remove_trashed_in(
+                                cluster,
+                                &pools,
+                                &site.namespace,
+                                &site.instance,
+                            ))
                         })
                         .await;
                     if let Err(e) = r {
-                        tracing::debug!(cluster = %cluster_id, "trash reaper: {e}");
+                        tracing::debug!(cluster = %cluster_id, "trash remover: {e}");
                     }
                 }
             }
