@@ -6,7 +6,6 @@ use crate::error::Error;
 use rados::{Cluster, ClusterPool, ConnectConfig};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::Status;
 
 #[derive(Clone)]
 pub struct Ceph {
@@ -48,11 +47,6 @@ impl Ceph {
         crate::metrics::get().ceph_op(&op, started.elapsed());
         result
     }
-}
-
-/// Maps a Ceph error to the gRPC code a CO can act on. `what` says what we were doing.
-pub fn status(what: &str, e: &rados::Error) -> Status {
-    Error::ceph(what, e.clone()).into()
 }
 
 /// Bytes that can still be written to a pool (the `max_avail` of `ceph df`), 0 when the

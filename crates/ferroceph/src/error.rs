@@ -169,13 +169,6 @@ impl From<Error> for Status {
     }
 }
 
-/// Transitional: code not yet converted may still produce a `Status`; it keeps its code.
-impl From<Status> for Error {
-    fn from(s: Status) -> Error {
-        Error::from_code(s.code(), s.message().to_string())
-    }
-}
-
 impl From<crate::config::ConfigError> for Error {
     fn from(e: crate::config::ConfigError) -> Error {
         match e {
@@ -233,12 +226,12 @@ mod tests {
     }
 
     #[test]
-    fn codes_survive_context_and_the_status_bridge() {
+    fn codes_survive_context_and_the_mapping() {
         let e = Error::Aborted("busy".into()).context("delete volume x");
         assert_eq!(e.code(), Code::Aborted);
         assert_eq!(e.message(), "delete volume x: busy");
-        let back: Error = Status::out_of_range("too big").into();
-        assert_eq!(back.code(), Code::OutOfRange);
+        let back = Error::from_code(Code::OutOfRange, "too big".into());
+        assert_eq!(Status::from(back).code(), Code::OutOfRange);
         let denied = Error::ceph(
             "open pool",
             rados::Error::new("open pool", libc::EPERM, "rbd"),

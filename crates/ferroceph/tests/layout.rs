@@ -19,7 +19,6 @@ const STATUS_ALLOWED: &[&str] = &[
     "liveness.rs",
     "client.rs",
     "bench",
-    "ceph.rs",
 ];
 
 fn src_root() -> PathBuf {

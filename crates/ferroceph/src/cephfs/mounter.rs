@@ -13,6 +13,7 @@
 //! mounter was used, where, as whom, and the ceph-fuse PID; never the key.
 
 use crate::cephfs::params::Mounter;
+use crate::error::{Error, Result};
 use crate::node::exec;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -20,7 +21,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tonic::Status;
 
 pub const RECORD_SUFFIX: &str = ".ferroceph-cephfs.json";
 pub const FUSE_LOG_SUFFIX: &str = ".ceph-fuse.log";
@@ -360,11 +360,7 @@ fn is_fuse_mount(target: &Path) -> bool {
 
 /// Starts `ceph-fuse -f` for `spec` and waits until the mount appears. The process runs
 /// in its own session with its output in `log`; a task reaps it when it exits.
-pub async fn mount_fuse(
-    spec: &MountSpec<'_>,
-    log: &Path,
-    timeout: Duration,
-) -> Result<FuseProc, Status> {
+pub async fn mount_fuse(spec: &MountSpec<'_>, log: &Path, timeout: Duration) -> Result<FuseProc> {
     let args = fuse_args(spec);
     let logf = std::fs::OpenOptions::new()
         .write(true)
@@ -372,10 +368,10 @@ pub async fn mount_fuse(
         .truncate(true)
         .mode(0o600)
         .open(log)
-        .map_err(|e| Status::internal(format!("cannot open {}: {e}", log.display())))?;
+        .map_err(|e| Error::internal(format!("cannot open {}: {e}", log.display())))?;
     let errf = logf
         .try_clone()
-        .map_err(|e| Status::internal(format!("cannot open {}: {e}", log.display())))?;
+        .map_err(|e| Error::internal(format!("cannot open {}: {e}", log.display())))?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ferroceph"));
     let (program, args) = crate::node::outlive::command_line(
         crate::node::outlive::current(),
@@ -396,7 +392,7 @@ pub async fn mount_fuse(
     crate::sys::detach_at_exec(&mut cmd);
     let what = format!("ceph-fuse {}", args.join(" "));
     let mut child = cmd.spawn().map_err(|e| {
-        Status::failed_precondition(format!("cannot run {what}: {e} (is ceph-fuse installed?)"))
+        Error::precondition(format!("cannot run {what}: {e} (is ceph-fuse installed?)"))
     })?;
     let pid = child.id().map(|p| p as i32).unwrap_or(-1);
     let proc = proc_of(pid).unwrap_or(FuseProc { pid, start: 0 });
@@ -410,20 +406,20 @@ pub async fn mount_fuse(
             let msg = format!("{what} exited ({st}) before mounting: {tail}");
             return Err(
                 if tail.contains("Permission denied") || tail.contains("Operation not permitted") {
-                    Status::permission_denied(format!(
+                    Error::PermissionDenied(format!(
                         "{msg} (check the cephx user, key and its mds caps for this path)"
                     ))
                 } else if tail.contains("No such file or directory") {
-                    Status::not_found(format!("{msg} (does the path exist in the filesystem?)"))
+                    Error::not_found(format!("{msg} (does the path exist in the filesystem?)"))
                 } else {
-                    Status::internal(msg)
+                    Error::internal(msg)
                 },
             );
         }
         if Instant::now() >= deadline {
             signal(proc, libc::SIGKILL);
             let _ = child.wait().await;
-            return Err(Status::deadline_exceeded(format!(
+            return Err(Error::DeadlineExceeded(format!(
                 "{what} did not mount within {}s and was killed: {}",
                 timeout.as_secs(),
                 log_tail(log)
@@ -441,11 +437,11 @@ pub async fn mount_fuse(
 }
 
 /// `mount -t ceph` with the key in `spec.keyfile`.
-pub async fn mount_kernel(spec: &MountSpec<'_>, timeout: Duration) -> Result<(), Status> {
+pub async fn mount_kernel(spec: &MountSpec<'_>, timeout: Duration) -> Result<()> {
     let (source, opts) = kernel_mount(spec);
     crate::node::mount::mount(&source, spec.target, "ceph", &opts, timeout)
         .await
-        .map_err(|e| e.to_status())
+        .map_err(|e| e.to_error())
 }
 
 /// How a mount point answers.
@@ -563,21 +559,21 @@ pub fn errno_text(errno: i32) -> String {
 
 /// Detaches whatever is mounted at `target`, even a dead FUSE mount or a hung one:
 /// `umount -l`, then `fusermount -uz`.
-pub async fn lazy_unmount(target: &Path, timeout: Duration) -> Result<(), Status> {
+pub async fn lazy_unmount(target: &Path, timeout: Duration) -> Result<()> {
     let t = target.display().to_string();
     let out = exec::output("umount", &["-l", &t], &[], timeout)
         .await
-        .map_err(|e| e.to_status())?;
+        .map_err(|e| e.to_error())?;
     if out.success() || !crate::node::mount::is_mount_point(target).unwrap_or(true) {
         return Ok(());
     }
     let out2 = exec::output("fusermount", &["-uz", &t], &[], timeout)
         .await
-        .map_err(|e| e.to_status())?;
+        .map_err(|e| e.to_error())?;
     if out2.success() {
         Ok(())
     } else {
-        Err(Status::internal(format!(
+        Err(Error::internal(format!(
             "cannot detach the mount at {t}: umount -l: {}; fusermount -uz: {}",
             out.stderr, out2.stderr
         )))
@@ -586,7 +582,7 @@ pub async fn lazy_unmount(target: &Path, timeout: Duration) -> Result<(), Status
 
 /// Unmounts every mount stacked at `target`: a clean unmount when it answers, a lazy one
 /// when it is broken or hangs. A busy mount is an error (something still uses it).
-pub async fn unmount_all(target: &Path, timeout: Duration) -> Result<(), Status> {
+pub async fn unmount_all(target: &Path, timeout: Duration) -> Result<()> {
     for _ in 0..8 {
         if !crate::node::mount::is_mount_point(target).unwrap_or(false) {
             return Ok(());
@@ -596,7 +592,7 @@ pub async fn unmount_all(target: &Path, timeout: Duration) -> Result<(), Status>
                 if let Err(e) = crate::node::mount::unmount(target, timeout).await {
                     let text = e.to_string();
                     if text.contains("busy") {
-                        return Err(Status::failed_precondition(format!(
+                        return Err(Error::precondition(format!(
                             "{} is still in use: {text}",
                             target.display()
                         )));
@@ -604,7 +600,7 @@ pub async fn unmount_all(target: &Path, timeout: Duration) -> Result<(), Status>
                     if matches!(e, exec::ExecError::TimedOut { .. }) {
                         lazy_unmount(target, timeout).await?;
                     } else {
-                        return Err(e.to_status());
+                        return Err(e.to_error());
                     }
                 }
             }
@@ -622,7 +618,7 @@ pub async fn unmount_all(target: &Path, timeout: Duration) -> Result<(), Status>
             }
         }
     }
-    Err(Status::internal(format!(
+    Err(Error::internal(format!(
         "{} is still mounted after 8 unmounts",
         target.display()
     )))

@@ -18,7 +18,7 @@ use crate::cephfs::params::{
     admin_credentials, check_mount_options, user_credentials, Mounter, NodeVolume,
 };
 use crate::cephfs::subvolume::{self, FsPlace};
-use crate::config::{ClusterInfo, ClusterMap, ConfigError};
+use crate::config::{ClusterInfo, ClusterMap};
 use crate::credentials::Credentials;
 use crate::error::Error;
 use crate::locks::{LockKey, OpLocks};
@@ -52,28 +52,25 @@ pub struct CephFsNode {
     default_mounter: OnceCell<Mounter>,
 }
 
-fn invalid(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(e.to_string())
+fn invalid(e: impl std::fmt::Display) -> Error {
+    Error::invalid(e)
 }
 
-fn cluster_info(clusters: &ClusterMap, cluster_id: &str) -> Result<ClusterInfo, Status> {
-    clusters.get(cluster_id).map_err(|e| match e {
-        ConfigError::UnknownCluster { .. } => Status::invalid_argument(e.to_string()),
-        _ => Status::failed_precondition(e.to_string()),
-    })
+fn cluster_info(clusters: &ClusterMap, cluster_id: &str) -> Result<ClusterInfo, Error> {
+    Ok(clusters.get(cluster_id)?)
 }
 
-fn io_status(what: &str, path: &Path, e: std::io::Error) -> Status {
-    Status::internal(format!("{what} {}: {e}", path.display()))
+fn io_status(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::internal(format!("{what} {}: {e}", path.display()))
 }
 
 /// The capability of a node request: required, filesystem only.
-fn node_capability(cap: Option<&pb::VolumeCapability>) -> Result<CapSummary, Status> {
-    let cap = cap.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-    validate::capability(cap, &CEPHFS_MODES).map_err(Status::from)
+fn node_capability(cap: Option<&pb::VolumeCapability>) -> Result<CapSummary, Error> {
+    let cap = cap.ok_or_else(|| Error::invalid("volume_capability is required"))?;
+    validate::capability(cap, &CEPHFS_MODES)
 }
 
-fn mount_flags(cap: Option<&pb::VolumeCapability>) -> Result<Vec<String>, Status> {
+fn mount_flags(cap: Option<&pb::VolumeCapability>) -> Result<Vec<String>, Error> {
     match cap.and_then(|c| c.access_type.as_ref()) {
         Some(pb::volume_capability::AccessType::Mount(m)) => {
             check_mount_options("mount_flags", &m.mount_flags.join(",")).map_err(invalid)
@@ -383,7 +380,7 @@ impl CephFsNode {
     }
 
     /// Unmounts the staging path and stops its ceph-fuse.
-    async fn teardown(&self, staging: &Path, rec: Option<&StageRecord>) -> Result<(), Status> {
+    async fn teardown(&self, staging: &Path, rec: Option<&StageRecord>) -> Result<(), Error> {
         // Find the process before the mount goes (its command line names the path).
         let mut fuse = rec
             .and_then(|r| r.fuse_pid.zip(r.fuse_start))
@@ -394,7 +391,7 @@ impl CephFsNode {
         mounter::unmount_all(staging, UMOUNT_TIMEOUT).await?;
         if let Some(p) = fuse {
             if !mounter::stop_fuse(p, FUSE_EXIT_GRACE).await {
-                return Err(Status::internal(format!(
+                return Err(Error::internal(format!(
                     "ceph-fuse (pid {}) for {} does not exit even when killed",
                     p.pid,
                     staging.display()
@@ -623,7 +620,7 @@ impl Node for CephFsNode {
             .map_err(|e| io_status("cannot create the target directory", &target, e))?;
         mount::bind(&staging, &target, read_only, &[], MOUNT_TIMEOUT)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(Error::from)?;
         tracing::info!(volume = %req.volume_id, target = %target.display(), read_only, "published");
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
     }

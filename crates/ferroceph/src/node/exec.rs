@@ -43,12 +43,6 @@ impl ExecError {
             ExecError::Failed { .. } => Error::internal(self),
         }
     }
-
-    /// Transitional, for callers that still return a `tonic::Status` (the CephFS node):
-    /// the same code and message as [`ExecError::to_error`].
-    pub(crate) fn to_status(&self) -> tonic::Status {
-        self.to_error().into()
-    }
 }
 
 impl From<ExecError> for Error {

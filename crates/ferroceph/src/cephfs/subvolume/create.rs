@@ -136,8 +136,8 @@ fn plan_source(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Option<(Sna
                 .get(uuid)
                 .map_err(|e| jerr("read the source volume's journal entry", e))?
                 .ok_or_else(missing)?;
-            if let Some(sid) = crate::cephfs::backing::backing_of(&attrs) {
-                let snap = crate::cephfs::backing::snapshot_uuid(place, sid)?;
+            if let Some(sid) = super::backed::backing_of(&attrs) {
+                let snap = super::backed::snapshot_uuid(place, sid)?;
                 let (src, size) = snapshot_source(place, &snap, sid)?;
                 (src, false, size)
             } else {
@@ -172,7 +172,7 @@ fn plan_source(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Option<(Sna
 /// Snapshot-backed volumes have no subvolume: they cannot be cloned, snapshotted or
 /// expanded (ceph-csi refuses the last two as well).
 pub(super) fn refuse_backing(attrs: &Attrs, id: &str, what: &str) -> Result<()> {
-    if crate::cephfs::backing::backing_of(attrs).is_some() {
+    if super::backed::backing_of(attrs).is_some() {
         return Err(Error::invalid(format!(
             "volume {id} is snapshot-backed (a read-only view of a snapshot) and cannot be {what}"
         )));
@@ -220,7 +220,7 @@ pub fn create_volume(place: &FsPlace<'_>, spec: &CreateSpec<'_>) -> Result<Creat
     let journal = place.volumes();
     let found = find(&journal, spec.name)?;
     if let Some(entry) = &found {
-        if crate::cephfs::backing::backing_of(&entry.attrs).is_some() {
+        if super::backed::backing_of(&entry.attrs).is_some() {
             return Err(Error::AlreadyExists(format!(
                 "volume {:?} already exists as a snapshot-backed volume (backingSnapshot: \"true\")",
                 spec.name

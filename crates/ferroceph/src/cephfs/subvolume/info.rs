@@ -109,8 +109,8 @@ pub fn volume_condition(
     else {
         return Ok(None);
     };
-    if let Some(snapshot_id) = crate::cephfs::backing::backing_of(&attrs) {
-        return Ok(Some(crate::cephfs::backing::condition(place, snapshot_id)?));
+    if let Some(snapshot_id) = super::backed::backing_of(&attrs) {
+        return Ok(Some(super::backed::condition(place, snapshot_id)?));
     }
     let (group, sub) = place.volume_names(uuid, &attrs);
     Ok(Some(
@@ -133,8 +133,8 @@ pub fn volume_path(place: &FsPlace<'_>, uuid: &str) -> Result<Option<String>> {
     else {
         return Ok(None);
     };
-    if let Some(snapshot_id) = crate::cephfs::backing::backing_of(&attrs) {
-        return crate::cephfs::backing::mount_root(place, snapshot_id).map(Some);
+    if let Some(snapshot_id) = super::backed::backing_of(&attrs) {
+        return super::backed::mount_root(place, snapshot_id).map(Some);
     }
     let (group, sub) = place.volume_names(uuid, &attrs);
     match existing(place, &group, &sub, attrs.contains_key(CLONE_FROM_KEY))? {

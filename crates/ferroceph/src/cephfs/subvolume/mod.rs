@@ -12,6 +12,7 @@
 //! `volumes` module's commands), `create`, `delete`, `snapshot`, and `info` (quota,
 //! state and path of a volume).
 
+pub(crate) mod backed;
 mod create;
 mod delete;
 mod info;

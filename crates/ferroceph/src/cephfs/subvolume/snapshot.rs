@@ -136,7 +136,7 @@ pub fn create_snapshot(
                 entry.attr(journal::SOURCE).unwrap_or("")
             )));
         }
-        crate::cephfs::backing::refuse_deleted(place, source_id, &entry.uuid, name)?;
+        super::backed::refuse_deleted(place, source_id, &entry.uuid, name)?;
         if let Some(r) = place.snapshot_ref(&entry.uuid, &entry.attrs) {
             if let Some(v) = mgr
                 .snapshot_info(&r.group, &r.sub, &r.snap)
