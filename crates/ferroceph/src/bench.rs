@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 mod cephfs;
 mod floor;
 mod node;
+mod report;
 use cephfs::*;
 use floor::*;
 use node::*;
@@ -396,163 +397,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("bench: warm-up");
     let (w, _, _) = create_many(&ch, &e, &pool, &format!("bench-{run_id}-warm"), 3, 1).await?;
     delete_many(&ch, &e, &w, 1).await?;
-
-    eprintln!(
-        "bench: sequential create/delete x{}, driver and floor in turn",
-        args.n
-    );
-    let (seq_create, seq_delete, f_seq_c, f_seq_d) =
-        paired_sequential(&ch, &e, &pool, &format!("bench-{run_id}-seq"), args.n).await?;
-
-    // Concurrent runs in the order driver, floor, floor, driver: the cluster's speed drifts
-    // over a run, and this order cancels a steady drift out of the ratio.
-    eprintln!(
-        "bench: concurrent create/delete 2x{} ({} in flight), driver and floor in ABBA order",
-        args.n, args.concurrency
-    );
-    let (mut con_create, mut con_delete) = (Stats::default(), Stats::default());
-    let (mut drv_c_secs, mut drv_d_secs, mut flr_c_secs, mut flr_d_secs) = (0.0, 0.0, 0.0, 0.0);
-    let (mut drv_gone_secs, mut flr_gone_secs) = (0.0, 0.0);
-    for (round, driver_side) in [true, false, false, true].into_iter().enumerate() {
-        if driver_side {
-            let (ids, c, c_wall) = create_many(
-                &ch,
-                &e,
-                &pool,
-                &format!("bench-{run_id}-con{round}"),
-                args.n,
-                args.concurrency,
-            )
-            .await?;
-            let (d, d_wall) = delete_many(&ch, &e, &ids, args.concurrency).await?;
-            // the driver removes deleted images in the background: wait for it, so that
-            // the next run does not share the cluster with it, and time it
-            let drained = trash_drained(&e, &pool, &ids).await?;
-            con_create.samples.extend_from_slice(&c.samples);
-            con_delete.samples.extend_from_slice(&d.samples);
-            drv_c_secs += c_wall.as_secs_f64();
-            drv_d_secs += d_wall.as_secs_f64();
-            drv_gone_secs += (d_wall + drained).as_secs_f64();
-        } else {
-            let (e, pool) = (e.clone(), pool.clone());
-            let (n, c) = (args.n, args.concurrency);
-            let r = tokio::task::spawn_blocking(move || floor(&e, &pool, n, c)).await??;
-            flr_c_secs += n as f64 / r.create;
-            flr_d_secs += n as f64 / r.delete;
-            flr_gone_secs += n as f64 / r.removed;
-        }
-    }
-    let per_s = |secs: f64| {
-        if secs > 0.0 {
-            (2 * args.n) as f64 / secs
-        } else {
-            0.0
-        }
-    };
-    let (con_create_rate, con_delete_rate) = (per_s(drv_c_secs), per_s(drv_d_secs));
-    let (f_con_c, f_con_d) = (per_s(flr_c_secs), per_s(flr_d_secs));
-    let (con_gone_rate, f_con_gone) = (per_s(drv_gone_secs), per_s(flr_gone_secs));
+    let rbd = rbd_controller_figures(&args, &ch, &e, run_id).await?;
     if args.quick {
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-        println!(
-            "ferroceph bench --quick: {} volumes per run, {} in flight, pool {pool}",
-            args.n, args.concurrency
-        );
-        for (name, s, f) in [
-            ("RBD CreateVolume, sequential", &seq_create, &f_seq_c),
-            ("RBD DeleteVolume, sequential", &seq_delete, &f_seq_d),
-        ] {
-            println!(
-                "{name:<44} {:>8.1}ms floor {:>8.1}ms {:>7.2}x",
-                s.median(),
-                f.median(),
-                ratio(s.median(), f.median())
-            );
-        }
-        for (name, r, f) in [
-            ("RBD CreateVolume throughput", con_create_rate, f_con_c),
-            ("RBD DeleteVolume throughput", con_delete_rate, f_con_d),
-            (
-                "RBD DeleteVolume + trash removal",
-                con_gone_rate,
-                f_con_gone,
-            ),
-        ] {
-            println!(
-                "{:<44} {r:>8.1}/s floor {f:>8.1}/s {:>7.2}x",
-                format!("{name}, {} in flight", args.concurrency),
-                ratio(r, f)
-            );
-        }
-        println!(
-            "{}",
-            json!({
-                "create_seq_ms": seq_create.median(), "floor_create_seq_ms": f_seq_c.median(),
-                "delete_seq_ms": seq_delete.median(), "floor_delete_seq_ms": f_seq_d.median(),
-                "create_concurrent_per_s": con_create_rate, "floor_create_concurrent_per_s": f_con_c,
-                "delete_concurrent_per_s": con_delete_rate, "floor_delete_concurrent_per_s": f_con_d,
-            })
-        );
+        report::print_quick(&args, &pool, &rbd);
         return Ok(());
     }
 
     eprintln!("bench: snapshot and restore x{}", args.snapshots);
-    let mut snap_t = Stats::default();
-    let mut restore_t = Stats::default();
-    for i in 0..args.snapshots {
-        let mut ctl = pb::controller_client::ControllerClient::new(ch.clone());
-        let vol = ctl
-            .create_volume(create_req(
-                &e,
-                &pool,
-                &format!("bench-{run_id}-snapsrc-{i}"),
-            ))
-            .await?
-            .into_inner()
-            .volume
-            .ok_or_else(|| anyhow::anyhow!("no volume"))?;
-        let t = Instant::now();
-        let snap = ctl
-            .create_snapshot(pb::CreateSnapshotRequest {
-                name: format!("bench-{run_id}-snap-{i}"),
-                source_volume_id: vol.volume_id.clone(),
-                secrets: secrets(&e),
-                parameters: Default::default(),
-            })
-            .await?
-            .into_inner()
-            .snapshot
-            .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
-        snap_t.push(t.elapsed());
-        let mut r = create_req(&e, &pool, &format!("bench-{run_id}-restore-{i}"));
-        r.volume_content_source = Some(pb::VolumeContentSource {
-            r#type: Some(pb::volume_content_source::Type::Snapshot(
-                pb::volume_content_source::SnapshotSource {
-                    snapshot_id: snap.snapshot_id.clone(),
-                },
-            )),
-        });
-        let t = Instant::now();
-        let restored = ctl
-            .create_volume(r)
-            .await?
-            .into_inner()
-            .volume
-            .ok_or_else(|| anyhow::anyhow!("no volume"))?;
-        restore_t.push(t.elapsed());
-        for id in [&restored.volume_id, &vol.volume_id] {
-            ctl.delete_volume(pb::DeleteVolumeRequest {
-                volume_id: id.clone(),
-                secrets: secrets(&e),
-            })
-            .await?;
-        }
-        ctl.delete_snapshot(pb::DeleteSnapshotRequest {
-            snapshot_id: snap.snapshot_id,
-            secrets: secrets(&e),
-        })
-        .await?;
-    }
+    let (snap_t, restore_t) = snapshot_rounds(&ch, &e, &pool, run_id, args.snapshots).await?;
 
     eprintln!("bench: memory after {} creates", args.rss_creates);
     let (ids, _, _) = create_many(
@@ -585,161 +437,160 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     eprintln!("bench: CephFS create/delete x{}", args.n.min(20));
     let fs = cephfs_bench(&e, args.n.min(20), args.snapshots, args.node_rounds).await?;
-
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    println!(
-        "ferroceph bench: {} volumes per run, {} in flight, pool {}",
-        args.n, args.concurrency, pool
-    );
-    println!(
-        "{:<44} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "figure", "median", "p90", "max", "floor", "ratio"
-    );
-    let row = |name: &str, s: &Stats, floor: Option<&Stats>| {
-        let f = floor.map(|f| f.median()).unwrap_or(0.0);
-        println!(
-            "{:<44} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>10} {:>8}",
-            name,
-            s.median(),
-            s.pct(0.9),
-            s.max(),
-            if f > 0.0 {
-                format!("{f:.1}ms")
-            } else {
-                "-".into()
-            },
-            if f > 0.0 {
-                format!("{:.2}x", ratio(s.median(), f))
-            } else {
-                "-".into()
-            }
-        );
+    let full = report::Full {
+        rbd,
+        snap_t,
+        restore_t,
+        startup,
+        rss_idle,
+        threads_idle,
+        rss_after,
+        threads_after,
+        anon_after,
+        rss_end,
+        node,
+        fs,
     };
-    row("RBD CreateVolume, sequential", &seq_create, Some(&f_seq_c));
-    row("RBD DeleteVolume, sequential", &seq_delete, Some(&f_seq_d));
-    row(
-        &format!("RBD CreateVolume, {} in flight (latency)", args.concurrency),
-        &con_create,
-        None,
+    report::print_table(&args, &pool, &full);
+    report::print_memory_and_json(&args, &full);
+    Ok(())
+}
+
+/// Sequential and concurrent creates and deletes, driver and floor.
+async fn rbd_controller_figures(
+    args: &BenchArgs,
+    ch: &Channel,
+    e: &Arc<Env>,
+    run_id: &str,
+) -> anyhow::Result<report::Rbd> {
+    let pool = &args.pool;
+    eprintln!(
+        "bench: sequential create/delete x{}, driver and floor in turn",
+        args.n
     );
-    row(
-        &format!("RBD DeleteVolume, {} in flight (latency)", args.concurrency),
-        &con_delete,
-        None,
+    let (seq_create, seq_delete, f_seq_c, f_seq_d) =
+        paired_sequential(ch, e, pool, &format!("bench-{run_id}-seq"), args.n).await?;
+
+    // Concurrent runs in the order driver, floor, floor, driver: the cluster's speed drifts
+    // over a run, and this order cancels a steady drift out of the ratio.
+    eprintln!(
+        "bench: concurrent create/delete 2x{} ({} in flight), driver and floor in ABBA order",
+        args.n, args.concurrency
     );
-    row("CreateSnapshot", &snap_t, None);
-    row("CreateVolume from snapshot", &restore_t, None);
-    row("exec -> first Probe answered", &startup, None);
-    row(
-        "RBD NodeStage+NodePublish (FUSE)",
-        &node.stage_publish,
-        None,
-    );
-    row(
-        "RBD NodeUnpublish+NodeUnstage (FUSE)",
-        &node.unpublish_unstage,
-        None,
-    );
-    if let Some(f) = &fs {
-        row("CephFS CreateVolume, sequential", &f.create, None);
-        row("CephFS DeleteVolume, sequential", &f.delete, None);
-        row("CephFS CreateSnapshot", &f.snap_create, None);
-        row("CephFS DeleteSnapshot", &f.snap_delete, None);
-        let names = [
-            "CephFS NodeStage+NodePublish (ceph-fuse)",
-            "CephFS NodeUnpublish+NodeUnstage (ceph-fuse)",
-        ];
-        match &f.node {
-            Ok(n) => {
-                row(names[0], &n.stage_publish, None);
-                row(names[1], &n.unpublish_unstage, None);
-            }
-            Err(why) => {
-                for name in names {
-                    println!("{name:<44} skipped: {why}");
-                }
-            }
+    let (mut con_create, mut con_delete) = (Stats::default(), Stats::default());
+    let (mut drv_c_secs, mut drv_d_secs, mut flr_c_secs, mut flr_d_secs) = (0.0, 0.0, 0.0, 0.0);
+    let (mut drv_gone_secs, mut flr_gone_secs) = (0.0, 0.0);
+    for (round, driver_side) in [true, false, false, true].into_iter().enumerate() {
+        if driver_side {
+            let (ids, c, c_wall) = create_many(
+                ch,
+                e,
+                pool,
+                &format!("bench-{run_id}-con{round}"),
+                args.n,
+                args.concurrency,
+            )
+            .await?;
+            let (d, d_wall) = delete_many(ch, e, &ids, args.concurrency).await?;
+            // the driver removes deleted images in the background: wait for it, so that
+            // the next run does not share the cluster with it, and time it
+            let drained = trash_drained(e, pool, &ids).await?;
+            con_create.samples.extend_from_slice(&c.samples);
+            con_delete.samples.extend_from_slice(&d.samples);
+            drv_c_secs += c_wall.as_secs_f64();
+            drv_d_secs += d_wall.as_secs_f64();
+            drv_gone_secs += (d_wall + drained).as_secs_f64();
+        } else {
+            let (e, pool) = (e.clone(), pool.clone());
+            let (n, c) = (args.n, args.concurrency);
+            let r = tokio::task::spawn_blocking(move || floor(&e, &pool, n, c)).await??;
+            flr_c_secs += n as f64 / r.create;
+            flr_d_secs += n as f64 / r.delete;
+            flr_gone_secs += n as f64 / r.removed;
         }
     }
-    println!(
-        "{:<44} {:>10.0}/s {:>21} {:>8.0}/s {:>7.2}x",
-        format!(
-            "RBD CreateVolume throughput, {} in flight",
-            args.concurrency
-        ),
-        con_create_rate,
-        "",
-        f_con_c,
-        ratio(con_create_rate, f_con_c)
-    );
-    println!(
-        "{:<44} {:>10.0}/s {:>21} {:>8.0}/s {:>7.2}x",
-        format!(
-            "RBD DeleteVolume throughput, {} in flight",
-            args.concurrency
-        ),
-        con_delete_rate,
-        "",
-        f_con_d,
-        ratio(con_delete_rate, f_con_d)
-    );
-    println!(
-        "{:<44} {:>10.0}/s {:>21} {:>8.0}/s {:>7.2}x",
-        format!(
-            "RBD DeleteVolume + trash removal, {} in flight",
-            args.concurrency
-        ),
-        con_gone_rate,
-        "",
-        f_con_gone,
-        ratio(con_gone_rate, f_con_gone)
-    );
-    println!(
-        "controller RSS: idle {:.1} MiB ({} threads), after {} creates {:.1} MiB ({} threads; {:.1} MiB of it anonymous, the rest mapped code of the binary and the Ceph client libraries), after deleting them {:.1} MiB",
-        rss_idle as f64 / 1024.0,
-        threads_idle,
-        args.rss_creates,
-        rss_after as f64 / 1024.0,
-        threads_after,
-        anon_after as f64 / 1024.0,
-        rss_end as f64 / 1024.0
-    );
-    println!(
-        "node plugin RSS: idle {:.1} MiB ({} threads), after {} FUSE stage/publish rounds {:.1} MiB ({} threads)",
-        node.idle.0 as f64 / 1024.0,
-        node.idle.1,
-        args.node_rounds,
-        node.after.0 as f64 / 1024.0,
-        node.after.1
-    );
-    let fs_node = fs.as_ref().and_then(|f| f.node.as_ref().ok());
-    let out = json!({
-        "n": args.n, "concurrency": args.concurrency,
-        "create_seq_ms": {"median": seq_create.median(), "p90": seq_create.pct(0.9), "max": seq_create.max()},
-        "delete_seq_ms": {"median": seq_delete.median(), "p90": seq_delete.pct(0.9), "max": seq_delete.max()},
-        "floor_create_seq_ms": f_seq_c.median(), "floor_delete_seq_ms": f_seq_d.median(),
-        "create_seq_ratio": ratio(seq_create.median(), f_seq_c.median()),
-        "create_concurrent_per_s": con_create_rate, "floor_create_concurrent_per_s": f_con_c,
-        "create_concurrent_ratio": ratio(con_create_rate, f_con_c),
-        "delete_concurrent_per_s": con_delete_rate, "floor_delete_concurrent_per_s": f_con_d,
-        "delete_concurrent_removed_per_s": con_gone_rate, "floor_delete_concurrent_removed_per_s": f_con_gone,
-        "snapshot_ms": snap_t.median(), "restore_ms": restore_t.median(),
-        "startup_ms": startup.median(),
-        "cephfs_create_seq_ms": fs.as_ref().map(|f| f.create.median()),
-        "cephfs_delete_seq_ms": fs.as_ref().map(|f| f.delete.median()),
-        "cephfs_snapshot_ms": fs.as_ref().map(|f| summary(&f.snap_create)),
-        "cephfs_delete_snapshot_ms": fs.as_ref().map(|f| summary(&f.snap_delete)),
-        "cephfs_stage_publish_ms": fs_node.map(|n| summary(&n.stage_publish)),
-        "cephfs_unpublish_unstage_ms": fs_node.map(|n| summary(&n.unpublish_unstage)),
-        "cephfs_node_skipped": fs.as_ref().and_then(|f| f.node.as_ref().err()),
-        "rss_idle_kib": rss_idle, "rss_after_creates_kib": rss_after, "rss_anon_after_creates_kib": anon_after, "rss_after_deletes_kib": rss_end,
-        "threads_idle": threads_idle, "threads_after": threads_after,
-        "node_rounds": args.node_rounds,
-        "node_stage_publish_ms": summary(&node.stage_publish),
-        "node_unpublish_unstage_ms": summary(&node.unpublish_unstage),
-        "node_rss_idle_kib": node.idle.0, "node_rss_after_kib": node.after.0,
-        "node_threads_idle": node.idle.1, "node_threads_after": node.after.1,
-    });
-    println!("{out}");
-    Ok(())
+    let per_s = |secs: f64| {
+        if secs > 0.0 {
+            (2 * args.n) as f64 / secs
+        } else {
+            0.0
+        }
+    };
+    Ok(report::Rbd {
+        seq_create,
+        seq_delete,
+        f_seq_c,
+        f_seq_d,
+        con_create,
+        con_delete,
+        con_create_rate: per_s(drv_c_secs),
+        con_delete_rate: per_s(drv_d_secs),
+        con_gone_rate: per_s(drv_gone_secs),
+        f_con_c: per_s(flr_c_secs),
+        f_con_d: per_s(flr_d_secs),
+        f_con_gone: per_s(flr_gone_secs),
+    })
+}
+
+/// CreateSnapshot and CreateVolume-from-snapshot latencies, `rounds` times.
+async fn snapshot_rounds(
+    ch: &Channel,
+    e: &Env,
+    pool: &str,
+    run_id: &str,
+    rounds: usize,
+) -> anyhow::Result<(Stats, Stats)> {
+    let mut snap_t = Stats::default();
+    let mut restore_t = Stats::default();
+    for i in 0..rounds {
+        let mut ctl = pb::controller_client::ControllerClient::new(ch.clone());
+        let vol = ctl
+            .create_volume(create_req(e, pool, &format!("bench-{run_id}-snapsrc-{i}")))
+            .await?
+            .into_inner()
+            .volume
+            .ok_or_else(|| anyhow::anyhow!("no volume"))?;
+        let t = Instant::now();
+        let snap = ctl
+            .create_snapshot(pb::CreateSnapshotRequest {
+                name: format!("bench-{run_id}-snap-{i}"),
+                source_volume_id: vol.volume_id.clone(),
+                secrets: secrets(e),
+                parameters: Default::default(),
+            })
+            .await?
+            .into_inner()
+            .snapshot
+            .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
+        snap_t.push(t.elapsed());
+        let mut r = create_req(e, pool, &format!("bench-{run_id}-restore-{i}"));
+        r.volume_content_source = Some(pb::VolumeContentSource {
+            r#type: Some(pb::volume_content_source::Type::Snapshot(
+                pb::volume_content_source::SnapshotSource {
+                    snapshot_id: snap.snapshot_id.clone(),
+                },
+            )),
+        });
+        let t = Instant::now();
+        let restored = ctl
+            .create_volume(r)
+            .await?
+            .into_inner()
+            .volume
+            .ok_or_else(|| anyhow::anyhow!("no volume"))?;
+        restore_t.push(t.elapsed());
+        for id in [&restored.volume_id, &vol.volume_id] {
+            ctl.delete_volume(pb::DeleteVolumeRequest {
+                volume_id: id.clone(),
+                secrets: secrets(e),
+            })
+            .await?;
+        }
+        ctl.delete_snapshot(pb::DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id,
+            secrets: secrets(e),
+        })
+        .await?;
+    }
+    Ok((snap_t, restore_t))
 }
