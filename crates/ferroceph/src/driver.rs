@@ -70,6 +70,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             deadline: args.rpctimeout,
         })
         .add_service(identity);
+    let mut rbd_controller = None;
     let router = match driver_type {
         DriverType::Rbd => {
             let (controller, node) = (
@@ -85,6 +86,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     // answers after the trash move), and retries every --reapinterval those
                     // a clone or a dead client's watch kept there
                     controller.spawn_trash_reaper(args.reapinterval);
+                    rbd_controller = Some(controller.clone());
                     ControllerServer::from_arc(controller)
                 }),
                 args.nodeserver.then(|| {
@@ -128,10 +130,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(e) = std::fs::remove_file(&path) {
         tracing::warn!(socket = %path.display(), "cannot remove socket: {e}");
     }
+    if let Some(controller) = rbd_controller {
+        controller.drain_trash(TRASH_DRAIN_AT_EXIT).await;
+    }
     served.context("gRPC server failed")?;
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a stopping RBD controller spends removing the images of its last deletes from
+/// the trash (well inside Kubernetes' default 30 s grace period).
+const TRASH_DRAIN_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The metrics endpoint is an extra: a port that is taken (two plugins on one host with
 /// the default) is logged and retried in the background, and CSI is served regardless.

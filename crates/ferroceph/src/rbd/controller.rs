@@ -413,34 +413,49 @@ impl RbdController {
             loop {
                 image::next_removal_pass(interval).await;
                 let Some(ctl) = me.upgrade() else { return };
-                for t in ctl.targets() {
-                    let cfg =
-                        ctl.ceph
-                            .connect_config(&t.site.monitors, &t.creds.user, &t.creds.key);
-                    let (pools, site) = (t.locations, t.site);
-                    let cluster_id = site.cluster_id.clone();
-                    let r = ctl
-                        .ceph
-                        .run(cfg, move |cluster| {
-                            let mut pools = pools;
-                            if let Ok(more) = RbdBackend::discover_locations(cluster) {
-                                pools.extend(more);
-                            }
-                            let pools: Vec<String> = pools.into_iter().collect();
-                            Ok(image::remove_trashed_in(
-                                cluster,
-                                &pools,
-                                &site.namespace,
-                                &site.instance,
-                            ))
-                        })
-                        .await;
-                    if let Err(e) = r {
-                        tracing::debug!(cluster = %cluster_id, "trash remover: {e}");
-                    }
-                }
+                ctl.removal_pass().await;
             }
         });
+    }
+
+    /// A last removal pass when the controller stops, so that the images of the last
+    /// deletes do not wait in the trash for the next controller; bounded by `budget`.
+    pub(crate) async fn drain_trash(&self, budget: std::time::Duration) {
+        if tokio::time::timeout(budget, self.removal_pass())
+            .await
+            .is_err()
+        {
+            tracing::info!("trash removal unfinished at shut-down; the next controller resumes it");
+        }
+    }
+
+    async fn removal_pass(&self) {
+        for t in self.targets() {
+            let cfg = self
+                .ceph
+                .connect_config(&t.site.monitors, &t.creds.user, &t.creds.key);
+            let (pools, site) = (t.locations, t.site);
+            let cluster_id = site.cluster_id.clone();
+            let r = self
+                .ceph
+                .run(cfg, move |cluster| {
+                    let mut pools = pools;
+                    if let Ok(more) = RbdBackend::discover_locations(cluster) {
+                        pools.extend(more);
+                    }
+                    let pools: Vec<String> = pools.into_iter().collect();
+                    Ok(image::remove_trashed_in(
+                        cluster,
+                        &pools,
+                        &site.namespace,
+                        &site.instance,
+                    ))
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(cluster = %cluster_id, "trash remover: {e}");
+            }
+        }
     }
 }
 

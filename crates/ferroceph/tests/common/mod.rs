@@ -249,6 +249,25 @@ impl Driver {
         }
     }
 
+    /// Stops the driver as Kubernetes does (SIGTERM, then SIGKILL after a grace period), so
+    /// that an RBD controller removes the images of its last deletes from the trash.
+    pub fn stop(&mut self) {
+        if !self.wrapper.is_empty() {
+            return self.kill();
+        }
+        let Some(c) = self.child.as_mut() else { return };
+        unsafe_free_kill(c.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -297,7 +316,7 @@ pub fn kept_logs_dir() -> PathBuf {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
         let dir = kept_logs_dir();
         if std::fs::create_dir_all(&dir).is_ok() {
             let name = self
