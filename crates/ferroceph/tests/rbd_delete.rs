@@ -325,3 +325,45 @@ async fn admin_trashed_images_are_never_removed() {
     );
     drop_instance_objects(&inst);
 }
+
+/// csi-sanity's ListSnapshots specs: snapshots of a volume are deleted, then at once the
+/// volume. The background removal of the snapshot images (clones of the volume) opens the
+/// volume's image for a moment; that watch is this controller's own and must not make the
+/// DeleteVolume fail as if a node still used the volume.
+#[tokio::test]
+async fn volume_deleted_right_after_its_snapshots() {
+    let inst = unique("del-after-snaps");
+    let d = controller(&inst, &[], &[]);
+    let mut ctl = d.controller().await;
+    let c = admin();
+    let io = pool(&c);
+    for round in 0..3 {
+        let name = unique(&format!("pvc-snapped-{round}"));
+        let v = create(&mut ctl, &name).await;
+        let mut snaps = Vec::new();
+        for i in 0..6 {
+            let s = ctl
+                .create_snapshot(snap_req(
+                    &unique(&format!("snap-{round}-{i}")),
+                    &v.volume_id,
+                ))
+                .await
+                .expect("create snapshot")
+                .into_inner()
+                .snapshot
+                .expect("snapshot");
+            snaps.push(s.snapshot_id);
+        }
+        for s in &snaps {
+            ctl.delete_snapshot(del_snap_req(s))
+                .await
+                .expect("delete snapshot");
+        }
+        ctl.delete_volume(del_req(&v.volume_id))
+            .await
+            .expect("the volume's own controller is not a user of the volume");
+        let uuid = uuid_of(&v.volume_id);
+        eventually("deleted volume", 30, || leftovers(&io, &inst, &name, &uuid)).await;
+    }
+    drop_instance_objects(&inst);
+}

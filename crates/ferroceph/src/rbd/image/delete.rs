@@ -31,24 +31,42 @@ fn image_of(attrs: Option<&Attrs>, prefix: &str, uuid: &str) -> String {
         .unwrap_or_else(|| format!("{prefix}{uuid}"))
 }
 
-/// Fails with FailedPrecondition when any client has the image open read-write (a node
-/// that mapped it). `img` must be opened read-only, which registers no watch of its own.
-fn check_unused(img: &Image, image: &str) -> Result<()> {
-    let watchers = img
-        .watchers()
-        .map_err(Error::ceph_ctx("list image watchers"))?;
-    if !watchers.is_empty() {
-        let who: Vec<String> = watchers
+/// Fails with FailedPrecondition when another client has the image open read-write (a
+/// node that mapped it). `img` must be opened read-only, which registers no watch of its
+/// own. A watch of this controller's own client is its background work (removing a clone
+/// of this image from the trash opens its parent): that one is waited out briefly.
+fn check_unused(place: &Place<'_>, img: &Image, image: &str) -> Result<()> {
+    let me = i64::try_from(place.cluster.instance_id()).unwrap_or(-1);
+    let deadline = std::time::Instant::now() + OWN_WATCH_WAIT;
+    loop {
+        let watchers = img
+            .watchers()
+            .map_err(Error::ceph_ctx("list image watchers"))?;
+        let others: Vec<String> = watchers
             .iter()
+            .filter(|w| w.id != me)
             .map(|w| format!("client.{} at {}", w.id, w.addr))
             .collect();
-        return Err(Error::precondition(format!(
-            "image {image} is still in use by {}; unstage it on that node (or unmap it) first (a client that died is dropped by Ceph within 30 s)",
-            who.join(", ")
-        )));
+        if !others.is_empty() {
+            return Err(Error::precondition(format!(
+                "image {image} is still in use by {}; unstage it on that node (or unmap it) first (a client that died is dropped by Ceph within 30 s)",
+                others.join(", ")
+            )));
+        }
+        if watchers.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Aborted(format!(
+                "image {image} is still open by this controller's background trash removal; retry"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    Ok(())
 }
+
+/// How long a delete waits for this controller's own background work on the image.
+const OWN_WATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn delete_volume(place: &Place<'_>, uuid: &str) -> Result<()> {
     let journal = place.volumes();
@@ -57,7 +75,7 @@ pub fn delete_volume(place: &Place<'_>, uuid: &str) -> Result<()> {
     // Not found by name: already in the trash (an interrupted delete recorded it there,
     // and the remover takes it) or removed by someone else.
     if let Some(img) = place.open_read_only(&image)? {
-        check_unused(&img, &image)?;
+        check_unused(place, &img, &image)?;
         let id = img.id().map_err(Error::ceph_ctx("read image id"))?;
         drop(img);
         move_to_trash(place, &image, &id)?;
