@@ -28,17 +28,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         bail!("--nodeserver needs --nodeid (or the NODE_ID environment variable)");
     }
     if args.nodeserver {
-        match crate::node::keyfile::prepare_dir(&args.keysdir) {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                keysdir = %args.keysdir.display(),
-                "removed {n} key file(s) a killed process left behind"
-            ),
-            Err(e) => tracing::error!(
-                keysdir = %args.keysdir.display(),
-                "cannot prepare the keys directory: {e}; mounts and maps that need a key file will fail until it is fixed"
-            ),
-        }
+        prepare_keys_dir(&args.keysdir);
     }
     let path = socket_path(&args.endpoint).map_err(anyhow::Error::msg)?;
     prepare_socket(&path).with_context(|| format!("cannot prepare socket {}", path.display()))?;
@@ -136,6 +126,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     served.context("gRPC server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The node plugin's key-file directory, 0700, without files a killed process left.
+fn prepare_keys_dir(dir: &std::path::Path) {
+    match crate::node::keyfile::prepare_dir(dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            keysdir = %dir.display(),
+            "removed {n} key file(s) a killed process left behind"
+        ),
+        Err(e) => tracing::error!(
+            keysdir = %dir.display(),
+            "cannot prepare the keys directory: {e}; mounts and maps that need a key file will fail until it is fixed"
+        ),
+    }
 }
 
 /// How long a stopping RBD controller spends removing the images of its last deletes from

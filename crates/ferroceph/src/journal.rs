@@ -318,6 +318,18 @@ impl<'a> Journal<'a> {
         Ok(out)
     }
 
+    /// The entries (of `only`, else all) whose attributes hold `done_key`: those a create
+    /// finished.
+    pub fn finished_entries(
+        &self,
+        only: Option<&str>,
+        done_key: &str,
+    ) -> Result<Vec<(String, Attrs)>, JournalError> {
+        let mut all = self.entries(only)?;
+        all.retain(|(_, attrs)| attrs.contains_key(done_key));
+        Ok(all)
+    }
+
     /// Every directory entry (request name → uuid), read in batches.
     pub fn list_all(&self) -> Result<Vec<(String, String)>, JournalError> {
         let mut out: Vec<(String, String)> = Vec::new();

@@ -322,23 +322,18 @@ impl Backend for CephFsBackend {
         let Some(place) = place_at(c, site, at)? else {
             return Ok(None);
         };
-        let entries = place
+        let finished = place
             .snaps()
-            .entries(only)
+            .finished_entries(only, journal::SOURCE)
             .map_err(|e| subvolume::jerr("read snapshot journal", e))?;
-        let mut out = Vec::new();
-        for (uuid, attrs) in entries {
-            if !attrs.contains_key(journal::SOURCE) {
-                continue; // not finished
-            }
-            let info = subvolume::read_snapshot_info(&place, &uuid, &attrs);
-            out.push(SnapshotEntry {
-                source_uuid: uuid_tail(&info.source_sub).map(str::to_string),
-                uuid,
-                size: info.size,
-                created_nanos: info.created_nanos,
-            });
-        }
+        let out = finished
+            .into_iter()
+            .map(|(uuid, attrs)| {
+                let info = subvolume::read_snapshot_info(&place, &uuid, &attrs);
+                let source_uuid = uuid_tail(&info.source_sub).map(str::to_string);
+                SnapshotEntry::new(uuid, source_uuid, info.size, info.created_nanos)
+            })
+            .collect();
         Ok(Some((place.fs.fscid, out)))
     }
 

@@ -67,6 +67,22 @@ pub(crate) struct SnapshotEntry {
     pub(crate) created_nanos: i64,
 }
 
+impl SnapshotEntry {
+    pub(crate) fn new(
+        uuid: String,
+        source_uuid: Option<String>,
+        size: u64,
+        created_nanos: i64,
+    ) -> SnapshotEntry {
+        SnapshotEntry {
+            uuid,
+            source_uuid,
+            size,
+            created_nanos,
+        }
+    }
+}
+
 /// One volume of a journal with its condition (is its image or subvolume there?).
 pub(crate) struct VolumeEntry {
     pub(crate) uuid: String,
