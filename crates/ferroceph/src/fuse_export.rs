@@ -30,14 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-/// Name of the one file in the export.
-pub const EXPORT_FILE: &str = "image";
-/// Sub-type of the FUSE mount (`fuse.ferroceph-rbd` in /proc/self/mountinfo).
-pub const FUSE_SUBTYPE: &str = "ferroceph-rbd";
-/// The subcommand's name.
-pub const SUBCOMMAND: &str = "fuse-export";
-/// First line on standard output once the export serves.
-pub const READY: &str = "READY";
+// The contract with the attach side (rbd::attach::fuse), which owns it.
+pub use crate::rbd::attach::fuse::{EXPORT_FILE, FUSE_SUBTYPE, READY, SUBCOMMAND};
 
 const FILE_INO: u64 = 2;
 const MAX_KEY_BYTES: u64 = 4096;

@@ -236,3 +236,34 @@ fn only_the_grpc_services_build_a_status() {
         "domain code builds tonic::Status (return crate::error::Error instead): {offenders:?}"
     );
 }
+
+/// Operator tools (client, doctor, bench, the FUSE exporter process) depend on the driver's
+/// modules, never the other way round.
+#[test]
+fn the_driver_does_not_depend_on_its_tools() {
+    const TOOLS: &[&str] = &["client", "doctor", "bench", "fuse_export"];
+    const MAY_USE_TOOLS: &[&str] = &["cli.rs", "main.rs", "liveness.rs"];
+    let root = src_root();
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut offenders = Vec::new();
+    for f in &files {
+        let rel = f
+            .strip_prefix(&root)
+            .expect("under src")
+            .display()
+            .to_string();
+        let module = module_of(f.strip_prefix(&root).expect("under src"));
+        let in_tool = module.first().is_some_and(|m| TOOLS.contains(&m.as_str()));
+        if in_tool || MAY_USE_TOOLS.contains(&rel.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).expect("read");
+        for r in crate_refs(non_test(&text)) {
+            if r.first().is_some_and(|m| TOOLS.contains(&m.as_str())) {
+                offenders.push(format!("{rel} uses crate::{}", r.join("::")));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:?}");
+}

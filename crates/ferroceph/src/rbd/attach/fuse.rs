@@ -9,7 +9,6 @@
 
 use super::{stop_process, AttachEnv, AttachRequest, Attached, Attacher, Health};
 use crate::error::{Error, Result};
-use crate::fuse_export::{EXPORT_FILE, READY, SUBCOMMAND};
 use crate::node::exec;
 use crate::node::mount;
 use crate::node::record::{FuseState, Record};
@@ -17,6 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+/// The attachment process this mounter starts (`ferroceph fuse-export`, fuse_export.rs):
+/// its subcommand, the line it prints once it serves, the one file it exports and the
+/// sub-type of its FUSE mount (`fuse.ferroceph-rbd` in /proc/self/mountinfo).
+pub const SUBCOMMAND: &str = "fuse-export";
+pub const READY: &str = "READY";
+pub const EXPORT_FILE: &str = "image";
+pub const FUSE_SUBTYPE: &str = "ferroceph-rbd";
 
 pub(crate) struct Fuse {
     pub env: AttachEnv,

@@ -17,10 +17,10 @@
 use crate::ceph::Ceph;
 use crate::config::{ClusterMap, ConfigError};
 use crate::error::{Error, Result};
-use crate::fuse_export::EXPORT_FILE;
 use crate::locks::OpLocks;
 use crate::node::record::{self, ImageLocation, Record, StageState, RECORD_VERSION};
 use crate::node::{format, inuse, mount, stats};
+use crate::rbd::attach::fuse::EXPORT_FILE;
 use crate::rbd::attach::{self, AttachEnv, AttachRequest, Health, KernelSupport, Mounter};
 use crate::rbd::params::{controller_credentials, Credentials, DEFAULT_VOL_PREFIX};
 use crate::validate::{self, CapSummary, RBD_MODES};
