@@ -114,14 +114,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 ))
             })),
     };
-    let served = router
-        .serve_with_incoming_shutdown(incoming(listener), shutdown_signal())
-        .await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = router.serve_with_incoming_shutdown(incoming(listener), async {
+        let _ = stop_rx.await;
+    });
+    let served = serve_until_signal(serve, stop_tx, rbd_controller).await;
     if let Err(e) = std::fs::remove_file(&path) {
         tracing::warn!(socket = %path.display(), "cannot remove socket: {e}");
-    }
-    if let Some(controller) = rbd_controller {
-        controller.drain_trash(TRASH_DRAIN_AT_EXIT).await;
     }
     served.context("gRPC server failed")?;
     tracing::info!("stopped");
@@ -146,6 +145,36 @@ fn prepare_keys_dir(dir: &std::path::Path) {
 /// How long a stopping RBD controller spends removing the images of its last deletes from
 /// the trash (well inside Kubernetes' default 30 s grace period).
 const TRASH_DRAIN_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Serves until SIGTERM or SIGINT; then finishes the trash removal of the last deletes,
+/// stops accepting calls and gives the calls in flight a short grace (every flow converges
+/// when cut off).
+async fn serve_until_signal(
+    serve: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    rbd_controller: Option<Arc<RbdController>>,
+) -> Result<(), tonic::transport::Error> {
+    tokio::pin!(serve);
+    tokio::select! {
+        r = &mut serve => r,
+        () = shutdown_signal() => {
+            if let Some(controller) = &rbd_controller {
+                controller.drain_trash(TRASH_DRAIN_AT_EXIT).await;
+            }
+            let _ = stop.send(());
+            match tokio::time::timeout(CLOSE_GRACE, &mut serve).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::info!("clients still connected after {CLOSE_GRACE:?}; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// How long a stopping driver waits for its clients to finish their calls and hang up.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The metrics endpoint is an extra: a port that is taken (two plugins on one host with
 /// the default) is logged and retried in the background, and CSI is served regardless.
