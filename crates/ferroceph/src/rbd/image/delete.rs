@@ -31,42 +31,42 @@ fn image_of(attrs: Option<&Attrs>, prefix: &str, uuid: &str) -> String {
         .unwrap_or_else(|| format!("{prefix}{uuid}"))
 }
 
-/// Fails with FailedPrecondition when another client has the image open read-write (a
+/// Fails with FailedPrecondition when another client keeps the image open read-write (a
 /// node that mapped it). `img` must be opened read-only, which registers no watch of its
-/// own. A watch of this controller's own client is its background work (removing a clone
-/// of this image from the trash opens its parent): that one is waited out briefly.
+/// own. Watches that go within a few seconds are waited out: this controller's background
+/// removal of a clone opens its parent, and the mgr's flatten task opens the chain.
 fn check_unused(place: &Place<'_>, img: &Image, image: &str) -> Result<()> {
     let me = i64::try_from(place.cluster.instance_id()).unwrap_or(-1);
-    let deadline = std::time::Instant::now() + OWN_WATCH_WAIT;
+    let deadline = std::time::Instant::now() + TRANSIENT_WATCH_WAIT;
     loop {
         let watchers = img
             .watchers()
             .map_err(Error::ceph_ctx("list image watchers"))?;
-        let others: Vec<String> = watchers
-            .iter()
-            .filter(|w| w.id != me)
-            .map(|w| format!("client.{} at {}", w.id, w.addr))
-            .collect();
-        if !others.is_empty() {
+        if watchers.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let others: Vec<String> = watchers
+                .iter()
+                .filter(|w| w.id != me)
+                .map(|w| format!("client.{} at {}", w.id, w.addr))
+                .collect();
+            if others.is_empty() {
+                return Err(Error::Aborted(format!(
+                    "image {image} is still open by this controller's background trash removal; retry"
+                )));
+            }
             return Err(Error::precondition(format!(
                 "image {image} is still in use by {}; unstage it on that node (or unmap it) first (a client that died is dropped by Ceph within 30 s)",
                 others.join(", ")
             )));
         }
-        if watchers.is_empty() {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Error::Aborted(format!(
-                "image {image} is still open by this controller's background trash removal; retry"
-            )));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
-/// How long a delete waits for this controller's own background work on the image.
-const OWN_WATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a delete waits for watches that are about to go.
+const TRANSIENT_WATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn delete_volume(place: &Place<'_>, uuid: &str) -> Result<()> {
     let journal = place.volumes();

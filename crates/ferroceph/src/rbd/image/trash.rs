@@ -41,10 +41,18 @@ pub(crate) fn move_to_trash(place: &Place<'_>, image: &str, id: &str) -> Result<
         .record(id, image)
         .map_err(log_err("record a move to the trash"))?;
     crate::ceph::crash_point("delete.recorded");
-    match rbd::trash_move(&place.io, image, 0) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::ceph("move image to trash", e)),
+    // A watch that opened after the in-use check (the mgr's flatten task, our own removal
+    // of a clone) makes the move fail with EBUSY for a moment: retried briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match rbd::trash_move(&place.io, image, 0) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Busy && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(Error::ceph("move image to trash", e)),
+        }
     }
 }
 
