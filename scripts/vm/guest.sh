@@ -7,8 +7,9 @@
 # /results/plan: the first line is a test binary, each further line one test name; every test
 # runs as `BINARY --exact NAME --nocapture` with FERRO_IN_VM=1, its output in /results/NAME.log,
 # its exit code in NAME.rc, its duration in seconds in NAME.secs and the driver logs it kept in
-# /results/logs/NAME/. When all have run,
-# /results/done is written. There is no udevd here, as in a container.
+# /results/logs/NAME/. /results/started is written once the guest is up, before the plan (the
+# host's boot watchdog waits for it); /results/done when all have run. There is no udevd here,
+# as in a container.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8
 say() { echo "guest: $*" >/dev/console; }
@@ -78,6 +79,8 @@ if [ "${FERRO_INTERACTIVE:-0}" = 1 ]; then
     exit 0
 fi
 
+# The host's watchdog waits for this: a guest that never gets here hung while booting.
+date +%s >/results/started
 plan=/results/plan
 if [ ! -f "$plan" ]; then
     say "no $plan"
@@ -89,7 +92,7 @@ while read -r name; do
     [ -n "$name" ] || continue
     start=$(date +%s.%N)
     mkdir -p "/results/logs/$name"
-    FERRO_IN_VM=1 FERRO_KEPT_LOGS="/results/logs/$name" timeout -k 10 900 "$bin" --exact "$name" --nocapture --test-threads=1 \
+    FERRO_IN_VM=1 FERRO_KEPT_LOGS="/results/logs/$name" timeout -k 10 360 "$bin" --exact "$name" --nocapture --test-threads=1 \
         >"/results/$name.log" 2>&1 </dev/null
     rc=$?
     end=$(date +%s.%N)

@@ -5,8 +5,11 @@
 //! no udevd in the VM, as in a plugin container.
 //!
 //! Run one by hand: `cargo test -p ferroceph --test kernel krbd_xfs`; the guest's console,
-//! scenario output and driver logs stay in target/tmp/vm/last/.
+//! scenario output and driver logs stay in target/tmp/vm/last/. Volumes that ceph-csi staged
+//! are in kernel/cephcsi.rs.
 
+#[path = "kernel/cephcsi.rs"]
+mod cephcsi;
 mod common;
 use common::node::*;
 use common::vm::scenario;
@@ -33,6 +36,8 @@ const ALL: &[&str] = &[
     "nbd_survives_plugin_restart",
     "nbd_healthy_across_pid_namespaces",
     "cephfs_kernel_two_nodes",
+    "cephcsi::cephcsi_staged_krbd_volume_is_published_and_unstaged",
+    "cephcsi::cephcsi_staged_nbd_volume_is_published_and_unstaged",
     "doctor_reports_the_kernel",
     "auto_mounter_follows_kernel_modules",
 ];
@@ -794,7 +799,8 @@ fn cephfs_kernel_two_nodes() {
             "node b sees the new quota"
         );
 
-        // stats: bytes and inodes filled in (the MDS propagates recursive usage lazily)
+        // stats: bytes and inodes filled in; the MDS propagates recursive usage lazily, and
+        // statfs's inode count lags behind the byte count the driver reads fresh
         let unit = |st: &pb::NodeGetVolumeStatsResponse, u: pb::volume_usage::Unit| {
             st.usage
                 .iter()

@@ -481,13 +481,25 @@ fn statvfs(path: &Path) -> std::io::Result<Usage> {
     if let Some(b) = rbytes {
         u.used = b;
     }
+    // Likewise the inode count: statfs takes it from the quota realm's cached recursive
+    // stats, which lag behind (a fresh file shows bytes used but no inode for a while).
+    if let Some(n) = recursive_stat(path, "ceph.dir.rentries") {
+        u.inodes_used = n;
+        if let Some(total) = u.inodes_total {
+            u.inodes_free = Some(total.saturating_sub(n));
+        }
+    }
     Ok(u)
 }
 
 /// The recursive byte count of the directory at `path` (CephFS's `ceph.dir.rbytes`).
 /// Reading it also makes the kernel client fetch fresh recursive stats from the MDS.
 fn recursive_bytes(path: &Path) -> Option<u64> {
-    let v = xattr::get(path, "ceph.dir.rbytes").ok()??;
+    recursive_stat(path, "ceph.dir.rbytes")
+}
+
+fn recursive_stat(path: &Path, name: &str) -> Option<u64> {
+    let v = xattr::get(path, name).ok()??;
     std::str::from_utf8(&v).ok()?.trim().parse().ok()
 }
 

@@ -30,8 +30,10 @@ pub struct Outcome {
 }
 
 struct Run {
-    /// None when the VM could not run at all; then every scenario fails with this reason.
-    outcomes: Result<HashMap<String, Outcome>, String>,
+    /// The scenarios that ran to an end, even when the VM failed afterwards.
+    outcomes: HashMap<String, Outcome>,
+    /// Why the VM did not run its whole plan, if it did not.
+    failure: Option<String>,
     dir: PathBuf,
 }
 
@@ -55,16 +57,15 @@ where
     assert!(all.contains(&name), "scenario {name} is not in the list");
     static RUN: OnceLock<Run> = OnceLock::new();
     let run = RUN.get_or_init(|| boot(all));
-    let outcomes = match &run.outcomes {
-        Ok(o) => o,
-        Err(why) => panic!("the kernel VM did not run: {why}"),
-    };
-    let Some(o) = outcomes.get(name) else {
-        panic!(
-            "scenario {name} has no result: the VM stopped before it ran (see {}/console.log)\n{}",
-            run.dir.display(),
-            tail(&read(&run.dir.join("console.log")), 60)
-        );
+    let Some(o) = run.outcomes.get(name) else {
+        match &run.failure {
+            Some(why) => panic!("the kernel VM did not run scenario {name}: {why}"),
+            None => panic!(
+                "scenario {name} has no result: the VM stopped before it ran (see {}/console.log)\n{}",
+                run.dir.display(),
+                tail(&read(&run.dir.join("console.log")), 60)
+            ),
+        }
     };
     if o.exit == Some(0) {
         eprintln!("{name}: passed in the VM in {} s", o.secs);
@@ -121,60 +122,67 @@ fn boot(all: &[&str]) -> Run {
     let dir = root.join("last");
     let _ = std::fs::remove_dir_all(&dir);
     let names = selected(all);
-    let outcomes = (|| {
-        std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-        let mut plan = format!("{}\n", exe.display());
-        for n in &names {
-            plan.push_str(n);
-            plan.push('\n');
+    let failure = run_plan(&dir, &names).err();
+    let mut outcomes = HashMap::new();
+    for n in &names {
+        let rc = read(&dir.join(format!("{n}.rc")));
+        if rc.is_empty() {
+            continue;
         }
-        std::fs::write(dir.join("plan"), plan).map_err(|e| format!("write the plan: {e}"))?;
-        eprintln!(
-            "booting the kernel VM for {} scenario(s); console: {}",
-            names.len(),
-            dir.join("console.log").display()
+        outcomes.insert(
+            n.clone(),
+            Outcome {
+                exit: rc.trim().parse().ok(),
+                secs: read(&dir.join(format!("{n}.secs"))).trim().to_string(),
+                output: read(&dir.join(format!("{n}.log"))),
+            },
         );
-        let script = super::workspace().join("scripts/vm.sh");
-        let out = Command::new(&script)
-            .arg("boot")
-            .arg(&dir)
-            .arg(std::env::var("FERRO_VM_TIMEOUT").unwrap_or_else(|_| "1800".into()))
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} boot failed ({}): {}\n{}",
-                script.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
-                tail(&read(&dir.join("console.log")), 40)
-            ));
-        }
-        if !dir.join("done").exists() {
-            return Err(format!(
-                "the guest powered off before finishing its plan:\n{}",
-                tail(&read(&dir.join("console.log")), 60)
-            ));
-        }
-        let mut m = HashMap::new();
-        for n in &names {
-            let rc = read(&dir.join(format!("{n}.rc")));
-            if rc.is_empty() {
-                continue;
-            }
-            m.insert(
-                n.clone(),
-                Outcome {
-                    exit: rc.trim().parse().ok(),
-                    secs: read(&dir.join(format!("{n}.secs"))).trim().to_string(),
-                    output: read(&dir.join(format!("{n}.log"))),
-                },
-            );
-        }
-        Ok(m)
-    })();
-    Run { outcomes, dir }
+    }
+    Run {
+        outcomes,
+        failure,
+        dir,
+    }
+}
+
+/// Writes the plan and boots the VM on it; Err says why the guest did not finish it.
+fn run_plan(dir: &Path, names: &[String]) -> Result<(), String> {
+    std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let mut plan = format!("{}\n", exe.display());
+    for n in names {
+        plan.push_str(n);
+        plan.push('\n');
+    }
+    std::fs::write(dir.join("plan"), plan).map_err(|e| format!("write the plan: {e}"))?;
+    eprintln!(
+        "booting the kernel VM for {} scenario(s); console: {}",
+        names.len(),
+        dir.join("console.log").display()
+    );
+    let script = super::workspace().join("scripts/vm.sh");
+    let out = Command::new(&script)
+        .arg("boot")
+        .arg(dir)
+        .arg(std::env::var("FERRO_VM_TIMEOUT").unwrap_or_else(|_| "1200".into()))
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} boot failed ({}): {}\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            tail(&read(&dir.join("console.log")), 40)
+        ));
+    }
+    if !dir.join("done").exists() {
+        return Err(format!(
+            "the guest powered off before finishing its plan:\n{}",
+            tail(&read(&dir.join("console.log")), 60)
+        ));
+    }
+    Ok(())
 }
 
 fn read(p: &Path) -> String {

@@ -4,22 +4,18 @@
 //! mapped, formatted and mounted at `<staging>/<volume id>`), then kubelet's calls are played
 //! against ferroceph: stage (kubelet's reconstruction), publish, stats, unpublish, unstage.
 //!
-//! Run: `cargo test -p ferroceph --test kernel_cephcsi`.
+//! Run: `cargo test -p ferroceph --test kernel cephcsi::` (a module of tests/kernel.rs, so
+//! that one VM boot runs every kernel scenario).
 
-mod common;
-use common::node::*;
-use common::vm::scenario;
-use common::*;
+use super::ALL;
+use crate::common::node::*;
+use crate::common::vm::scenario;
+use crate::common::*;
 use csi::v1 as pb;
 use pb::volume_capability::access_mode::Mode;
 use std::path::Path;
 use std::process::Command;
 use tonic::Code;
-
-const ALL: &[&str] = &[
-    "cephcsi_staged_krbd_volume_is_published_and_unstaged",
-    "cephcsi_staged_nbd_volume_is_published_and_unstaged",
-];
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
@@ -194,7 +190,7 @@ async fn cephcsi_staged_volume(nbd: bool, fs: Option<&str>) {
 #[test]
 fn cephcsi_staged_krbd_volume_is_published_and_unstaged() {
     scenario(
-        "cephcsi_staged_krbd_volume_is_published_and_unstaged",
+        "cephcsi::cephcsi_staged_krbd_volume_is_published_and_unstaged",
         ALL,
         || cephcsi_staged_volume(false, Some("ext4")),
     );
@@ -203,7 +199,7 @@ fn cephcsi_staged_krbd_volume_is_published_and_unstaged() {
 #[test]
 fn cephcsi_staged_nbd_volume_is_published_and_unstaged() {
     scenario(
-        "cephcsi_staged_nbd_volume_is_published_and_unstaged",
+        "cephcsi::cephcsi_staged_nbd_volume_is_published_and_unstaged",
         ALL,
         || cephcsi_staged_volume(true, None),
     );
