@@ -1,9 +1,7 @@
 #![no_main]
 //! The cluster map loader never panics on any input.
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks.rs"]
+#[allow(dead_code)]
+mod checks;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = std::str::from_utf8(data) {
-        let _ = ferroceph::config::parse(s);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::cluster_map(data));

@@ -51,12 +51,20 @@ impl CsiId {
         if handle.len() < FIXED_LEN || handle.len() > MAX_ID_LEN || !handle.is_ascii() {
             return Err(bad("wrong length"));
         }
-        let version = u16::from_str_radix(&handle[0..4], 16).map_err(|_| bad("bad version"))?;
-        if version != VERSION || &handle[4..5] != "-" {
+        // Only the one spelling encode() writes: from_str_radix alone would also take
+        // upper case and a '+', and two spellings of one handle could pass two locks.
+        let hex = |s: &str, why| {
+            if s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                u64::from_str_radix(s, 16).map_err(|_| bad(why))
+            } else {
+                Err(bad(why))
+            }
+        };
+        let version = hex(&handle[0..4], "bad version")?;
+        if version != u64::from(VERSION) || &handle[4..5] != "-" {
             return Err(bad("unknown version"));
         }
-        let len =
-            usize::from_str_radix(&handle[5..9], 16).map_err(|_| bad("bad clusterID length"))?;
+        let len = hex(&handle[5..9], "bad clusterID length")? as usize;
         if &handle[9..10] != "-" || handle.len() != FIXED_LEN + len {
             return Err(bad("clusterID length does not match"));
         }
@@ -66,8 +74,7 @@ impl CsiId {
         if &rest[0..1] != "-" || &rest[17..18] != "-" {
             return Err(bad("missing separator"));
         }
-        let location =
-            u64::from_str_radix(&rest[1..17], 16).map_err(|_| bad("bad location"))? as i64;
+        let location = hex(&rest[1..17], "bad location")? as i64;
         let uuid = &rest[18..];
         if !is_uuid(uuid) {
             return Err(bad("bad uuid"));
@@ -147,6 +154,11 @@ mod tests {
             &EXAMPLE.replace("0001-", "0002-"),
             &EXAMPLE.replace("-0024-", "-0023-"),
             &EXAMPLE.replace("0000000000000003", "000000000000000g"),
+            // other spellings of a valid handle (found by tests/fuzz_inputs.rs)
+            &EXAMPLE.replace("0000000000000003", "000000000000000A"),
+            &EXAMPLE.replace("0000000000000003", "+000000000000003"),
+            &EXAMPLE.replace("0001-", "+001-"),
+            &EXAMPLE.replace("-0024-", "-+024-"),
             &EXAMPLE[..EXAMPLE.len() - 1],
             &format!("{EXAMPLE}x"),
             "0001-0024-fed5480a-f00f-417a-a51d-31d8a8144c03-0000000000000003-eba90b33-0156-11ec-a30b-4678a93686cé",
