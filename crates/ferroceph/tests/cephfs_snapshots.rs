@@ -1,6 +1,6 @@
 //! CephFS snapshots and clones against the dev cluster's filesystem: snapshot, clone from
-//! snapshot and volume, deleting a volume that has snapshots, snapshots ceph-csi made,
-//! pending clones, and clones that complete within the call.
+//! snapshot and volume, deleting a volume that has snapshots, snapshots ceph-csi made, and
+//! clones that complete within the call (pending clones: cephfs_pending_clones.rs).
 
 mod common;
 use common::cephfs::*;
@@ -308,96 +308,6 @@ async fn cephcsi_snapshot_reports_real_size_and_time() {
             "{what} creation time {t}, taken at {taken}"
         );
     }
-}
-
-/// DeleteSnapshot of a snapshot that clones are still being made from answers
-/// FailedPrecondition (the spec's code for a snapshot in use) and keeps it. Clones of a
-/// small volume finish quickly, so a round counts only when the mgr still reports pending
-/// clones right before the delete and they are still pending when the driver asks (a
-/// delete that succeeded found them finished: Ceph itself refuses to remove a snapshot
-/// with pending clones); up to six rounds.
-#[tokio::test]
-async fn delete_snapshot_with_pending_clones_is_failed_precondition() {
-    let d = fs_driver(true, None);
-    let mut ctl = d.controller().await;
-    let src = ctl
-        .create_volume(fs_create(&unique("pvc-fs-pending"), 16 * MIB))
-        .await
-        .expect("source")
-        .into_inner()
-        .volume
-        .unwrap();
-    let sub = src.volume_context["subvolumeName"].clone();
-    let mut outcome = None;
-    for _round in 0..6 {
-        let snap = ctl
-            .create_snapshot(fs_snap_req(&unique("snap-fs-pending"), &src.volume_id))
-            .await
-            .expect("snapshot")
-            .into_inner()
-            .snapshot
-            .unwrap();
-        let snap_name = format!("csi-snap-{}", uuid_of(&snap.snapshot_id));
-        // clones queue up behind the mgr's cloner threads
-        let clones: Vec<String> = (0..8)
-            .map(|i| format!("pending-clone-{i}-{}", uuid_of(&snap.snapshot_id)))
-            .collect();
-        for c in &clones {
-            // a slow mgr may answer late; the cleanup below handles a clone either way
-            let _ = mgr(
-                json!({"prefix": "fs subvolume snapshot clone", "sub_name": sub,
-                "group_name": GROUP, "snap_name": snap_name, "target_sub_name": c,
-                "target_group_name": GROUP}),
-            );
-        }
-        let info = mgr(
-            json!({"prefix": "fs subvolume snapshot info", "sub_name": sub,
-            "snap_name": snap_name, "group_name": GROUP}),
-        )
-        .unwrap_or(Value::Null);
-        let pending = info["has_pending_clones"] == "yes";
-        let first = if pending {
-            // Ok: the clones finished between the two looks; the round does not count
-            ctl.delete_snapshot(fs_del_snap(&snap.snapshot_id))
-                .await
-                .err()
-                .map(Err::<(), tonic::Status>)
-        } else {
-            None
-        };
-        let kept = snapshots(GROUP, &sub).contains(&snap_name);
-        // clean up: wait for the clones, remove them, then the snapshot
-        let deadline = Instant::now() + Duration::from_secs(120);
-        for c in &clones {
-            loop {
-                let st =
-                    mgr(json!({"prefix": "fs clone status", "clone_name": c, "group_name": GROUP}))
-                        .unwrap_or(Value::Null);
-                let state = st["status"]["state"].as_str().unwrap_or("").to_string();
-                if state != "pending" && state != "in-progress" || Instant::now() > deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            let _ = mgr(
-                json!({"prefix": "fs subvolume rm", "sub_name": c, "group_name": GROUP, "force": true}),
-            );
-        }
-        ctl.delete_snapshot(fs_del_snap(&snap.snapshot_id))
-            .await
-            .expect("delete snapshot");
-        if let Some(first) = first {
-            outcome = Some((first, kept));
-            break;
-        }
-    }
-    ctl.delete_volume(fs_del(&src.volume_id))
-        .await
-        .expect("delete source");
-    let (first, kept) = outcome.expect("in no round were clones still pending at the delete");
-    let e = first.expect_err("the snapshot was deleted while clones were pending");
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(kept, "the snapshot is gone");
 }
 
 /// csi-sanity's "should create volume from an existing source snapshot / volume": a small
