@@ -7,7 +7,7 @@ use common::cephfs::*;
 use common::*;
 use csi::v1 as pb;
 use pb::volume_capability::access_mode::Mode;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
