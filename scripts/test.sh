@@ -17,7 +17,26 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Start from a clean pool so the leak check below judges this run only.
 ./scripts/pool-check.sh reset
 rm -rf target/tmp/ferroceph-logs
+# Build every test first, then run the kernel scenarios (a VM on one core, ~2-6 min) beside
+# the host tests, which mostly wait on the cluster; the VM's results are shown at the end.
+cargo test --workspace --locked --no-run
+kernel_log=$(mktemp /tmp/ferroceph-kernel.XXXXXX)
+# (a session of its own, so that a failure here stops the VM too)
+setsid -w cargo test --locked -p ferroceph --test kernel -- --ignored >"$kernel_log" 2>&1 &
+kernel_pid=$!
+trap 'kill -- -"$kernel_pid" 2>/dev/null || kill "$kernel_pid" 2>/dev/null || true' EXIT
 cargo test --workspace --locked
+kernel_rc=0
+wait "$kernel_pid" || kernel_rc=$?
+trap - EXIT
+if ((kernel_rc != 0)); then
+    cat "$kernel_log"
+    rm -f "$kernel_log"
+    echo "test.sh: the kernel scenarios failed (exit $kernel_rc)" >&2
+    exit 1
+fi
+grep -E '^test |^test result' "$kernel_log" || true
+rm -f "$kernel_log"
 cargo test --locked -p ferroceph --test outage -- --ignored --test-threads=1
 # Crash soak, short form: >= 20 SIGKILLs under a mixed workload, then no leaks.
 soak_log=$(mktemp /tmp/ferroceph-soak.XXXXXX)

@@ -10,7 +10,7 @@
 #                                     and writes its results into DIR; the VM is killed after SECONDS
 #   scripts/vm.sh shell               boot with an interactive shell in the guest (exit to power off)
 #
-# Scenarios are Rust tests (crates/ferroceph/tests/kernel.rs): `cargo test --test kernel NAME`
+# Scenarios are Rust tests (crates/ferroceph/tests/kernel.rs): `cargo test --test kernel -- --ignored NAME`
 # boots the VM and runs the matching scenarios inside it. State: ${FERROCEPH_VM_DIR:-/var/tmp/ferroceph-vm}.
 set -euo pipefail
 

@@ -92,7 +92,7 @@ while read -r name; do
     [ -n "$name" ] || continue
     start=$(date +%s.%N)
     mkdir -p "/results/logs/$name"
-    FERRO_IN_VM=1 FERRO_KEPT_LOGS="/results/logs/$name" timeout -k 10 360 "$bin" --exact "$name" --nocapture --test-threads=1 \
+    FERRO_IN_VM=1 FERRO_KEPT_LOGS="/results/logs/$name" timeout -k 10 360 "$bin" --exact "$name" --include-ignored --nocapture --test-threads=1 \
         >"/results/$name.log" 2>&1 </dev/null
     rc=$?
     end=$(date +%s.%N)

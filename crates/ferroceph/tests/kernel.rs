@@ -4,7 +4,8 @@
 //! scenarios and reports its own; inside the VM (`FERRO_IN_VM=1`) it runs its body. There is
 //! no udevd in the VM, as in a plugin container.
 //!
-//! Run one by hand: `cargo test -p ferroceph --test kernel krbd_xfs`; the guest's console,
+//! Run one by hand: `cargo test -p ferroceph --test kernel -- --ignored krbd_xfs` (ignored in a plain
+//! `cargo test`: scripts/test.sh runs them beside the host tests); the guest's console,
 //! scenario output and driver logs stay in target/tmp/vm/last/. Volumes that ceph-csi staged
 //! are in kernel/cephcsi.rs.
 
@@ -144,6 +145,7 @@ async fn rbd_lifecycle(mounter: &str, fs: Option<&str>) {
 }
 
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn krbd_ext4_filesystem_lifecycle() {
     scenario("krbd_ext4_filesystem_lifecycle", ALL, || {
         rbd_lifecycle("krbd", Some("ext4"))
@@ -151,6 +153,7 @@ fn krbd_ext4_filesystem_lifecycle() {
 }
 
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn krbd_xfs_filesystem_lifecycle() {
     scenario("krbd_xfs_filesystem_lifecycle", ALL, || {
         rbd_lifecycle("krbd", Some("xfs"))
@@ -158,6 +161,7 @@ fn krbd_xfs_filesystem_lifecycle() {
 }
 
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn krbd_raw_block_lifecycle() {
     scenario("krbd_raw_block_lifecycle", ALL, || {
         rbd_lifecycle("krbd", None)
@@ -165,6 +169,7 @@ fn krbd_raw_block_lifecycle() {
 }
 
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn nbd_ext4_filesystem_lifecycle() {
     scenario("nbd_ext4_filesystem_lifecycle", ALL, || {
         rbd_lifecycle("rbd-nbd", Some("ext4"))
@@ -172,6 +177,7 @@ fn nbd_ext4_filesystem_lifecycle() {
 }
 
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn nbd_xfs_filesystem_lifecycle() {
     scenario("nbd_xfs_filesystem_lifecycle", ALL, || {
         rbd_lifecycle("rbd-nbd", Some("xfs"))
@@ -179,6 +185,7 @@ fn nbd_xfs_filesystem_lifecycle() {
 }
 
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn nbd_raw_block_lifecycle() {
     scenario("nbd_raw_block_lifecycle", ALL, || {
         rbd_lifecycle("rbd-nbd", None)
@@ -190,6 +197,7 @@ fn nbd_raw_block_lifecycle() {
 /// No udevd runs here (as in a plugin container): `rbd map` must not wait for udev events.
 /// Before `noudev` was passed, the stage blocked until the 60 s deadline of `rbd map`.
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn krbd_stage_without_udevd() {
     scenario("krbd_stage_without_udevd", ALL, || async {
         for udevd in ["systemd-udevd", "udevd"] {
@@ -225,6 +233,7 @@ fn krbd_stage_without_udevd() {
 /// An image with a feature this kernel's krbd lacks (journaling) is refused before any
 /// map, naming the feature and the fix, from the kernel's own supported_features.
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn krbd_refuses_features_the_kernel_lacks() {
     scenario("krbd_refuses_features_the_kernel_lacks", ALL, || async {
         let supported = std::fs::read_to_string("/sys/bus/rbd/supported_features")
@@ -281,6 +290,7 @@ fn krbd_refuses_features_the_kernel_lacks() {
 /// Node b may not map a single-node read-write volume that node a has mounted; it may once
 /// node a unstaged it.
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn krbd_rwo_volume_refused_on_a_second_node() {
     scenario("krbd_rwo_volume_refused_on_a_second_node", ALL, || async {
         let n = rbd_nodes();
@@ -323,6 +333,7 @@ fn krbd_rwo_volume_refused_on_a_second_node() {
 /// read-only mapping (made by hand here, as an administrator or a reader would) is never
 /// handed to a read-write stage, which maps its own writable device.
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn krbd_reuses_only_a_matching_mapping() {
     scenario("krbd_reuses_only_a_matching_mapping", ALL, || async {
         let n = rbd_nodes();
@@ -384,6 +395,7 @@ fn krbd_reuses_only_a_matching_mapping() {
 /// The node plugin is SIGKILLed while an rbd-nbd volume is mounted: the volume keeps
 /// serving I/O, and the restarted plugin finds it healthy and does not re-attach it.
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn nbd_survives_plugin_restart() {
     scenario("nbd_survives_plugin_restart", ALL, || async {
         let mut n = rbd_nodes();
@@ -446,6 +458,7 @@ fn nbd_survives_plugin_restart() {
 /// behind the host pid the kernel gives for an nbd device: a second NodePublish must keep
 /// the device and the first pod's mount working, not re-attach (unmount) it.
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn nbd_healthy_across_pid_namespaces() {
     scenario("nbd_healthy_across_pid_namespaces", ALL, || async {
         let ctl_driver = Driver::start(&["--type=rbd", "--controllerserver=true"], &[]);
@@ -532,6 +545,7 @@ fn modprobe(args: &[&str]) {
 /// With no mounter parameter the node takes krbd when the rbd module is loaded, rbd-nbd
 /// when only nbd is, and the FUSE attachment when neither is.
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn auto_mounter_follows_kernel_modules() {
     scenario("auto_mounter_follows_kernel_modules", ALL, || async {
         let n = rbd_nodes();
@@ -578,6 +592,7 @@ fn auto_mounter_follows_kernel_modules() {
 
 /// `ferroceph doctor` in the VM reports the modules and krbd's features as they are.
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn doctor_reports_the_kernel() {
     scenario("doctor_reports_the_kernel", ALL, || async {
         let out = Command::new(bin())
@@ -680,6 +695,7 @@ fn all_cmdlines() -> String {
 /// The kernel CephFS client on two nodes at once: RWX writes seen across nodes, expansion
 /// visible without a remount, stats filled in, the key never in /proc/mounts or any argv.
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn cephfs_kernel_two_nodes() {
     scenario("cephfs_kernel_two_nodes", ALL, || async {
         let a = fs_driver(true, "vm-node-a");

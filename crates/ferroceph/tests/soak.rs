@@ -562,37 +562,6 @@ fn env_u64(k: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Sets the OSDs' watch timeout for the life of the guard: how long a killed driver's
-/// watches keep pinning its images (30 s by default, which would dominate the run). Clients
-/// ping their watches every 5 s, so 10 s stays safe for the live ones.
-struct WatchTimeout;
-
-impl WatchTimeout {
-    fn set(secs: u64) -> WatchTimeout {
-        let (ok, out) = admin_cli(
-            "ceph",
-            &[
-                "config",
-                "set",
-                "osd",
-                "osd_client_watch_timeout",
-                &secs.to_string(),
-            ],
-        );
-        assert!(ok, "cannot set osd_client_watch_timeout: {out}");
-        WatchTimeout
-    }
-}
-
-impl Drop for WatchTimeout {
-    fn drop(&mut self) {
-        let (ok, out) = admin_cli("ceph", &["config", "rm", "osd", "osd_client_watch_timeout"]);
-        if !ok {
-            eprintln!("soak: cannot reset osd_client_watch_timeout: {out}");
-        }
-    }
-}
-
 async fn soak(min_kills: u64, minutes: u64, workers: usize) {
     let t0 = Instant::now();
     let c = cluster();

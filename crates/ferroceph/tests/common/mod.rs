@@ -492,3 +492,34 @@ pub fn omap_keys(obj: &str) -> Vec<String> {
 pub fn object_exists(obj: &str) -> bool {
     admin_cli("rados", &["-p", "rbd", "stat", obj]).0
 }
+
+/// Sets the OSDs' watch timeout for the life of the guard: how long a killed driver's
+/// watches keep pinning its images (30 s by default, which would dominate the run). Clients
+/// ping their watches every 5 s, so 10 s stays safe for the live ones.
+pub struct WatchTimeout;
+
+impl WatchTimeout {
+    pub fn set(secs: u64) -> WatchTimeout {
+        let (ok, out) = admin_cli(
+            "ceph",
+            &[
+                "config",
+                "set",
+                "osd",
+                "osd_client_watch_timeout",
+                &secs.to_string(),
+            ],
+        );
+        assert!(ok, "cannot set osd_client_watch_timeout: {out}");
+        WatchTimeout
+    }
+}
+
+impl Drop for WatchTimeout {
+    fn drop(&mut self) {
+        let (ok, out) = admin_cli("ceph", &["config", "rm", "osd", "osd_client_watch_timeout"]);
+        if !ok {
+            eprintln!("cannot reset osd_client_watch_timeout: {out}");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! mapped, formatted and mounted at `<staging>/<volume id>`), then kubelet's calls are played
 //! against ferroceph: stage (kubelet's reconstruction), publish, stats, unpublish, unstage.
 //!
-//! Run: `cargo test -p ferroceph --test kernel cephcsi::` (a module of tests/kernel.rs, so
+//! Run: `cargo test -p ferroceph --test kernel -- --ignored cephcsi::` (a module of tests/kernel.rs, so
 //! that one VM boot runs every kernel scenario).
 
 use super::ALL;
@@ -188,6 +188,7 @@ async fn cephcsi_staged_volume(nbd: bool, fs: Option<&str>) {
 }
 
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn cephcsi_staged_krbd_volume_is_published_and_unstaged() {
     scenario(
         "cephcsi::cephcsi_staged_krbd_volume_is_published_and_unstaged",
@@ -197,6 +198,7 @@ fn cephcsi_staged_krbd_volume_is_published_and_unstaged() {
 }
 
 #[test]
+#[ignore = "boots a VM: cargo test --test kernel -- --ignored"]
 fn cephcsi_staged_nbd_volume_is_published_and_unstaged() {
     scenario(
         "cephcsi::cephcsi_staged_nbd_volume_is_published_and_unstaged",
