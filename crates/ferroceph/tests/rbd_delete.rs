@@ -132,6 +132,42 @@ async fn deleted_image_leaves_pool_and_trash_promptly() {
     drop_instance_objects(&inst);
 }
 
+/// A controller stopped (SIGTERM) right after its last deletes answered removes their
+/// images before it exits, even while its background remover is in the middle of a pass
+/// (found by a CI run with the kernel VM beside: the shut-down pass met the image the other
+/// pass was removing, EBUSY, and gave up; the trash entry stayed with no controller of that
+/// instance to finish it). The race needs a loaded machine; unloaded, this passed before
+/// the fix too.
+#[tokio::test]
+async fn stopped_right_after_deletes_leaves_nothing() {
+    for round in 0..2 {
+        let inst = unique("del-stop");
+        let mut d = controller(&inst, &["--reapinterval=1h"], &[]);
+        let mut ctl = d.controller().await;
+        let c = admin();
+        let io = pool(&c);
+        let mut vols = Vec::new();
+        for i in 0..8 {
+            let name = unique(&format!("pvc-stop-{round}-{i}"));
+            vols.push((create(&mut ctl, &name).await, name));
+        }
+        for (v, _) in &vols {
+            ctl.delete_volume(del_req(&v.volume_id))
+                .await
+                .expect("delete volume");
+        }
+        d.stop();
+        for (v, name) in &vols {
+            let left = leftovers(&io, &inst, name, &uuid_of(&v.volume_id));
+            assert!(
+                left.is_empty(),
+                "round {round}: the stopped controller left {left:?}"
+            );
+        }
+        drop_instance_objects(&inst);
+    }
+}
+
 /// Kills the driver at every step of a delete and of the background removal; a restarted
 /// driver and a retried DeleteVolume leave no image, no trash entry, no journal key and no
 /// trash record. After a kill between the trash move and the journal release, a
@@ -337,7 +373,7 @@ async fn volume_deleted_right_after_its_snapshots() {
     let mut ctl = d.controller().await;
     let c = admin();
     let io = pool(&c);
-    for round in 0..3 {
+    for round in 0..2 {
         let name = unique(&format!("pvc-snapped-{round}"));
         let v = create(&mut ctl, &name).await;
         let mut snaps = Vec::new();

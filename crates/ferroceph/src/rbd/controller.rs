@@ -415,16 +415,21 @@ impl RbdController {
 
     /// A last removal pass when the controller stops, so that the images of the last
     /// deletes do not wait in the trash for the next controller; bounded by `budget`.
+    /// Images still open somewhere (a watch about to go) get more passes within the budget.
     pub(crate) async fn drain_trash(&self, budget: std::time::Duration) {
-        if tokio::time::timeout(budget, self.removal_pass())
-            .await
-            .is_err()
-        {
+        let drain = async {
+            while self.removal_pass().await.busy > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        };
+        if tokio::time::timeout(budget, drain).await.is_err() {
             tracing::info!("trash removal unfinished at shut-down; the next controller resumes it");
         }
     }
 
-    async fn removal_pass(&self) {
+    async fn removal_pass(&self) -> image::Pass {
+        let _pass = image::pass_lock().lock().await;
+        let mut total = image::Pass::default();
         for t in self.targets() {
             let cfg = self
                 .ceph
@@ -447,10 +452,15 @@ impl RbdController {
                     ))
                 })
                 .await;
-            if let Err(e) = r {
-                tracing::debug!(cluster = %cluster_id, "trash remover: {e}");
+            match r {
+                Ok(pass) => {
+                    total.removed += pass.removed;
+                    total.busy += pass.busy;
+                }
+                Err(e) => tracing::debug!(cluster = %cluster_id, "trash remover: {e}"),
             }
         }
+        total
     }
 }
 

@@ -48,7 +48,7 @@ pub use delete::{delete_snapshot, delete_volume};
 pub use place::Place;
 pub use snapshot::{create_snapshot, read_snapshot_info, snapshot_info, SnapshotInfo};
 use trash::move_aside;
-pub(crate) use trash::{next_removal_pass, remove_trashed_in, request_removal};
+pub(crate) use trash::{next_removal_pass, pass_lock, remove_trashed_in, request_removal, Pass};
 
 pub fn jerr(what: &str, e: JournalError) -> Error {
     match e {

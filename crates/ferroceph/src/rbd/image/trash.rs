@@ -62,6 +62,13 @@ pub(crate) fn move_aside(place: &Place<'_>, image: &str) -> Result<()> {
     move_to_trash(place, image, &id)
 }
 
+/// Held by a removal pass: two passes at once would each find the image the other is
+/// removing open (EBUSY), and the drain at shut-down must not exit under a pass in flight.
+pub(crate) fn pass_lock() -> &'static tokio::sync::Mutex<()> {
+    static PASS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    &PASS
+}
+
 /// Wakes the background remover: a delete just put an image in the trash.
 pub(crate) fn request_removal() {
     wake().notify_one();
@@ -89,22 +96,46 @@ pub(crate) async fn next_removal_pass(interval: Duration) {
 /// One removal pass over the pools the controller knows on one cluster: every image this
 /// instance recorded in a pool's trash log and whose deferment has ended is removed, up to
 /// [`REMOVERS`] at a time; images clones still depend on stay until their last child is
-/// gone. Returns how many images left the trash.
+/// gone.
 pub(crate) fn remove_trashed_in(
     cluster: &Cluster,
     pools: &[String],
     namespace: &str,
     instance: &str,
-) -> usize {
+) -> Pass {
     let deadline = Instant::now() + PASS_BUDGET;
-    let mut removed = 0;
+    let mut pass = Pass::default();
     for pool in pools {
         match cluster.ioctx(pool, namespace) {
-            Ok(io) => removed += remove_trashed(cluster, &io, instance, deadline),
+            Ok(io) => pass.add(remove_trashed(cluster, &io, instance, deadline)),
             Err(e) => tracing::debug!(pool, "trash remover cannot open the pool: {e}"),
         }
     }
-    removed
+    pass
+}
+
+/// What a removal pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pass {
+    /// Images that left the trash.
+    pub removed: usize,
+    /// Images still open somewhere (EBUSY): a watch about to go, worth another pass soon.
+    pub busy: usize,
+}
+
+impl Pass {
+    fn add(&mut self, other: Pass) {
+        self.removed += other.removed;
+        self.busy += other.busy;
+    }
+}
+
+/// What became of one trash entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    Removed,
+    Busy,
+    Stays,
 }
 
 /// [`remove_trashed_in`] for one pool. Children go before parents, so rounds run while
@@ -114,26 +145,26 @@ pub(crate) fn remove_trashed(
     io: &IoCtx,
     instance: &str,
     deadline: Instant,
-) -> usize {
+) -> Pass {
     let log = TrashLog::new(io, instance);
-    let mut removed = 0;
+    let mut pass = Pass::default();
     for _ in 0..HARD_CLONE_DEPTH + 1 {
         if Instant::now() >= deadline {
             break;
         }
         let recorded = match log.all() {
-            Ok(r) if r.is_empty() => return removed,
+            Ok(r) if r.is_empty() => return pass,
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("cannot read the trash log: {e}");
-                return removed;
+                return pass;
             }
         };
         let entries = match rbd::trash_list(io) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!("cannot list the trash: {e}");
-                return removed;
+                return pass;
             }
         };
         let now = journal::unix_now();
@@ -142,25 +173,26 @@ pub(crate) fn remove_trashed(
             .filter(|e| e.deferment_end_time <= now && recorded.contains_key(&e.id))
             .take(2000)
             .collect();
-        let n = remove_all(cluster, io, instance, &due, deadline);
-        removed += n;
+        let round = remove_all(cluster, io, instance, &due, deadline);
+        pass.removed += round.removed;
+        pass.busy = round.busy;
         drop_stale_records(&log, io, &recorded, &entries, now);
-        if n == 0 {
+        if round.removed == 0 {
             break;
         }
     }
-    removed
+    pass
 }
 
 /// Removes `due` with up to [`REMOVERS`] threads, each with its own I/O context on the
-/// same connection. Returns how many were removed.
+/// same connection.
 fn remove_all(
     cluster: &Cluster,
     io: &IoCtx,
     instance: &str,
     due: &[&TrashEntry],
     deadline: Instant,
-) -> usize {
+) -> Pass {
     let queue = Mutex::new(due.iter());
     let next = || queue.lock().unwrap_or_else(|p| p.into_inner()).next();
     let (pool_id, namespace) = (io.pool_id(), io.namespace().to_string());
@@ -172,32 +204,34 @@ fn remove_all(
                         Ok(io) => io,
                         Err(e) => {
                             tracing::debug!("trash remover cannot open the pool: {e}");
-                            return 0;
+                            return Pass::default();
                         }
                     };
                     let io = &io;
-                    let mut n = 0;
+                    let mut pass = Pass::default();
                     while Instant::now() < deadline {
                         let Some(e) = next() else { break };
-                        if remove_entry(cluster, io, instance, e) {
-                            n += 1;
+                        match remove_entry(cluster, io, instance, e) {
+                            Removal::Removed => pass.removed += 1,
+                            Removal::Busy => pass.busy += 1,
+                            Removal::Stays => {}
                         }
                     }
-                    n
+                    pass
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or(0))
-            .sum::<usize>()
+        let mut total = Pass::default();
+        for w in workers {
+            total.add(w.join().unwrap_or_default());
+        }
+        total
     })
 }
 
 /// Removes one recorded trash entry, forgets its record, and removes its parent too when
-/// this driver trashed the parent and it was waiting for its last child. True when the
-/// entry left the trash.
-fn remove_entry(cluster: &Cluster, io: &IoCtx, instance: &str, e: &TrashEntry) -> bool {
+/// this driver trashed the parent and it was waiting for its last child.
+fn remove_entry(cluster: &Cluster, io: &IoCtx, instance: &str, e: &TrashEntry) -> Removal {
     let parent = Image::open_by_id_read_only(io, &e.id)
         .ok()
         .and_then(|img| img.parent().ok().flatten());
@@ -216,7 +250,11 @@ fn remove_entry(cluster: &Cluster, io: &IoCtx, instance: &str, e: &TrashEntry) -
         Err(err) if err.kind() == ErrorKind::NotFound => {}
         Err(err) => {
             tracing::debug!(image = %e.name, "trash entry stays for now: {err}");
-            return false;
+            return if err.errno == libc::EBUSY {
+                Removal::Busy
+            } else {
+                Removal::Stays
+            };
         }
     }
     crate::ceph::crash_point("reap.removed");
@@ -225,7 +263,7 @@ fn remove_entry(cluster: &Cluster, io: &IoCtx, instance: &str, e: &TrashEntry) -
         tracing::debug!(image = %e.name, "trash record stays for now: {err}");
     }
     purge_parent(cluster, instance, parent);
-    true
+    Removal::Removed
 }
 
 /// Records of images no longer in the trash: removed already (the process died before
