@@ -230,6 +230,7 @@ boot() {
     local share=$1 limit=${2:-1200} interactive=${3:-0}
     command -v qemu-system-x86_64 >/dev/null 2>&1 || die "qemu-system-x86_64 is not installed: run scripts/vm.sh prepare"
     [ -f "$VMDIR/initramfs.cpio.gz" ] || die "no initramfs in $VMDIR: run scripts/vm.sh prepare"
+    local rel # seen by run_qemu (bash locals are dynamically scoped)
     rel=$(kernel_release)
     mkdir -p "$share"
     share=$(cd "$share" && pwd)

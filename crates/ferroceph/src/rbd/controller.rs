@@ -453,10 +453,7 @@ impl RbdController {
                 })
                 .await;
             match r {
-                Ok(pass) => {
-                    total.removed += pass.removed;
-                    total.busy += pass.busy;
-                }
+                Ok(pass) => total.add(pass),
                 Err(e) => tracing::debug!(cluster = %cluster_id, "trash remover: {e}"),
             }
         }

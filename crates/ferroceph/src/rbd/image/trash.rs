@@ -115,7 +115,7 @@ pub(crate) fn remove_trashed_in(
 }
 
 /// What a removal pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Pass {
     /// Images that left the trash.
     pub removed: usize,
@@ -124,7 +124,7 @@ pub(crate) struct Pass {
 }
 
 impl Pass {
-    fn add(&mut self, other: Pass) {
+    pub(crate) fn add(&mut self, other: Pass) {
         self.removed += other.removed;
         self.busy += other.busy;
     }
@@ -175,6 +175,7 @@ pub(crate) fn remove_trashed(
             .collect();
         let round = remove_all(cluster, io, instance, &due, deadline);
         pass.removed += round.removed;
+        // busy in the last round only: the earlier rounds' busy entries were tried again
         pass.busy = round.busy;
         drop_stale_records(&log, io, &recorded, &entries, now);
         if round.removed == 0 {
